@@ -1,0 +1,125 @@
+"""One typed settings object, loaded once: defaults < TOML file < UNGGAH_* environment.
+
+Every knob the gateway, the ingesters and the embedded stack read lives here,
+so the README's configuration table can be checked against this file alone.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    # Where to reach Redis/Valkey. Empty: start the embedded Valkey under state_dir.
+    redis_url: str = ""
+    # Local state: embedded Valkey data, blob store, results database.
+    state_dir: str = ".unggah"
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Public base URL used in Location headers when behind a proxy; empty: derived from the request.
+    public_url: str = ""
+
+    # Stream partitions. Fixed for the life of a deployment: upload ids carry their partition.
+    partitions: int = 8
+    # Embedded Valkey only: AOF fsync policy and memory ceiling.
+    appendfsync: Literal["everysec", "always", "no"] = "everysec"
+    valkey_maxmemory: str = "2gb"
+    # With an external Redis: after each append, WAITAOF numlocal numreplicas before answering.
+    waitaof_local: int = 0
+    waitaof_replicas: int = 0
+    waitaof_timeout_ms: int = 1000
+
+    # tus limits.
+    max_upload_bytes: int = 2 * GiB
+    # A PATCH body is committed to the stream in entries of at most this size.
+    entry_bytes: int = 1 * MiB
+    # A PATCH that carries Upload-Checksum is verified before anything is committed,
+    # so it must be held in memory: cap its size (413 above, advertised in OPTIONS).
+    checksum_patch_max_bytes: int = 32 * MiB
+    upload_ttl_seconds: int = 7 * 24 * 3600
+    idempotency_ttl_seconds: int = 24 * 3600
+    # A creation whose Idempotency-Key is still in flight for longer than this is
+    # treated as finished (its worker died); retries then get the upload it made.
+    idempotency_inflight_seconds: int = 60
+
+    # Ingest.
+    blob_dir: str = ""  # empty: <state_dir>/blobs
+    ingest_block_ms: int = 1000
+    ingest_read_count: int = 8
+    ingest_claim_idle_ms: int = 30_000
+    ingest_max_deliveries: int = 5
+    ingest_processes: int = 1
+
+    log_level: str = "INFO"
+
+    @property
+    def blob_path(self) -> Path:
+        return Path(self.blob_dir or os.path.join(self.state_dir, "blobs"))
+
+    @property
+    def embedded(self) -> bool:
+        return not self.redis_url
+
+
+ENV_PREFIX = "UNGGAH_"
+
+
+def _env_overrides(env: dict[str, str]) -> dict[str, object]:
+    fields = {f.name: f for f in msgspec.structs.fields(Settings)}
+    out: dict[str, object] = {}
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        if name not in fields:
+            raise ConfigError(f"{key} is not a setting; known: " + ", ".join(sorted(ENV_PREFIX + n.upper() for n in fields)))
+        out[name] = raw
+    return out
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None, **overrides: object) -> Settings:
+    """Build the settings. `path` (or $UNGGAH_CONFIG) names an optional TOML file."""
+    env = dict(os.environ if env is None else env)
+    data: dict[str, object] = {}
+    path = path or env.get(ENV_PREFIX + "CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data.update(tomllib.load(f))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from e
+    data.update(_env_overrides(env))
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        # strict=False lets environment strings convert to ints.
+        settings = msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"invalid setting: {e}") from e
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    if not 1 <= s.partitions <= 1024:
+        raise ConfigError("partitions must be between 1 and 1024")
+    if s.entry_bytes < 4 * KiB:
+        raise ConfigError("entry_bytes must be at least 4096")
+    if s.checksum_patch_max_bytes < s.entry_bytes:
+        raise ConfigError("checksum_patch_max_bytes must be at least entry_bytes")
+    if s.ingest_block_ms >= 10_000:
+        # Blocking reads must stay well under the client socket timeout (see buffer/connection.py).
+        raise ConfigError("ingest_block_ms must be below 10000")
