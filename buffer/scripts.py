@@ -1,0 +1,236 @@
+"""Every Lua script the system runs, in one place.
+
+Each script touches the keys of one partition only (one hash tag), so it is
+atomic on a single server and legal on Redis Cluster. The rule that makes the
+buffer safe: a chunk's offset check, its stream append and the upload's new
+offset are one step (APPEND); an entry's acknowledgement, its deletion and the
+byte counters are one step (ACK). Nothing ever trims a stream by length.
+
+Scripts return a small array whose first element names the outcome, so the
+Python side maps outcomes to HTTP answers without parsing errors.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as redis
+
+# Queue a finalisation entry once every byte is both accepted and stored.
+# Shared by CREATE (zero-length uploads), APPEND (deferred length declared
+# last) and ACK (the usual case). `finq` makes it happen once.
+_PRELUDE = r"""
+local function maybe_fin(state_key, stream_key, id)
+  local v = redis.call('HMGET', state_key, 'state', 'length', 'offset', 'stored', 'finq', 'concat')
+  if v[1] ~= 'receiving' or v[5] == '1' or v[6] == 'final' then return 0 end
+  local length = tonumber(v[2])
+  if length < 0 or tonumber(v[3]) ~= length or tonumber(v[4]) ~= length then return 0 end
+  redis.call('HSET', state_key, 'finq', '1')
+  redis.call('XADD', stream_key, '*', 'k', 'f', 'u', id)
+  return 1
+end
+"""
+
+# KEYS: state, stream, [idempotency record]
+# ARGV: id, now_ms, fingerprint, idem_ttl_s, inflight_ms, pending(0|1), field, value, ...
+CREATE = _PRELUDE + r"""
+local id, now = ARGV[1], tonumber(ARGV[2])
+if KEYS[3] then
+  local rec = redis.call('HMGET', KEYS[3], 'id', 'fp', 'pending', 'at')
+  if rec[1] then
+    if rec[2] ~= ARGV[3] then return {'mismatch', rec[1]} end
+    if rec[3] == '1' and now - tonumber(rec[4]) < tonumber(ARGV[5]) then return {'inflight', rec[1]} end
+    return {'replay', rec[1]}
+  end
+  redis.call('HSET', KEYS[3], 'id', id, 'fp', ARGV[3], 'pending', ARGV[6], 'at', now)
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+end
+local fields = {}
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+maybe_fin(KEYS[1], KEYS[2], id)
+return {'created', id}
+"""
+
+# KEYS: state, stream, buffered-bytes counter, records
+# ARGV: id, offset, now_ms, patch_start, record ('' unless last piece of the PATCH),
+#       new_length ('' if none), buffer_limit (0 = none), then crc, data, crc, data, ...
+APPEND = _PRELUDE + r"""
+local st = redis.call('HMGET', KEYS[1], 'state', 'offset', 'length', 'expires_at', 'concat')
+if not st[1] then return {'notfound'} end
+if st[5] == 'final' then return {'final'} end
+-- A stored upload still answers offset checks, so a retried last PATCH is
+-- recognised as a duplicate instead of failing the client.
+if st[1] ~= 'receiving' and st[1] ~= 'stored' then return {'closed', st[1]} end
+local now = tonumber(ARGV[3])
+local exp = tonumber(st[4])
+if st[1] == 'receiving' and exp > 0 and now >= exp then return {'expired'} end
+local offset, length = tonumber(st[2]), tonumber(st[3])
+if tonumber(ARGV[2]) ~= offset then
+  return {'conflict', offset, redis.call('HGET', KEYS[4], ARGV[4]) or ''}
+end
+local total = 0
+for i = 9, #ARGV, 2 do total = total + #ARGV[i] end
+if length >= 0 and offset == length and total > 0 then return {'complete', offset} end
+local declared = false
+if ARGV[6] ~= '' then
+  local nl = tonumber(ARGV[6])
+  if length >= 0 and nl ~= length then return {'length_fixed', length} end
+  if nl < offset + total then return {'length_short', offset + total} end
+  if length < 0 then declared = true end
+  length = nl
+end
+if length >= 0 and offset + total > length then return {'exceeds', length} end
+local limit = tonumber(ARGV[7])
+if limit > 0 and total > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') + total > limit then
+  return {'full', offset}
+end
+local off = offset
+for i = 8, #ARGV, 2 do
+  local data = ARGV[i + 1]
+  if #data > 0 then
+    redis.call('XADD', KEYS[2], '*', 'k', 'd', 'u', ARGV[1], 'o', off, 'c', ARGV[i], 'd', data)
+    off = off + #data
+  end
+end
+if declared then redis.call('HSET', KEYS[1], 'length', length) end
+if total > 0 then
+  redis.call('HSET', KEYS[1], 'offset', off)
+  redis.call('INCRBY', KEYS[3], total)
+end
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[4], ARGV[4], ARGV[5]) end
+if length >= 0 and off == length and (total > 0 or declared) then
+  redis.call('HSET', KEYS[1], 'received_at', now)
+  maybe_fin(KEYS[1], KEYS[2], ARGV[1])
+end
+return {'ok', off}
+"""
+
+# KEYS: state, stream, records
+# ARGV: id
+TERMINATE = r"""
+local st = redis.call('HMGET', KEYS[1], 'state', 'length', 'offset', 'concat')
+if not st[1] then return {'notfound'} end
+if st[1] ~= 'receiving' then return {'closed', st[1]} end
+local length = tonumber(st[2])
+if st[4] == 'final' or (length >= 0 and tonumber(st[3]) == length) then return {'complete'} end
+redis.call('HSET', KEYS[1], 'state', 'terminated')
+redis.call('XADD', KEYS[2], '*', 'k', 'x', 'u', ARGV[1])
+redis.call('DEL', KEYS[3])
+return {'ok'}
+"""
+
+# Acknowledge processed entries of one partition.
+# KEYS: stream, buffered-bytes counter, state of entry 1, state of entry 2, ...
+# ARGV: group, then per entry: entry_id, data_bytes, upload_id
+# XACK answers 1 only for the first acknowledgement, so a redelivered entry
+# that two consumers both wrote is counted once.
+ACK = _PRELUDE + r"""
+local done = 0
+local j = 3
+for i = 2, #ARGV, 3 do
+  local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  redis.call('XDEL', KEYS[1], ARGV[i])
+  local nbytes = tonumber(ARGV[i + 1])
+  if n == 1 and nbytes > 0 then
+    redis.call('DECRBY', KEYS[2], nbytes)
+    if redis.call('HGET', KEYS[j], 'state') == 'receiving' then
+      redis.call('HINCRBY', KEYS[j], 'stored', nbytes)
+      maybe_fin(KEYS[j], KEYS[1], ARGV[i + 2])
+    end
+  end
+  done = done + n
+  j = j + 1
+end
+return done
+"""
+
+# Record an upload's final state, emit its completed event, acknowledge the entry.
+# KEYS: stream, state, completed, records
+# ARGV: group, entry_id, outcome ('stored'|'failed'), sha256, reason, now_ms
+FINISH = r"""
+local cur = redis.call('HMGET', KEYS[2], 'state', 'tenant', 'length', 'metadata', 'id')
+local changed = 0
+if cur[1] == 'receiving' then
+  if ARGV[3] == 'stored' then
+    redis.call('HSET', KEYS[2], 'state', 'stored', 'sha256', ARGV[4], 'stored_at', ARGV[6], 'stored', cur[3])
+  else
+    redis.call('HSET', KEYS[2], 'state', 'failed', 'reason', ARGV[5])
+  end
+  redis.call('XADD', KEYS[3], '*', 'u', cur[5], 'tenant', cur[2], 'state', ARGV[3], 'length', cur[3],
+             'sha256', ARGV[4], 'reason', ARGV[5], 'metadata', cur[4], 'at', ARGV[6])
+  -- Keep the PATCH records a while: a client retrying its last PATCH after the
+  -- upload was stored must be answered as a duplicate, not refused.
+  redis.call('EXPIRE', KEYS[4], 86400)
+  changed = 1
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return changed
+"""
+
+# Move an entry that keeps failing to the dead-letter stream, with its payload,
+# and mark its upload failed so the team sees why.
+# KEYS: stream, dead, state, buffered-bytes counter
+# ARGV: group, entry_id, reason, deliveries, now_ms
+DEAD = r"""
+local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+if #e == 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  return 0
+end
+local f = e[1][2]
+local fields, nbytes, kind = {}, 0, ''
+for i = 1, #f, 2 do
+  fields[#fields + 1] = f[i]
+  fields[#fields + 1] = f[i + 1]
+  if f[i] == 'd' then nbytes = #f[i + 1] end
+  if f[i] == 'k' then kind = f[i + 1] end
+end
+redis.call('XADD', KEYS[2], '*', 'orig', ARGV[2], 'reason', ARGV[3], 'deliveries', ARGV[4], 'at', ARGV[5], unpack(fields))
+local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if n == 1 and nbytes > 0 then redis.call('DECRBY', KEYS[4], nbytes) end
+if redis.call('HGET', KEYS[3], 'state') == 'receiving' then
+  redis.call('HSET', KEYS[3], 'state', 'failed', 'reason', 'dead-letter: ' .. ARGV[3])
+end
+return 1
+"""
+
+# Put a dead letter back on its stream after the cause was fixed.
+# KEYS: stream, dead, state, buffered-bytes counter
+# ARGV: dead_entry_id
+REPLAY = r"""
+local e = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1])
+if #e == 0 then return 0 end
+local f = e[1][2]
+local keep = {k = true, u = true, o = true, c = true, d = true}
+local fields, nbytes = {}, 0
+for i = 1, #f, 2 do
+  if keep[f[i]] then
+    fields[#fields + 1] = f[i]
+    fields[#fields + 1] = f[i + 1]
+    if f[i] == 'd' then nbytes = #f[i + 1] end
+  end
+end
+redis.call('XADD', KEYS[1], '*', unpack(fields))
+redis.call('XDEL', KEYS[2], ARGV[1])
+if nbytes > 0 then redis.call('INCRBY', KEYS[4], nbytes) end
+local st = redis.call('HMGET', KEYS[3], 'state', 'reason')
+if st[1] == 'failed' and string.sub(st[2] or '', 1, 12) == 'dead-letter:' then
+  redis.call('HSET', KEYS[3], 'state', 'receiving', 'reason', '')
+end
+return 1
+"""
+
+
+class Scripts:
+    """The scripts registered on one client. redis-py's Script reloads after NOSCRIPT
+    (a restarted Valkey forgets its script cache)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.create = client.register_script(CREATE)
+        self.append = client.register_script(APPEND)
+        self.terminate = client.register_script(TERMINATE)
+        self.ack = client.register_script(ACK)
+        self.finish = client.register_script(FINISH)
+        self.dead = client.register_script(DEAD)
+        self.replay = client.register_script(REPLAY)

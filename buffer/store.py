@@ -1,0 +1,157 @@
+"""The gateway's side of the buffer: create, append to, read and terminate uploads.
+
+HTTP knows nothing of keys or scripts; this module knows nothing of HTTP.
+Outcomes come back as small Structs the handler maps to status codes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+import redis.asyncio as redis
+
+from buffer import keys
+from buffer.messages import CONCAT, RECEIVING, STORED, UploadState, from_fields
+from buffer.scripts import Scripts
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Created(msgspec.Struct):
+    outcome: str  # created | replay | inflight | mismatch
+    upload_id: str
+
+
+class Appended(msgspec.Struct):
+    # ok | conflict | complete | notfound | final | closed | expired | exceeds | full |
+    # length_fixed | length_short; `offset` is the current offset (the length for exceeds/length_fixed)
+    outcome: str
+    offset: int = 0
+    record: str = ""  # conflict: what was accepted earlier at this PATCH's start offset
+    detail: str = ""
+
+
+class UploadStore:
+    def __init__(self, client: redis.Redis, *, partitions: int,
+                 waitaof: tuple[int, int, int] = (0, 0, 0)) -> None:
+        self.r = client
+        self.partitions = partitions
+        self.scripts = Scripts(client)
+        self.waitaof = waitaof  # (numlocal, numreplicas, timeout_ms)
+
+    def partition(self, upload_id: str) -> int | None:
+        return keys.partition_of(upload_id, self.partitions)
+
+    async def create(self, *, tenant: str, length: int, metadata: str = "", concat: str = "",
+                     parts: list[str] | None = None, expires_at: int = 0,
+                     idempotency_key: str = "", fingerprint: str = "", pending: bool = False,
+                     idempotency_ttl: int = 86400, inflight_ms: int = 60_000) -> Created:
+        if idempotency_key:
+            p = keys.partition_for_key(tenant, idempotency_key, self.partitions)
+        else:
+            p = keys.random_partition(self.partitions)
+        upload_id = keys.new_upload_id(p)
+        now = now_ms()
+        state = UploadState(id=upload_id, tenant=tenant, length=length, metadata=metadata,
+                            concat=concat, parts=" ".join(parts or []), created_at=now,
+                            expires_at=expires_at)
+        if concat == "final":
+            state.offset = length
+            state.received_at = now
+        fields: list[object] = []
+        for k, v in msgspec.structs.asdict(state).items():
+            fields += [k, v]
+        ks = [keys.upload(p, upload_id), keys.stream(p)]
+        if idempotency_key:
+            ks.append(keys.idempotency(p, tenant, idempotency_key))
+        res = await self._durable(self.scripts.create, ks,
+                                  [upload_id, now, fingerprint, idempotency_ttl, inflight_ms,
+                                   int(pending), *fields])
+        return Created(res[0].decode(), res[1].decode())
+
+    async def creation_done(self, tenant: str, idempotency_key: str) -> None:
+        p = keys.partition_for_key(tenant, idempotency_key, self.partitions)
+        await self.r.hset(keys.idempotency(p, tenant, idempotency_key), "pending", 0)
+
+    async def get(self, upload_id: str) -> UploadState | None:
+        p = self.partition(upload_id)
+        if p is None:
+            return None
+        raw = await self.r.hgetall(keys.upload(p, upload_id))
+        return from_fields(raw, UploadState) if raw else None
+
+    async def append(self, upload_id: str, offset: int, pieces: list[tuple[int, bytes]], *,
+                     patch_start: int, record: str = "", new_length: int | None = None,
+                     buffer_limit: int = 0) -> Appended:
+        p = self.partition(upload_id)
+        if p is None:
+            return Appended("notfound")
+        args: list[object] = [upload_id, offset, now_ms(), patch_start, record,
+                              "" if new_length is None else new_length, buffer_limit]
+        for crc, data in pieces:
+            args += [crc, data]
+        res = await self._durable(self.scripts.append,
+                                  [keys.upload(p, upload_id), keys.stream(p),
+                                   keys.buffered_bytes(p), keys.records(p, upload_id)], args)
+        outcome = res[0].decode()
+        if outcome == "conflict":
+            return Appended(outcome, int(res[1]), res[2].decode())
+        if outcome == "closed":
+            return Appended(outcome, detail=res[1].decode())
+        return Appended(outcome, int(res[1]) if len(res) > 1 else 0)
+
+    async def terminate(self, upload_id: str) -> str:
+        p = self.partition(upload_id)
+        if p is None:
+            return "notfound"
+        res = await self._durable(self.scripts.terminate,
+                                  [keys.upload(p, upload_id), keys.stream(p), keys.records(p, upload_id)],
+                                  [upload_id])
+        return res[0].decode()
+
+    async def link_final(self, final: UploadState) -> None:
+        """Tell each partial which final includes it; queue the assembly if all are stored.
+
+        Not atomic across partitions, and need not be: the ingester that stores
+        the last partial also checks, and a duplicate assembly entry is harmless.
+        """
+        parts = final.parts.split()
+        for part in parts:
+            await self.r.hset(keys.upload(self.partition(part), part), "final_of", final.id)
+        await self.queue_concat_if_ready(final.id, parts)
+
+    async def queue_concat_if_ready(self, final_id: str, parts: list[str]) -> bool:
+        for part in parts:
+            if await self.r.hget(keys.upload(self.partition(part), part), "state") != STORED.encode():
+                return False
+        p = self.partition(final_id)
+        await self.r.xadd(keys.stream(p), {"k": CONCAT, "u": final_id})
+        return True
+
+    async def buffered(self) -> int:
+        vals = await self.r.mget([keys.buffered_bytes(p) for p in range(self.partitions)])
+        return sum(int(v or 0) for v in vals)
+
+    async def _durable(self, script, ks: list[str], args: list[object]):
+        """Run a write script; with WAITAOF configured, wait for the AOF fsync on the
+        same connection (WAITAOF only covers writes made on its own connection)."""
+        numlocal, numreplicas, timeout = self.waitaof
+        if not (numlocal or numreplicas):
+            return await script(keys=ks, args=args)
+        async with self.r.pipeline(transaction=False) as pipe:
+            script(keys=ks, args=args, client=pipe)
+            pipe.execute_command("WAITAOF", numlocal, numreplicas, timeout)
+            res, (local, replicas) = await pipe.execute()
+        if local < numlocal or replicas < numreplicas:
+            raise DurabilityError(f"WAITAOF confirmed {local} local / {replicas} replica fsyncs, wanted {numlocal}/{numreplicas}")
+        return res
+
+
+class DurabilityError(RuntimeError):
+    """The write happened but the requested durability was not confirmed in time."""
+
+
+__all__ = ["UploadStore", "Created", "Appended", "DurabilityError", "RECEIVING"]

@@ -1,0 +1,104 @@
+"""The aiohttp application: routes, error middleware, lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+import orjson
+import redis.asyncio as redis
+from aiohttp import web
+
+from buffer.connection import connect
+from buffer.store import DurabilityError, UploadStore
+from gateway.problems import problem
+from gateway.tus import TusHandler, status_body
+from unggah.config import Settings
+
+log = logging.getLogger("unggah.gateway")
+
+STORE = web.AppKey("store", UploadStore)
+SETTINGS = web.AppKey("settings", Settings)
+READY = web.AppKey("ready", dict)
+TUS = web.AppKey("tus", TusHandler)
+
+
+@web.middleware
+async def errors(request: web.Request, handler):
+    """Every error leaves as problem+json with a request id; Redis trouble is a
+    503 with Retry-After, which every tus client retries."""
+    request["request_id"] = request.headers.get("X-Request-Id") or secrets.token_hex(8)
+    try:
+        response = await handler(request)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        reason = {404: "not-found", 405: "method-not-allowed"}.get(e.status, "http-error")
+        detail = {404: "no such route; the tus endpoint is /files/"}.get(e.status, e.reason)
+        response = problem(e.status, reason, detail)
+    except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, DurabilityError) as e:
+        log.warning("buffer unavailable", extra={"error": repr(e), "request_id": request["request_id"]})
+        response = problem(503, "buffer-unavailable",
+                           "the upload buffer is briefly unavailable; your accepted bytes are safe, retry shortly",
+                           headers={"Retry-After": "2"})
+    except redis.ResponseError as e:
+        if "OOM" in str(e):
+            response = problem(503, "buffer-full", "the upload buffer is full; retry after the pause",
+                               headers={"Retry-After": "5"})
+        else:
+            log.exception("redis error", extra={"request_id": request["request_id"]})
+            response = problem(500, "internal", "internal error; retry, and report the request id if it persists",
+                               request_id=request["request_id"])
+    except Exception:
+        log.exception("unhandled error", extra={"request_id": request["request_id"]})
+        response = problem(500, "internal", "internal error; retry, and report the request id if it persists",
+                           request_id=request["request_id"])
+    response.headers["X-Request-Id"] = request["request_id"]
+    return response
+
+
+def build_app(settings: Settings, client: redis.Redis) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=1 << 20)
+    store = UploadStore(client, partitions=settings.partitions,
+                        waitaof=(settings.waitaof_local, settings.waitaof_replicas, settings.waitaof_timeout_ms))
+    app[STORE] = store
+    app[SETTINGS] = settings
+    app[READY] = {"ready": True}
+    tus = TusHandler(store, settings)
+    app[TUS] = tus
+
+    async def upload_status(request: web.Request) -> web.Response:
+        state = await tus.load(request, request.match_info["upload_id"])
+        if state is None:
+            return tus.not_found(request.match_info["upload_id"])
+        return web.Response(body=orjson.dumps(status_body(state)), content_type="application/json",
+                            headers={"Cache-Control": "no-store"})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"alive": True})
+
+    async def readyz(request: web.Request) -> web.Response:
+        if not app[READY]["ready"]:
+            return web.json_response({"ready": False, "why": "shutting down"}, status=503)
+        try:
+            await client.ping()
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as e:
+            return web.json_response({"ready": False, "why": f"redis: {e}"}, status=503)
+        return web.json_response({"ready": True})
+
+    app.router.add_route("*", "/files", tus)
+    app.router.add_route("*", "/files/", tus)
+    app.router.add_get("/files/{upload_id}/status", upload_status)
+    app.router.add_route("*", "/files/{upload_id}", tus)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+    async def close_redis(app: web.Application) -> None:
+        await client.aclose()
+
+    app.on_cleanup.append(close_redis)
+    return app
+
+
+async def make_app(settings: Settings) -> web.Application:
+    return build_app(settings, connect(settings.redis_url))

@@ -1,0 +1,47 @@
+"""Parsing of tus request headers. Each function raises HeaderError with a
+message that says what was wrong and what to send instead."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+from buffer.messages import MetadataError, decode_metadata
+
+_DIGITS = re.compile(r"^[0-9]{1,19}$")
+
+
+class HeaderError(ValueError):
+    pass
+
+
+def non_negative_int(name: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if not _DIGITS.match(value):
+        raise HeaderError(f"{name} must be a non-negative integer, got {value[:40]!r}")
+    return int(value)
+
+
+def metadata(value: str | None) -> dict[str, bytes]:
+    try:
+        return decode_metadata(value)
+    except MetadataError as e:
+        raise HeaderError(str(e)) from None
+
+
+def concat(value: str | None) -> tuple[str, list[str]]:
+    """`partial` -> ("partial", []); `final;/files/a /files/b` -> ("final", ["a", "b"])."""
+    if value is None:
+        return "", []
+    value = value.strip()
+    if value == "partial":
+        return "partial", []
+    if value.startswith("final;"):
+        urls = value[len("final;"):].split()
+        if not urls:
+            raise HeaderError("Upload-Concat: final; must list the partial uploads' URLs")
+        ids = [urlsplit(u).path.rstrip("/").rsplit("/", 1)[-1] for u in urls]
+        return "final", ids
+    raise HeaderError("Upload-Concat must be 'partial' or 'final;<url> <url> ...'")

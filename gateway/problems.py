@@ -1,0 +1,23 @@
+"""Errors as RFC 9457 problem details: what was wrong, and what the client should do.
+
+`reason` is the machine-readable code; clients and the load-test report
+group refusals by it.
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+TUS_VERSION = "1.0.0"
+
+
+def problem(status: int, reason: str, detail: str, *, headers: dict[str, str] | None = None,
+            **extra: object) -> web.Response:
+    body = {"type": f"https://unggah.invalid/problems/{reason}", "title": reason.replace("-", " "),
+            "status": status, "reason": reason, "detail": detail, **extra}
+    h = {"Tus-Resumable": TUS_VERSION, "Cache-Control": "no-store"}
+    if headers:
+        h.update(headers)
+    return web.Response(status=status, body=orjson.dumps(body),
+                        content_type="application/problem+json", headers=h)

@@ -1,0 +1,458 @@
+"""The tus 1.0.0 handler: one place that speaks the protocol.
+
+Extensions, each findable by name below: creation, creation-with-upload,
+creation-defer-length, expiration, checksum, termination, concatenation.
+Plus Idempotency-Key on creation (draft-ietf-httpapi-idempotency-key-header).
+
+The handler never holds more than one stream entry of a streamed PATCH in
+memory, and commits each entry as it arrives, so an interrupted PATCH keeps
+every byte that reached us. A PATCH with Upload-Checksum is the exception:
+it must be verified whole before any byte counts, so its size is capped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import logging
+import time
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from buffer.messages import RECEIVING, STORED, TERMINATED, UploadState
+from buffer.store import Appended, UploadStore
+from gateway import checksum, headers
+from gateway.problems import TUS_VERSION, problem
+from unggah.config import Settings
+
+log = logging.getLogger("unggah.gateway")
+
+EXTENSIONS = ("creation,creation-with-upload,creation-defer-length,expiration,"
+              "checksum,termination,concatenation")
+OFFSET_STREAM = "application/offset+octet-stream"
+
+
+def _http_date(ms: int) -> str:
+    return email.utils.formatdate(ms / 1000, usegmt=True)
+
+
+class TusHandler:
+    def __init__(self, store: UploadStore, settings: Settings, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.s = settings
+        self.clock = clock
+        # Admission control plugs in here (issue 4): returns a refusal or None.
+        self.admit: Callable[[web.Request, str], Awaitable[web.Response | None]] | None = None
+
+    # --- dispatch -------------------------------------------------------
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        method = request.method
+        override = request.headers.get("X-HTTP-Method-Override")
+        if override and method == "POST":
+            method = override.strip().upper()
+        if method == "OPTIONS":
+            return self.options()
+        if request.headers.get("Tus-Resumable") != TUS_VERSION:
+            return problem(412, "unsupported-tus-version",
+                           f"this server speaks tus {TUS_VERSION}; send 'Tus-Resumable: {TUS_VERSION}'",
+                           headers={"Tus-Version": TUS_VERSION})
+        upload_id = request.match_info.get("upload_id")
+        if upload_id is None:
+            if method == "POST":
+                return await self.create(request)
+            return problem(405, "method-not-allowed", f"{method} is not allowed on the collection; POST creates an upload",
+                           headers={"Allow": "POST, OPTIONS"})
+        if method == "HEAD":
+            return await self.head(request, upload_id)
+        if method == "PATCH":
+            return await self.patch(request, upload_id)
+        if method == "DELETE":
+            return await self.delete(request, upload_id)
+        return problem(405, "method-not-allowed", f"{method} is not allowed on an upload; use HEAD, PATCH or DELETE",
+                       headers={"Allow": "HEAD, PATCH, DELETE, OPTIONS"})
+
+    def options(self) -> web.Response:
+        return web.Response(status=204, headers={
+            "Tus-Resumable": TUS_VERSION,
+            "Tus-Version": TUS_VERSION,
+            "Tus-Extension": EXTENSIONS,
+            "Tus-Max-Size": str(self.s.max_upload_bytes),
+            "Tus-Checksum-Algorithm": checksum.SUPPORTED,
+            # Not part of tus 1.0: the cap on a PATCH that carries Upload-Checksum.
+            "Upload-Checksum-Max-Size": str(self.s.checksum_patch_max_bytes),
+        })
+
+    # --- helpers --------------------------------------------------------
+
+    def tenant(self, request: web.Request) -> str:
+        return request.get("tenant", "public")
+
+    def location(self, request: web.Request, upload_id: str) -> str:
+        base = self.s.public_url.rstrip("/") if self.s.public_url else f"{request.scheme}://{request.host}"
+        return f"{base}/files/{upload_id}"
+
+    async def load(self, request: web.Request, upload_id: str) -> UploadState | None:
+        """The upload, if it exists and this tenant may see it (otherwise None: a 404,
+        never a 403, so another tenant's upload ids do not leak)."""
+        state = await self.store.get(upload_id)
+        if state is None or state.state == TERMINATED:
+            return None
+        if not request.get("read_all") and state.tenant != self.tenant(request):
+            return None
+        return state
+
+    @staticmethod
+    def not_found(upload_id: str) -> web.Response:
+        return problem(404, "upload-not-found",
+                       f"no upload {upload_id[:80]!r} here; create a new one with POST")
+
+    def upload_headers(self, state: UploadState) -> dict[str, str]:
+        h = {"Tus-Resumable": TUS_VERSION, "Cache-Control": "no-store",
+             "Upload-Offset": str(state.offset)}
+        if state.length >= 0:
+            h["Upload-Length"] = str(state.length)
+        else:
+            h["Upload-Defer-Length"] = "1"
+        if state.metadata:
+            h["Upload-Metadata"] = state.metadata
+        if state.concat == "partial":
+            h["Upload-Concat"] = "partial"
+        elif state.concat == "final":
+            h["Upload-Concat"] = "final;" + " ".join(f"/files/{p}" for p in state.parts.split())
+        if state.expires_at and state.state == RECEIVING and not state.complete:
+            h["Upload-Expires"] = _http_date(state.expires_at)
+        return h
+
+    def expires_at(self, request: web.Request) -> int:
+        # Issue 4 narrows this to the registration window; until then a fixed TTL.
+        return int((self.clock() + self.s.upload_ttl_seconds) * 1000)
+
+    # --- core: HEAD -----------------------------------------------------
+
+    async def head(self, request: web.Request, upload_id: str) -> web.Response:
+        state = await self.load(request, upload_id)
+        if state is None:
+            return self.not_found(upload_id)
+        if self._expired(state):
+            return problem(410, "upload-expired", "this upload expired before it was complete; create a new one")
+        return web.Response(status=200, headers=self.upload_headers(state))
+
+    def _expired(self, state: UploadState) -> bool:
+        return (state.state == RECEIVING and not state.complete and state.expires_at > 0
+                and self.clock() * 1000 >= state.expires_at)
+
+    # --- creation -------------------------------------------------------
+
+    async def create(self, request: web.Request) -> web.Response:
+        try:
+            length = headers.non_negative_int("Upload-Length", request.headers.get("Upload-Length"))
+            defer = request.headers.get("Upload-Defer-Length")
+            meta_raw = request.headers.get("Upload-Metadata", "")
+            headers.metadata(meta_raw)
+            concat, parts = headers.concat(request.headers.get("Upload-Concat"))
+        except headers.HeaderError as e:
+            return problem(400, "bad-header", str(e))
+        if defer is not None and defer.strip() != "1":
+            return problem(400, "bad-header", "Upload-Defer-Length must be 1")
+        has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        if has_body and request.content_type != OFFSET_STREAM:
+            return problem(415, "unsupported-media-type",
+                           f"a creation request with a body must have Content-Type: {OFFSET_STREAM}")
+
+        final_parts: list[UploadState] = []
+        if concat == "final":
+            if length is not None or defer is not None:
+                return problem(400, "bad-header", "a final upload takes its length from its partials; "
+                                                  "do not send Upload-Length or Upload-Defer-Length")
+            if has_body:
+                return problem(403, "final-upload-immutable", "a final upload cannot carry a body")
+            final_parts, err = await self._check_parts(request, parts)
+            if err:
+                return err
+            length = sum(p.length for p in final_parts)
+        elif length is None and defer is None:
+            return problem(400, "missing-length", "send Upload-Length, or Upload-Defer-Length: 1 if the size is not known yet")
+        elif length is not None and defer is not None:
+            return problem(400, "bad-header", "send either Upload-Length or Upload-Defer-Length, not both")
+        if length is not None and length > self.s.max_upload_bytes:
+            return problem(413, "upload-too-large",
+                           f"Upload-Length {length} exceeds the maximum of {self.s.max_upload_bytes} bytes",
+                           headers={"Tus-Max-Size": str(self.s.max_upload_bytes)})
+
+        if self.admit:
+            refusal = await self.admit(request, "create")
+            if refusal is not None:
+                return refusal
+
+        tenant = self.tenant(request)
+        idem = request.headers.get("Idempotency-Key", "").strip()
+        if len(idem) > 255:
+            return problem(400, "bad-header", "Idempotency-Key must be at most 255 characters")
+        fingerprint = hashlib.sha256(
+            f"{length}|{defer}|{meta_raw}|{request.headers.get('Upload-Concat', '')}".encode()).hexdigest() if idem else ""
+        created = await self.store.create(
+            tenant=tenant, length=-1 if length is None else length, metadata=meta_raw, concat=concat,
+            parts=[p.id for p in final_parts], expires_at=self.expires_at(request),
+            idempotency_key=idem, fingerprint=fingerprint, pending=has_body,
+            idempotency_ttl=self.s.idempotency_ttl_seconds,
+            inflight_ms=self.s.idempotency_inflight_seconds * 1000)
+        upload_id = created.upload_id
+
+        if created.outcome == "mismatch":
+            return problem(422, "idempotency-key-reused",
+                           "this Idempotency-Key was used for a different upload; use a new key for a new upload")
+        if created.outcome == "inflight":
+            return problem(409, "idempotency-key-in-flight",
+                           "the first request with this Idempotency-Key is still being processed; retry in a moment",
+                           headers={"Retry-After": "1"})
+        if created.outcome == "replay":
+            state = await self.store.get(upload_id)
+            if state is None or state.state == TERMINATED:
+                return problem(410, "upload-gone", "the upload this Idempotency-Key created was terminated; use a new key")
+            h = self.upload_headers(state)
+            h["Location"] = self.location(request, upload_id)
+            h["Idempotent-Replayed"] = "true"
+            return web.Response(status=201, headers=h)
+
+        log.info("upload created", extra={"upload": upload_id, "tenant": tenant, "length": length})
+        h = {"Tus-Resumable": TUS_VERSION, "Location": self.location(request, upload_id)}
+        if concat == "final":
+            state = await self.store.get(upload_id)
+            await self.store.link_final(state)
+            return web.Response(status=201, headers=h)
+        h["Upload-Expires"] = _http_date(self.expires_at(request))
+        if has_body:
+            try:
+                # creation-with-upload: the body is the first chunk.
+                result = await self._receive(request, upload_id, 0)
+            finally:
+                if idem:
+                    await self.store.creation_done(tenant, idem)
+            if isinstance(result, web.Response):
+                # The upload exists; the body was refused. Tell the client where to resume.
+                result.headers["Location"] = h["Location"]
+                return result
+            h["Upload-Offset"] = str(result)
+        return web.Response(status=201, headers=h)
+
+    async def _check_parts(self, request: web.Request, parts: list[str]) -> tuple[list[UploadState], web.Response | None]:
+        states = []
+        for pid in parts:
+            st = await self.load(request, pid)
+            if st is None:
+                return [], problem(400, "bad-partial", f"partial upload {pid[:80]!r} does not exist")
+            if st.concat != "partial":
+                return [], problem(400, "bad-partial", f"upload {pid} was not created with Upload-Concat: partial")
+            if not st.complete:
+                return [], problem(400, "partial-incomplete",
+                                   f"partial upload {pid} has {st.offset} of {st.length} bytes; finish it first")
+            if st.final_of:
+                return [], problem(400, "bad-partial", f"partial upload {pid} already belongs to final upload {st.final_of}")
+            states.append(st)
+        return states, None
+
+    # --- core: PATCH ----------------------------------------------------
+
+    async def patch(self, request: web.Request, upload_id: str) -> web.Response:
+        if request.content_type != OFFSET_STREAM:
+            return problem(415, "unsupported-media-type", f"PATCH requests must have Content-Type: {OFFSET_STREAM}")
+        try:
+            offset = headers.non_negative_int("Upload-Offset", request.headers.get("Upload-Offset"))
+        except headers.HeaderError as e:
+            return problem(400, "bad-header", str(e))
+        if offset is None:
+            return problem(400, "missing-offset", "PATCH requests must carry Upload-Offset (send HEAD to learn it)")
+        if self.store.partition(upload_id) is None:
+            return self.not_found(upload_id)
+        state = await self.load(request, upload_id)
+        if state is None:
+            return self.not_found(upload_id)
+        if self.admit:
+            refusal = await self.admit(request, "append")
+            if refusal is not None:
+                return refusal
+        result = await self._receive(request, upload_id, offset)
+        if isinstance(result, web.Response):
+            return result
+        return web.Response(status=204, headers={"Tus-Resumable": TUS_VERSION, "Upload-Offset": str(result)})
+
+    async def _receive(self, request: web.Request, upload_id: str, offset: int) -> int | web.Response:
+        """Take the request body at `offset`; the new offset, or the refusal."""
+        try:
+            new_length = headers.non_negative_int("Upload-Length", request.headers.get("Upload-Length"))
+            ck = request.headers.get("Upload-Checksum")
+            expected = checksum.parse(ck) if ck is not None else None
+        except (headers.HeaderError, checksum.ChecksumHeaderError) as e:
+            return problem(400, "bad-header", str(e))
+        if new_length is not None and new_length > self.s.max_upload_bytes:
+            return problem(413, "upload-too-large", f"Upload-Length exceeds the maximum of {self.s.max_upload_bytes} bytes")
+        if expected is not None:
+            return await self._receive_checksummed(request, upload_id, offset, expected, new_length)
+        return await self._receive_streamed(request, upload_id, offset, new_length)
+
+    async def _receive_checksummed(self, request, upload_id, offset, expected, new_length):
+        cap = self.s.checksum_patch_max_bytes
+        if request.content_length is not None and request.content_length > cap:
+            return problem(413, "checksummed-patch-too-large",
+                           f"a PATCH with Upload-Checksum may carry at most {cap} bytes; send smaller chunks",
+                           headers={"Upload-Checksum-Max-Size": str(cap)})
+        buf = bytearray()
+        try:
+            while True:
+                chunk = await request.content.read(min(1 << 20, cap + 1 - len(buf)))
+                if not chunk:
+                    break
+                buf += chunk
+                if len(buf) > cap:
+                    return problem(413, "checksummed-patch-too-large",
+                                   f"a PATCH with Upload-Checksum may carry at most {cap} bytes; send smaller chunks")
+        except (ConnectionError, asyncio.IncompleteReadError, OSError, ValueError, RuntimeError) as e:
+            # An unverifiable partial body counts for nothing.
+            log.info("checksummed PATCH interrupted", extra={"upload": upload_id, "error": repr(e)})
+            return problem(400, "body-incomplete", "the body ended early; nothing was stored, resume from HEAD")
+        if request.content_length is not None and len(buf) != request.content_length:
+            return problem(400, "body-incomplete", "the body is shorter than Content-Length; nothing was stored")
+        body = bytes(buf)
+        algo, digest = expected
+        if not checksum.matches(algo, digest, body):
+            return problem(460, "checksum-mismatch",
+                           f"the {algo} of the {len(body)} bytes received does not match Upload-Checksum; "
+                           "nothing was stored, send the chunk again")
+        step = self.s.entry_bytes
+        pieces = [(checksum.crc32c(body[i:i + step]), body[i:i + step]) for i in range(0, len(body), step)]
+        record = f"{len(body)}:{checksum.crc32c(body)}"
+        res = await self.store.append(upload_id, offset, pieces, patch_start=offset, record=record,
+                                      new_length=new_length, buffer_limit=self.buffer_limit(request))
+        if res.outcome == "conflict" and res.record == record:
+            return res.offset  # a retry of a PATCH we already took
+        return self.refusal(res, upload_id) if res.outcome != "ok" else res.offset
+
+    async def _receive_streamed(self, request, upload_id, offset, new_length):
+        total = request.content_length  # None for chunked bodies
+        step = self.s.entry_bytes
+        pos, received, crc_all, first = offset, 0, 0, True
+        interrupted = False
+        while True:
+            want = step if total is None else min(step, total - received)
+            piece, eof, interrupted = await self._read_piece(request, want)
+            received += len(piece)
+            crc_all = checksum.crc32c(piece, crc_all)
+            last = eof or interrupted or (total is not None and received >= total)
+            record = f"{received}:{crc_all}" if last and not interrupted else ""
+            res = await self.store.append(
+                upload_id, pos, [(checksum.crc32c(piece), piece)] if piece else [], patch_start=offset,
+                record=record, new_length=new_length if first else None,
+                buffer_limit=self.buffer_limit(request))
+            if res.outcome != "ok":
+                if res.outcome == "conflict" and first and res.record:
+                    return await self._maybe_duplicate(request, res, received, crc_all, last, upload_id)
+                return self.refusal(res, upload_id)
+            pos, first = res.offset, False
+            if last:
+                break
+        if interrupted:
+            log.info("PATCH interrupted; kept what arrived", extra={"upload": upload_id, "offset": pos})
+        return pos
+
+    async def _read_piece(self, request: web.Request, want: int) -> tuple[bytes, bool, bool]:
+        """Up to `want` bytes: (bytes, at_eof, interrupted)."""
+        if want <= 0:
+            return b"", True, False
+        parts: list[bytes] = []
+        got = 0
+        try:
+            while got < want:
+                chunk = await request.content.read(want - got)
+                if not chunk:
+                    return b"".join(parts), True, False
+                parts.append(chunk)
+                got += len(chunk)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # connection reset, payload error: keep what arrived
+            return b"".join(parts), True, True
+        return parts[0] if len(parts) == 1 else b"".join(parts), False, False
+
+    async def _maybe_duplicate(self, request, res: Appended, received: int, crc_all: int, last: bool,
+                               upload_id: str) -> int | web.Response:
+        """The offset is behind us and a PATCH was accepted at this offset before:
+        read the rest and compare length and CRC. Same bytes: answer success."""
+        length_s, _, crc_s = res.record.partition(":")
+        total = request.content_length
+        if total is not None and str(total) != length_s:
+            return self.refusal(res, upload_id)
+        while not last:
+            piece, eof, interrupted = await self._read_piece(request, self.s.entry_bytes)
+            if interrupted:
+                return self.refusal(res, upload_id)
+            received += len(piece)
+            crc_all = checksum.crc32c(piece, crc_all)
+            last = eof or (total is not None and received >= total)
+            if received > int(length_s):
+                break
+        if f"{received}:{crc_all}" == res.record:
+            return res.offset
+        return self.refusal(res, upload_id)
+
+    def buffer_limit(self, request: web.Request) -> int:
+        return request.get("buffer_limit", 0)
+
+    def refusal(self, res: Appended, upload_id: str) -> web.Response:
+        o = res.outcome
+        if o == "conflict":
+            return problem(409, "offset-mismatch",
+                           f"Upload-Offset does not match the upload's offset {res.offset}; send HEAD and resume from there",
+                           headers={"Upload-Offset": str(res.offset)}, offset=res.offset)
+        if o == "notfound" or (o == "closed" and res.detail == TERMINATED):
+            return self.not_found(upload_id)
+        if o == "final":
+            return problem(403, "final-upload-immutable", "a final (concatenated) upload cannot be appended to")
+        if o == "complete":
+            return problem(403, "upload-complete", f"this upload is complete at {res.offset} bytes; nothing more can be appended")
+        if o == "closed":
+            return problem(403, f"upload-{res.detail}", f"this upload is {res.detail}; create a new upload to send the file again")
+        if o == "expired":
+            return problem(410, "upload-expired", "this upload expired before it was complete; create a new one")
+        if o == "exceeds":
+            return problem(413, "exceeds-length", f"the body would take the upload past its Upload-Length of {res.offset}")
+        if o == "length_fixed":
+            return problem(400, "length-fixed", f"Upload-Length is already {res.offset} and cannot change")
+        if o == "length_short":
+            return problem(400, "length-too-small", f"Upload-Length must be at least {res.offset}, the bytes already sent")
+        if o == "full":
+            return problem(503, "buffer-full", "the upload buffer is full; your bytes so far are safe, retry after the pause",
+                           headers={"Retry-After": "2", "Upload-Offset": str(res.offset)})
+        return problem(500, "internal", f"unexpected outcome {o}")
+
+    # --- termination ----------------------------------------------------
+
+    async def delete(self, request: web.Request, upload_id: str) -> web.Response:
+        state = await self.load(request, upload_id)
+        if state is None:
+            return self.not_found(upload_id)
+        outcome = await self.store.terminate(upload_id)
+        if outcome == "ok":
+            log.info("upload terminated", extra={"upload": upload_id})
+            return web.Response(status=204, headers={"Tus-Resumable": TUS_VERSION})
+        if outcome == "notfound":
+            return self.not_found(upload_id)
+        return problem(403, "upload-immutable",
+                       "this upload is complete; accepted files are never deleted or overwritten")
+
+
+def status_body(state: UploadState) -> dict:
+    """What the status endpoint reports. Keep your local copy until state is 'stored'."""
+    return {
+        "id": state.id, "state": state.state, "reason": state.reason or None,
+        "length": state.length if state.length >= 0 else None,
+        "bytes_received": state.offset, "bytes_stored": state.stored,
+        "sha256": state.sha256 or None, "metadata": state.metadata or None,
+        "created_at": state.created_at, "received_at": state.received_at or None,
+        "stored_at": state.stored_at or None,
+        "expires_at": state.expires_at if state.state == RECEIVING else None,
+        "safe_to_delete_local_copy": state.state == STORED,
+    }

@@ -1,0 +1,118 @@
+"""Where stored files live. The ingest loop sees only the BlobStore interface,
+so an S3-compatible store can be added without touching it.
+
+Every method is synchronous and may block (disk, fsync); the ingester calls
+them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+
+class BlobStore(Protocol):
+    def write(self, writes: list[tuple[str, int, bytes]]) -> None:
+        """Write each (upload_id, offset, data) at its offset; durable when this returns.
+        Positional, so writing the same entry twice changes nothing."""
+
+    def finalize(self, upload_id: str, length: int) -> str:
+        """Move the complete upload to its immutable place; its sha256 (hex). Idempotent."""
+
+    def concat(self, final_id: str, part_ids: list[str]) -> None:
+        """Build a final upload's bytes from its stored partials, in order. Idempotent."""
+
+    def discard(self, upload_id: str) -> None:
+        """Drop the bytes of a terminated, incomplete upload."""
+
+    def open_stored(self, upload_id: str) -> BinaryIO:
+        ...
+
+
+class LocalBlobStore:
+    """A directory: `partial/<id>` while bytes arrive, `stored/<id>` read-only once complete."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.partial_dir = self.root / "partial"
+        self.stored_dir = self.root / "stored"
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        self.stored_dir.mkdir(parents=True, exist_ok=True)
+
+    def partial_path(self, upload_id: str) -> Path:
+        return self.partial_dir / upload_id
+
+    def stored_path(self, upload_id: str) -> Path:
+        return self.stored_dir / upload_id
+
+    def write(self, writes: list[tuple[str, int, bytes]]) -> None:
+        fds: dict[str, int] = {}
+        try:
+            for upload_id, offset, data in writes:
+                fd = fds.get(upload_id)
+                if fd is None:
+                    fd = fds[upload_id] = os.open(self.partial_path(upload_id), os.O_WRONLY | os.O_CREAT, 0o644)
+                view = memoryview(data)
+                while view:
+                    n = os.pwrite(fd, view, offset)
+                    view, offset = view[n:], offset + n
+            # One fsync per file per batch: the acknowledgement that follows promises durability.
+            for fd in fds.values():
+                os.fsync(fd)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+
+    def finalize(self, upload_id: str, length: int) -> str:
+        src, dst = self.partial_path(upload_id), self.stored_path(upload_id)
+        if not dst.exists():
+            if not src.exists():
+                if length != 0:
+                    raise FileNotFoundError(f"no bytes on disk for upload {upload_id}")
+                src.touch()
+            size = src.stat().st_size
+            if size != length:
+                raise ValueError(f"upload {upload_id} has {size} bytes on disk, expected {length}")
+            os.chmod(src, 0o444)
+            os.replace(src, dst)
+            _fsync_dir(self.stored_dir)
+        return _sha256(dst)
+
+    def concat(self, final_id: str, part_ids: list[str]) -> None:
+        if self.stored_path(final_id).exists():
+            return
+        tmp = self.partial_path(final_id)
+        with open(tmp, "wb") as out:
+            for part in part_ids:
+                with open(self.stored_path(part), "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+
+    def discard(self, upload_id: str) -> None:
+        try:
+            os.unlink(self.partial_path(upload_id))
+        except FileNotFoundError:
+            pass
+
+    def open_stored(self, upload_id: str) -> BinaryIO:
+        return open(self.stored_path(upload_id), "rb")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,236 @@
+"""`unggah ingest`: drain every partition's stream into the blob store.
+
+Per partition, one loop: read a small batch (entries can be MiBs), write the
+data entries at their offsets and fsync, then acknowledge them in one atomic
+step (ack + delete + byte counters). Finalisation, concatenation and drops
+arrive as entries of their own, so a crash in the middle of any of them is
+recovered the same way as a crash in the middle of a write: the entry stays
+pending and is processed again, by us after a restart or by another ingester
+after it has been idle for `ingest_claim_idle_ms`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import signal
+import socket
+from contextlib import asynccontextmanager
+
+import crc32c
+
+from buffer import keys
+from buffer.connection import connect
+from buffer.messages import CONCAT, DATA, DROP, FIN, FAILED, RECEIVING, STORED, Entry, decode_metadata
+from buffer.queue import Queue, parse_entry
+from buffer.store import UploadStore
+from ingest.blobstore import BlobStore, LocalBlobStore
+from unggah.config import Settings
+
+log = logging.getLogger("unggah.ingest")
+
+
+class EntryError(Exception):
+    """This entry cannot be processed now; it stays pending and is retried, then dead-lettered."""
+
+
+def declared_sha256(metadata: str) -> str | None:
+    """A whole-file checksum the client declared in Upload-Metadata, as hex:
+    `sha256` (hex or base64 digest) or `checksum` ("sha256 <base64>")."""
+    try:
+        meta = decode_metadata(metadata)
+    except ValueError:
+        return None
+    raw = meta.get("sha256")
+    if raw is None and meta.get("checksum", b"").lower().startswith(b"sha256 "):
+        raw = meta["checksum"][7:]
+    if raw is None:
+        return None
+    text = raw.decode(errors="replace").strip()
+    if len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text):
+        return text.lower()
+    try:
+        return base64.b64decode(text, validate=True).hex()
+    except (binascii.Error, ValueError):
+        return "unreadable"
+
+
+class Ingester:
+    def __init__(self, settings: Settings, name: str, client, blobs: BlobStore) -> None:
+        self.s = settings
+        self.name = name
+        self.q = Queue(client, settings.partitions)
+        self.store = UploadStore(client, partitions=settings.partitions)
+        self.blobs = blobs
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        await self.q.ensure_groups()
+        loops = [asyncio.create_task(self.partition_loop(p)) for p in range(self.s.partitions)]
+        loops.append(asyncio.create_task(self.reclaim_loop()))
+        log.info("ingester started", extra={"consumer": self.name, "partitions": self.s.partitions})
+        await self.stopping.wait()
+        # Loops notice `stopping` between batches; a batch in progress completes or stays pending.
+        await asyncio.wait(loops, timeout=self.s.ingest_block_ms / 1000 + 20)
+        for t in loops:
+            t.cancel()
+        log.info("ingester stopped", extra={"consumer": self.name})
+
+    async def partition_loop(self, p: int) -> None:
+        own_pending = True  # after a restart, first finish what we held under this name
+        while not self.stopping.is_set():
+            try:
+                raw = await self.q.read(p, self.name, self.s.ingest_read_count, self.s.ingest_block_ms,
+                                        own_pending=own_pending)
+                if own_pending and not raw:
+                    own_pending = False
+                    continue
+                await self.process(p, raw)
+                if own_pending:
+                    # Entries we keep failing stay pending under our name: leave them to reclaim.
+                    own_pending = False
+            except (ConnectionError, OSError, TimeoutError) as e:
+                log.warning("redis unavailable; retrying", extra={"partition": p, "error": repr(e)})
+                await asyncio.sleep(0.5)
+            except Exception:
+                log.exception("partition loop error", extra={"partition": p})
+                await asyncio.sleep(0.5)
+
+    async def reclaim_loop(self) -> None:
+        interval = max(self.s.ingest_claim_idle_ms / 2000, 0.05)
+        while not self.stopping.is_set():
+            try:
+                await asyncio.wait_for(self.stopping.wait(), interval)
+                return
+            except asyncio.TimeoutError:
+                pass
+            for p in range(self.s.partitions):
+                try:
+                    claimed = await self.q.reclaim(p, self.name, self.s.ingest_claim_idle_ms, self.s.ingest_read_count)
+                    live = []
+                    for entry_id, fields in claimed:
+                        parsed = parse_entry(entry_id, fields)
+                        if parsed is None:
+                            continue
+                        n = await self.q.deliveries(p, parsed[0].entry_id)
+                        if n > self.s.ingest_max_deliveries:
+                            log.error("dead-lettering entry", extra={"partition": p, "entry": parsed[0].entry_id,
+                                                                   "upload": parsed[0].u, "deliveries": n})
+                            await self.q.dead_letter(p, parsed[0], n)
+                        else:
+                            live.append((entry_id, fields))
+                    if live:
+                        log.info("reclaimed entries", extra={"partition": p, "count": len(live)})
+                        await self.process(p, live)
+                except Exception:
+                    log.exception("reclaim error", extra={"partition": p})
+
+    @asynccontextmanager
+    async def holding(self, p: int, entry_ids: list[str]):
+        """Keep our claim on entries fresh while a long write or fsync runs."""
+        async def beat():
+            while True:
+                await asyncio.sleep(max(self.s.ingest_claim_idle_ms / 3000, 0.05))
+                try:
+                    await self.q.keep_alive(p, self.name, entry_ids)
+                except Exception as e:  # losing a beat only risks a duplicate, which is harmless
+                    log.warning("keep-alive failed", extra={"error": repr(e)})
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    async def process(self, p: int, raw: list) -> None:
+        entries: list[tuple[Entry, bytes]] = []
+        for entry_id, fields in raw:
+            parsed = parse_entry(entry_id, fields)
+            if parsed is None:
+                # Deleted while pending (acknowledged elsewhere): just clear it from our PEL.
+                await self.q.r.xack(keys.stream(p), self.q.group, entry_id)
+                continue
+            entries.append(parsed)
+        if not entries:
+            return
+        async with self.holding(p, [e.entry_id for e, _ in entries]):
+            data = [(e, d) for e, d in entries if e.k == DATA]
+            if data:
+                await self.store_data(p, data)
+            for e, _ in entries:
+                if e.k == DATA:
+                    continue
+                try:
+                    await self.control(p, e)
+                except Exception as exc:
+                    log.warning("entry failed; will retry", extra={"entry": e.entry_id, "upload": e.u,
+                                                                  "kind": e.k, "error": repr(exc)})
+                    await self.q.note_error(p, e.entry_id, f"{type(exc).__name__}: {exc}")
+
+    async def store_data(self, p: int, data: list[tuple[Entry, bytes]]) -> None:
+        states = await self.q.states(p, sorted({e.u for e, _ in data}))
+        writes, done = [], []
+        for e, d in data:
+            if crc32c.crc32c(d) != e.c:
+                await self.q.note_error(p, e.entry_id, f"crc32c mismatch at offset {e.o}: the entry is corrupt")
+                log.error("corrupt entry", extra={"entry": e.entry_id, "upload": e.u})
+                continue
+            if states.get(e.u) == RECEIVING:
+                writes.append((e.u, e.o, d))
+            done.append(e)  # terminated/failed/unknown uploads: nothing to write, just acknowledge
+        try:
+            await asyncio.to_thread(self.blobs.write, writes)
+        except OSError as exc:
+            log.warning("write failed; entries stay pending", extra={"partition": p, "error": repr(exc)})
+            for e in done:
+                await self.q.note_error(p, e.entry_id, f"write failed: {exc}")
+            return
+        await self.q.ack(p, done)
+
+    async def control(self, p: int, e: Entry) -> None:
+        state = await self.q.upload(e.u)
+        if e.k == DROP:
+            await asyncio.to_thread(self.blobs.discard, e.u)
+            await self.q.ack(p, [e])
+            return
+        if state is None or state.state != RECEIVING:
+            await self.q.ack(p, [e])  # already finished, or gone: nothing to do
+            return
+        if e.k == CONCAT:
+            parts = state.parts.split()
+            for part in parts:
+                ps = await self.q.upload(part)
+                if ps is None or ps.state != STORED:
+                    raise EntryError(f"partial {part} is not stored yet")
+            await asyncio.to_thread(self.blobs.concat, e.u, parts)
+        elif e.k != FIN:
+            raise EntryError(f"unknown entry kind {e.k!r}")
+        sha = await asyncio.to_thread(self.blobs.finalize, e.u, state.length)
+        declared = declared_sha256(state.metadata)
+        if declared and declared != sha:
+            await self.q.finish(p, e, FAILED, sha256=sha,
+                                reason=f"sha256 mismatch: the client declared {declared}, the stored bytes have {sha}")
+            log.warning("upload failed its declared checksum", extra={"upload": e.u})
+            return
+        await self.q.finish(p, e, STORED, sha256=sha)
+        log.info("upload stored", extra={"upload": e.u, "bytes": state.length, "sha256": sha})
+        if state.final_of:
+            final = await self.q.upload(state.final_of)
+            if final is not None:
+                await self.store.queue_concat_if_ready(final.id, final.parts.split())
+
+
+async def run(settings: Settings, name: str) -> int:
+    client = connect(settings.redis_url)
+    blobs = LocalBlobStore(settings.blob_path)
+    consumer = name if "." in name else f"{socket.gethostname()}.{name}"
+    ing = Ingester(settings, consumer, client, blobs)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, ing.stopping.set)
+    try:
+        await ing.run()
+    finally:
+        await client.aclose()
+    return 0

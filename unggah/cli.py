@@ -1,0 +1,101 @@
+"""The `unggah` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from unggah import config, logs
+
+
+def _settings(args: argparse.Namespace) -> config.Settings:
+    overrides = {}
+    if getattr(args, "port", None) is not None:
+        overrides["port"] = args.port
+    return config.load(getattr(args, "config", None), **overrides)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from unggah.stack import up
+
+    s = _settings(args)
+    logs.setup(s.log_level)
+    return up(s, port=args.port, ingesters=args.ingesters)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvloop
+    from aiohttp import web
+
+    from gateway.app import make_app
+
+    s = _settings(args)
+    logs.setup(s.log_level)
+    if s.embedded:
+        print("unggah serve runs the gateway alone and needs UNGGAH_REDIS_URL; "
+              "use 'unggah up' for the whole stack on the embedded Valkey", file=sys.stderr)
+        return 2
+    web.run_app(make_app(s), host=s.host, port=s.port, access_log=None, print=None,
+                shutdown_timeout=15, loop=uvloop.new_event_loop())
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from ingest.worker import run
+
+    s = _settings(args)
+    logs.setup(s.log_level)
+    if s.embedded:
+        print("unggah ingest needs UNGGAH_REDIS_URL; use 'unggah up' for the whole stack", file=sys.stderr)
+        return 2
+    return uvloop.run(run(s, args.name))
+
+
+def cmd_dead(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from ingest.deadletters import main
+
+    s = _settings(args)
+    return uvloop.run(main(s, args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unggah", description="Load-tolerant resumable upload gateway (tus 1.0)")
+    p.add_argument("--config", help="TOML settings file (default: $UNGGAH_CONFIG)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the whole local stack (embedded Valkey, gateway, ingesters)")
+    up.add_argument("--port", type=int, help="gateway port (default 8080)")
+    up.add_argument("--ingesters", type=int, help="ingester processes (default: ingest_processes)")
+    up.set_defaults(func=cmd_up)
+
+    serve = sub.add_parser("serve", help="run only the gateway against UNGGAH_REDIS_URL")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    ing = sub.add_parser("ingest", help="run one ingester process against UNGGAH_REDIS_URL")
+    ing.add_argument("--name", default="ingest-0", help="stable consumer name (its pending entries survive restarts)")
+    ing.set_defaults(func=cmd_ingest)
+
+    dead = sub.add_parser("dead", help="list or replay dead-lettered entries")
+    dead.add_argument("action", choices=["list", "replay"])
+    dead.add_argument("ids", nargs="*", help="dead-letter entry ids to replay (default: all)")
+    dead.add_argument("--upload", help="only entries of this upload")
+    dead.set_defaults(func=cmd_dead)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except config.ConfigError as e:
+        print(f"unggah: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
