@@ -11,6 +11,7 @@ from aiohttp import web
 
 from buffer.connection import connect
 from buffer.store import DurabilityError, UploadStore
+from gateway.context import REQUEST_ID
 from gateway.problems import problem
 from gateway.tus import TusHandler, status_body
 from unggah.config import Settings
@@ -27,7 +28,7 @@ TUS = web.AppKey("tus", TusHandler)
 async def errors(request: web.Request, handler):
     """Every error leaves as problem+json with a request id; Redis trouble is a
     503 with Retry-After, which every tus client retries."""
-    request["request_id"] = request.headers.get("X-Request-Id") or secrets.token_hex(8)
+    request[REQUEST_ID] = request.headers.get("X-Request-Id") or secrets.token_hex(8)
     try:
         response = await handler(request)
     except web.HTTPException as e:
@@ -37,7 +38,7 @@ async def errors(request: web.Request, handler):
         detail = {404: "no such route; the tus endpoint is /files/"}.get(e.status, e.reason)
         response = problem(e.status, reason, detail)
     except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, DurabilityError) as e:
-        log.warning("buffer unavailable", extra={"error": repr(e), "request_id": request["request_id"]})
+        log.warning("buffer unavailable", extra={"error": repr(e), "request_id": request[REQUEST_ID]})
         response = problem(503, "buffer-unavailable",
                            "the upload buffer is briefly unavailable; your accepted bytes are safe, retry shortly",
                            headers={"Retry-After": "2"})
@@ -46,14 +47,14 @@ async def errors(request: web.Request, handler):
             response = problem(503, "buffer-full", "the upload buffer is full; retry after the pause",
                                headers={"Retry-After": "5"})
         else:
-            log.exception("redis error", extra={"request_id": request["request_id"]})
+            log.exception("redis error", extra={"request_id": request[REQUEST_ID]})
             response = problem(500, "internal", "internal error; retry, and report the request id if it persists",
-                               request_id=request["request_id"])
+                               request_id=request[REQUEST_ID])
     except Exception:
-        log.exception("unhandled error", extra={"request_id": request["request_id"]})
+        log.exception("unhandled error", extra={"request_id": request[REQUEST_ID]})
         response = problem(500, "internal", "internal error; retry, and report the request id if it persists",
-                           request_id=request["request_id"])
-    response.headers["X-Request-Id"] = request["request_id"]
+                           request_id=request[REQUEST_ID])
+    response.headers["X-Request-Id"] = request[REQUEST_ID]
     return response
 
 
@@ -86,10 +87,10 @@ def build_app(settings: Settings, client: redis.Redis) -> web.Application:
             return web.json_response({"ready": False, "why": f"redis: {e}"}, status=503)
         return web.json_response({"ready": True})
 
-    app.router.add_route("*", "/files", tus)
-    app.router.add_route("*", "/files/", tus)
+    app.router.add_route("*", "/files", tus.handle)
+    app.router.add_route("*", "/files/", tus.handle)
     app.router.add_get("/files/{upload_id}/status", upload_status)
-    app.router.add_route("*", "/files/{upload_id}", tus)
+    app.router.add_route("*", "/files/{upload_id}", tus.handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
 

@@ -24,6 +24,7 @@ from aiohttp import web
 from buffer.messages import RECEIVING, STORED, TERMINATED, UploadState
 from buffer.store import Appended, UploadStore
 from gateway import checksum, headers
+from gateway.context import BUFFER_LIMIT, READ_ALL, TENANT
 from gateway.problems import TUS_VERSION, problem
 from unggah.config import Settings
 
@@ -49,7 +50,7 @@ class TusHandler:
 
     # --- dispatch -------------------------------------------------------
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         method = request.method
         override = request.headers.get("X-HTTP-Method-Override")
         if override and method == "POST":
@@ -89,7 +90,7 @@ class TusHandler:
     # --- helpers --------------------------------------------------------
 
     def tenant(self, request: web.Request) -> str:
-        return request.get("tenant", "public")
+        return request.get(TENANT, "public")
 
     def location(self, request: web.Request, upload_id: str) -> str:
         base = self.s.public_url.rstrip("/") if self.s.public_url else f"{request.scheme}://{request.host}"
@@ -101,7 +102,7 @@ class TusHandler:
         state = await self.store.get(upload_id)
         if state is None or state.state == TERMINATED:
             return None
-        if not request.get("read_all") and state.tenant != self.tenant(request):
+        if not request.get(READ_ALL, False) and state.tenant != self.tenant(request):
             return None
         return state
 
@@ -399,7 +400,7 @@ class TusHandler:
         return self.refusal(res, upload_id)
 
     def buffer_limit(self, request: web.Request) -> int:
-        return request.get("buffer_limit", 0)
+        return request.get(BUFFER_LIMIT, 0)
 
     def refusal(self, res: Appended, upload_id: str) -> web.Response:
         o = res.outcome

@@ -1,0 +1,13 @@
+"""What middlewares attach to a request for the handlers (typed request keys)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+REQUEST_ID = web.RequestKey("request_id", str)
+# The tenant (candidate pair) the caller acts for; "public" when access control is off.
+TENANT = web.RequestKey("tenant", str)
+# Commission verifiers and observers may read every tenant's uploads.
+READ_ALL = web.RequestKey("read_all", bool)
+# The buffer ceiling admission control allows this request's appends to reach (0: none).
+BUFFER_LIMIT = web.RequestKey("buffer_limit", int)

@@ -1,0 +1,172 @@
+"""Test harness: a real Valkey started by the session, the real gateway on a free
+port, real processes we can SIGKILL. No fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from buffer.connection import connect
+from gateway.app import build_app
+from unggah import config
+from unggah.valkey import EmbeddedValkey, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory):
+    """One Valkey for the session (AOF everysec); tests that kill it start their own."""
+    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"), appendfsync="everysec", maxmemory="1gb").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def r(valkey):
+    """A client on the session Valkey, emptied before the test."""
+    client = aioredis.Redis.from_url(valkey.url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+def make_settings(tmp_path: Path, redis_url: str, **overrides) -> config.Settings:
+    base = dict(redis_url=redis_url, state_dir=str(tmp_path / "state"), partitions=4,
+                ingest_claim_idle_ms=1000, ingest_block_ms=200, ingest_max_deliveries=3)
+    base.update(overrides)
+    return config.load(env={}, **base)
+
+
+@pytest.fixture
+def settings(tmp_path, valkey, r):
+    return make_settings(tmp_path, valkey.url)
+
+
+class Gateway:
+    """The gateway app served in-process on a free port."""
+
+    def __init__(self, settings: config.Settings) -> None:
+        self.settings = settings
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.files = self.url + "/files/"
+        self.app: web.Application | None = None
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> "Gateway":
+        self.app = build_app(self.settings, connect(self.settings.redis_url))
+        self.runner = web.AppRunner(self.app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self.runner:
+            await self.runner.cleanup()
+
+
+@pytest.fixture
+async def gateway(settings):
+    gw = await Gateway(settings).start()
+    yield gw
+    await gw.stop()
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+        yield s
+
+
+TUS = {"Tus-Resumable": "1.0.0"}
+OCTET = {"Tus-Resumable": "1.0.0", "Content-Type": "application/offset+octet-stream"}
+
+
+async def create(http: aiohttp.ClientSession, gw: Gateway, length: int | None, **headers) -> str:
+    h = dict(TUS)
+    if length is not None:
+        h["Upload-Length"] = str(length)
+    h.update({k.replace("_", "-"): v for k, v in headers.items()})
+    async with http.post(gw.files, headers=h) as resp:
+        assert resp.status == 201, await resp.text()
+        return resp.headers["Location"]
+
+
+async def patch(http: aiohttp.ClientSession, url: str, offset: int, data: bytes, **headers):
+    h = dict(OCTET, **{"Upload-Offset": str(offset)})
+    h.update({k.replace("_", "-"): v for k, v in headers.items()})
+    async with http.patch(url, data=data, headers=h) as resp:
+        await resp.read()
+        return resp
+
+
+async def head(http: aiohttp.ClientSession, url: str):
+    async with http.head(url, headers=TUS) as resp:
+        return resp
+
+
+async def status(http: aiohttp.ClientSession, url: str) -> dict:
+    async with http.get(url + "/status") as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+        await asyncio.sleep(interval)
+
+
+def child_env(settings: config.Settings) -> dict[str, str]:
+    """Environment for a gateway or ingester child process with these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNGGAH_")}
+    for name in ("redis_url", "state_dir", "partitions", "ingest_claim_idle_ms", "ingest_block_ms",
+                 "ingest_max_deliveries", "entry_bytes", "appendfsync"):
+        env["UNGGAH_" + name.upper()] = str(getattr(settings, name))
+    return env
+
+
+@pytest.fixture
+async def ingester(settings):
+    """One ingester running in the test's event loop."""
+    from ingest.blobstore import LocalBlobStore
+    from ingest.worker import Ingester
+
+    client = connect(settings.redis_url)
+    ing = Ingester(settings, "test.ingest-0", client, LocalBlobStore(settings.blob_path))
+    task = asyncio.create_task(ing.run())
+    yield ing
+    ing.stopping.set()
+    await asyncio.wait_for(task, 30)
+    await client.aclose()
+
+
+async def wait_stored(http, url: str, timeout: float = 30.0) -> dict:
+    async def done():
+        st = await status(http, url)
+        return st if st["state"] in ("stored", "failed") else None
+    return await wait_for(done, timeout)
+
+
+async def buffer_empty(r) -> bool:
+    """No entry left in any partition stream and every byte counter at zero."""
+    for key in await r.keys("unggah:*:stream"):
+        if await r.xlen(key):
+            return False
+    for key in await r.keys("unggah:*:bytes"):
+        if int(await r.get(key) or 0):
+            return False
+    return True
