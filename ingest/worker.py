@@ -20,6 +20,7 @@ import socket
 from contextlib import asynccontextmanager
 
 import crc32c
+import redis.asyncio as redis
 
 from buffer import keys
 from buffer.connection import connect
@@ -67,7 +68,17 @@ class Ingester:
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
-        await self.q.ensure_groups()
+        while True:  # Redis may still be starting (or restarting): wait for it, do not die
+            try:
+                await self.q.ensure_groups()
+                break
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as e:
+                log.warning("waiting for redis", extra={"error": str(e)})
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), 0.5)
+                    return
+                except asyncio.TimeoutError:
+                    pass
         loops = [asyncio.create_task(self.partition_loop(p)) for p in range(self.s.partitions)]
         loops.append(asyncio.create_task(self.reclaim_loop()))
         log.info("ingester started", extra={"consumer": self.name, "partitions": self.s.partitions})
@@ -91,8 +102,8 @@ class Ingester:
                 if own_pending:
                     # Entries we keep failing stay pending under our name: leave them to reclaim.
                     own_pending = False
-            except (ConnectionError, OSError, TimeoutError) as e:
-                log.warning("redis unavailable; retrying", extra={"partition": p, "error": repr(e)})
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError) as e:
+                log.warning("redis unavailable; retrying", extra={"partition": p, "error": str(e)})
                 await asyncio.sleep(0.5)
             except Exception:
                 log.exception("partition loop error", extra={"partition": p})

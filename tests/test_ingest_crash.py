@@ -1,0 +1,163 @@
+"""Every byte accounted for through crashes: real ingester processes, SIGKILL, reclaim,
+duplicate delivery, dead letters and replay."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from buffer import keys
+from buffer.connection import connect
+from buffer.queue import Queue, parse_entry
+from ingest.blobstore import LocalBlobStore
+from tests.conftest import (buffer_empty, child_env, create, patch, status, wait_for, wait_stored)
+from tests.test_e2e import send_partial_patch, stored_bytes
+
+
+async def upload_all(http, gateway, blobs: list[bytes], chunk: int = 256 * 1024) -> list[str]:
+    async def one(data: bytes) -> str:
+        url = await create(http, gateway, len(data))
+        for off in range(0, len(data), chunk):
+            assert (await patch(http, url, off, data[off:off + chunk])).status == 204
+        return url
+    return await asyncio.gather(*(one(b) for b in blobs))
+
+
+async def stored_count(http, urls) -> int:
+    return sum([(await status(http, u))["bytes_stored"] for u in urls])
+
+
+async def test_kill_ingester_mid_batch_another_reclaims(gateway, http, r, settings, ingester_procs):
+    blobs = [os.urandom(4_000_000) for _ in range(6)]
+    urls = await upload_all(http, gateway, blobs)
+    total = sum(map(len, blobs))
+    a = ingester_procs("t.ingest-a")
+    await wait_for(lambda: stored_count(http, urls), 20, 0.01)  # a has started storing
+    a.kill()
+    assert await stored_count(http, urls) < total, "ingester finished before it could be killed; use more data"
+    ingester_procs("t.ingest-b")
+    for url, data in zip(urls, blobs):
+        st = await wait_stored(http, url, 60)
+        assert st["state"] == "stored" and st["sha256"] == hashlib.sha256(data).hexdigest()
+        assert stored_bytes(settings, url) == data
+        assert st["bytes_stored"] == len(data)  # counted once, whatever was written twice
+    await wait_for(lambda: buffer_empty(r))
+
+
+async def test_duplicate_delivery_changes_nothing(gateway, http, r, settings, ingester_procs):
+    """A consumer writes entries and dies before acknowledging: another writes them again."""
+    data = os.urandom(1_500_000)
+    [url] = await upload_all(http, gateway, [data])
+    upload_id = url.rsplit("/", 1)[1]
+    p = int(upload_id.split("-")[0])
+    client = connect(settings.redis_url)
+    q = Queue(client, settings.partitions)
+    await q.ensure_groups()
+    raw = await q.read(p, "t.ghost", 100, 100)
+    blobs = LocalBlobStore(settings.blob_path)
+    writes = [(e.u, e.o, d) for e, d in (parse_entry(i, f) for i, f in raw) if e.k == "d"]
+    blobs.write(writes)  # written, never acknowledged
+    await client.aclose()
+    ingester_procs("t.ingest-a")  # reclaims after the idle timeout and writes them again
+    st = await wait_stored(http, url, 30)
+    assert st["sha256"] == hashlib.sha256(data).hexdigest() and st["bytes_stored"] == len(data)
+    assert stored_bytes(settings, url) == data
+    await wait_for(lambda: buffer_empty(r))
+
+
+async def test_restart_with_pending_entries_under_the_same_name(gateway, http, r, settings, ingester_procs, tmp_path):
+    data = os.urandom(1_000_000)
+    [url] = await upload_all(http, gateway, [data])
+    p = int(url.rsplit("/", 1)[1].split("-")[0])
+    client = connect(settings.redis_url)
+    q = Queue(client, settings.partitions)
+    await q.ensure_groups()
+    # The ingester read these and was killed before doing anything with them.
+    assert await q.read(p, "t.ingest-7", 100, 100)
+    await client.aclose()
+    # With reclaim effectively off, only the restarted consumer itself can take them back.
+    from tests.conftest import make_settings
+    slow = make_settings(tmp_path, settings.redis_url, ingest_claim_idle_ms=3_600_000,
+                         state_dir=settings.state_dir)
+    from tests.conftest import IngesterProcess
+    proc = IngesterProcess(slow, "t.ingest-7")
+    try:
+        st = await wait_stored(http, url, 30)
+        assert st["sha256"] == hashlib.sha256(data).hexdigest()
+    finally:
+        proc.kill()
+    await wait_for(lambda: buffer_empty(r))
+
+
+def dead_cli(settings, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "unggah.cli", "dead", *args], env=child_env(settings),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+async def test_poison_entry_is_dead_lettered_and_replayed(gateway, http, r, settings, ingester_procs):
+    data = os.urandom(300_000)
+    url = await create(http, gateway, len(data))
+    upload_id = url.rsplit("/", 1)[1]
+    # The poison: the upload's file path is taken by a directory, so every write fails.
+    blocker = Path(settings.blob_path) / "partial" / upload_id
+    blocker.mkdir(parents=True)
+    await patch(http, url, 0, data)
+    ingester_procs("t.ingest-a")
+
+    async def failed():
+        st = await status(http, url)
+        return st if st["state"] == "failed" else None
+    st = await wait_for(failed, 40)
+    assert st["reason"].startswith("dead-letter:") and "write failed" in st["reason"]
+    listing = dead_cli(settings, "list")
+    assert upload_id in listing and "deliveries" in listing
+    p = int(upload_id.split("-")[0])
+    assert await r.xlen(keys.dead(p)) == 1
+    blocker.rmdir()  # the fix
+    dead_cli(settings, "replay")
+    st = await wait_stored(http, url, 30)
+    assert st["state"] == "stored" and st["sha256"] == hashlib.sha256(data).hexdigest()
+    assert await r.xlen(keys.dead(p)) == 0
+    await wait_for(lambda: buffer_empty(r))
+
+
+async def test_fifty_uploads_cut_patches_and_a_killed_ingester(gateway, http, r, settings, ingester_procs):
+    rng = random.Random(7)
+    blobs = [os.urandom(rng.randint(50_000, 1_500_000)) for _ in range(50)]
+    a = ingester_procs("t.ingest-a")
+    ingester_procs("t.ingest-b")
+
+    async def one(data: bytes) -> str:
+        url = await create(http, gateway, len(data))
+        off = 0
+        while off < len(data):
+            n = min(rng.randint(10_000, 400_000), len(data) - off)
+            if rng.random() < 0.2 and n > 2:
+                # Cut mid-body, then resume from HEAD like a tus client.
+                await send_partial_patch(gateway.port, url, off, n, data[off:off + n // 2])
+                async with http.head(url, headers={"Tus-Resumable": "1.0.0"}) as resp:
+                    off = int(resp.headers["Upload-Offset"])
+                continue
+            resp = await patch(http, url, off, data[off:off + n])
+            # 409: the cut PATCH's bytes were committed after our HEAD; resume from the
+            # offset the server names, as tus clients do.
+            assert resp.status in (204, 409), resp.status
+            off = int(resp.headers["Upload-Offset"])
+        return url
+
+    async def killer():
+        await asyncio.sleep(1.0)
+        a.kill()
+
+    urls, _ = await asyncio.gather(asyncio.gather(*(one(b) for b in blobs)), killer())
+    for url, data in zip(urls, blobs):
+        st = await wait_stored(http, url, 60)
+        assert st["sha256"] == hashlib.sha256(data).hexdigest(), url
+    await wait_for(lambda: buffer_empty(r), 30)
