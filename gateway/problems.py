@@ -16,7 +16,9 @@ def problem(status: int, reason: str, detail: str, *, headers: dict[str, str] | 
             **extra: object) -> web.Response:
     body = {"type": f"https://unggah.invalid/problems/{reason}", "title": reason.replace("-", " "),
             "status": status, "reason": reason, "detail": detail, **extra}
-    h = {"Tus-Resumable": TUS_VERSION, "Cache-Control": "no-store"}
+    # The reason also travels as a header, so proxies, load generators and metrics
+    # can classify a refusal without parsing the body.
+    h = {"Tus-Resumable": TUS_VERSION, "Cache-Control": "no-store", "Unggah-Reason": reason}
     if headers:
         h.update(headers)
     return web.Response(status=status, body=orjson.dumps(body),

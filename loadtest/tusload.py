@@ -452,7 +452,9 @@ class Generator:
                                    for k in range(cfg.concurrency)]
             tasks = [asyncio.create_task(self._slot(k)) for k in range(cfg.concurrency)]
             done, pending = await asyncio.wait(tasks, timeout=max(0.0, self.rec.end - self._now()))
-            t_stop = min(self._now(), self.rec.end)
+            # Slots that stop early because a Retry-After reaches past the end still
+            # count as idle for the whole window; only an upload budget ends a run early.
+            t_stop = self.rec.end if cfg.max_uploads is None else min(self._now(), self.rec.end)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
