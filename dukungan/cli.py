@@ -1,0 +1,60 @@
+"""`unggah check FILE --election election.toml [--scans DIR] [--json]` and `unggah template OUT.xlsx`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import msgspec
+
+from .election import ElectionError
+from .export import write_verdicts_csv
+from .preflight import check_file, format_summary
+from .region import CodeListError
+from .template import write_template
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="unggah", description="Periksa daftar dukungan / check a supporter list")
+    sub = ap.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="judge a CSV/XLSX file exactly as the server will")
+    c.add_argument("file")
+    c.add_argument("--election", required=True, help="the election's TOML file")
+    c.add_argument("--scans", help="folder of scans named <NIK>_ktp.jpg / <NIK>_pernyataan.pdf")
+    c.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+    c.add_argument("--export", help="write every row's verdict to this CSV")
+    t = sub.add_parser("template", help="write a blank XLSX template")
+    t.add_argument("out")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 file accepted (rows may still be BMS/TMS), 1 file rejected, 2 usage/config error."""
+    args = build_parser().parse_args(argv)
+    if args.command == "template":
+        write_template(args.out)
+        print(f"Templat kosong ditulis / blank template written: {args.out}")
+        return 0
+    if not Path(args.file).exists():
+        print(f"Berkas tidak ditemukan / file not found: {args.file}", file=sys.stderr)
+        return 2
+    try:
+        report = check_file(args.file, args.election, scans=args.scans)
+    except (ElectionError, CodeListError, ValueError, OSError) as e:
+        print(f"Konfigurasi pemilihan salah / election configuration error: {e}", file=sys.stderr)
+        return 2
+    if args.export and report.verdicts is not None:
+        write_verdicts_csv(report.verdicts.rows(), args.export)
+    if args.json:
+        data = msgspec.to_builtins(report)
+        data.pop("verdicts", None)
+        sys.stdout.write(msgspec.json.encode(data).decode() + "\n")
+    else:
+        print(format_summary(report))
+    return 1 if report.rejected else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,358 @@
+"""The supporter-list template (B.1.1-KWK, reconstructed) and parsing CSV/XLSX into columns.
+
+Parsing is columnar: a file becomes one list of strings per column, because
+the validator works column by column (see rules.py). Structure problems
+reject the whole file with TemplateError (reason TEMPLATE_INVALID) and a
+message that names the column, the position and what to do.
+
+Column order is our reconstruction; the official SILON order is unverified.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import zipfile
+from pathlib import Path
+
+import msgspec
+
+HEADER: tuple[str, ...] = ("NO", "NIK", "NAMA", "JENIS_KELAMIN", "TEMPAT_LAHIR", "TANGGAL_LAHIR",
+                           "STATUS_PERKAWINAN", "PEKERJAAN", "ALAMAT", "RT", "RW", "KODE_DESA", "NO_HP")
+NCOLS = len(HEADER)
+# Columns that must be text cells in XLSX: a number or date there has been
+# changed by the spreadsheet (lost digits, lost zeros, became a serial).
+TEXT_ONLY = ("NIK", "TANGGAL_LAHIR", "KODE_DESA")
+MAX_CELL_CHARS = 1000
+MAX_PROBLEMS_SHOWN = 10
+
+
+def col_letter(index0: int) -> str:
+    s, n = "", index0 + 1
+    while n:
+        n, r = divmod(n - 1, 26)
+        s = chr(65 + r) + s
+    return s
+
+
+class TemplateError(ValueError):
+    """The file does not follow the template; the whole file is rejected (TEMPLATE_INVALID)."""
+
+    code = "TEMPLATE_INVALID"
+
+    def __init__(self, message_id: str, message_en: str, problems: list[str] | None = None) -> None:
+        super().__init__(message_en)
+        self.message_id = message_id
+        self.message_en = message_en
+        self.problems = problems or []
+
+    def __str__(self) -> str:
+        extra = "".join(f"\n  - {p}" for p in self.problems)
+        return f"TEMPLATE_INVALID: {self.message_id} / {self.message_en}{extra}"
+
+
+class Table(msgspec.Struct):
+    """A parsed supporter list, one list per column (all the same length)."""
+
+    source: str  # "csv" or "xlsx"
+    row_no: list[int]  # line (CSV) or sheet row (XLSX) of each row, 1-based; header is row 1
+    no: list[str]
+    nik: list[str]
+    nama: list[str]
+    jenis_kelamin: list[str]
+    tempat_lahir: list[str]
+    tanggal_lahir: list[str]
+    status_perkawinan: list[str]
+    pekerjaan: list[str]
+    alamat: list[str]
+    rt: list[str]
+    rw: list[str]
+    kode_desa: list[str]
+    no_hp: list[str]
+    # Row indices whose NIK was a numeric cell in XLSX (digits lost whatever the text says now).
+    nik_numeric: frozenset[int] = frozenset()
+    # Non-text cells in TEXT_ONLY columns found while reading XLSX (reject the file).
+    cell_problems: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.nik)
+
+    def column(self, name: str) -> list[str]:
+        return getattr(self, name.lower())
+
+    def row(self, i: int) -> tuple[str, ...]:
+        return tuple(getattr(self, h.lower())[i] for h in HEADER)
+
+
+def _table(source: str, cols: list[list[str]], row_no: list[int], **kw) -> Table:
+    return Table(source, row_no, *cols, **kw)
+
+
+def _header_problem(got: list[str]) -> TemplateError | None:
+    got = [g.strip().lstrip("\ufeff").strip() for g in got]
+    while got and got[-1] == "":
+        got.pop()
+    if got == list(HEADER):
+        return None
+    if not got:
+        return TemplateError("Baris pertama (judul kolom) kosong.", "The first row (the header) is empty.")
+    exp = list(HEADER)
+    for i in range(max(len(got), len(exp))):
+        g = got[i] if i < len(got) else None
+        x = exp[i] if i < len(exp) else None
+        if g == x:
+            continue
+        pos = f"{i + 1} ({col_letter(i)})"
+        if x is None:
+            return TemplateError(f"Kolom ke-{pos} '{g}' tidak ada dalam templat; hapus kolom itu.",
+                                 f"Column {pos} '{g}' is not in the template; delete that column.")
+        if g is None or got[i:] == exp[i + 1:len(got) + 1]:
+            return TemplateError(
+                f"Kolom {x} (seharusnya kolom ke-{pos}) hilang; kolom sesudahnya bergeser ke kiri. "
+                "Gunakan templat kosong dari 'unggah template'.",
+                f"Column {x} (expected at position {pos}) is missing; the columns after it shifted left. "
+                "Start from the blank template ('unggah template').")
+        if got[i + 1:] == exp[i:len(got) - 1]:
+            return TemplateError(
+                f"Ada kolom tambahan '{g}' di posisi {pos} sebelum kolom {x}; kolom sesudahnya bergeser ke kanan.",
+                f"An extra column '{g}' at position {pos} before {x}; the columns after it shifted right.")
+        return TemplateError(
+            f"Kolom ke-{pos} seharusnya {x}, tetapi berjudul '{g}'. Judul kolom harus persis: {', '.join(exp)}.",
+            f"Column {pos} must be {x} but is headed '{g}'. The header must be exactly: {', '.join(exp)}.")
+    return None
+
+
+def _check_sizes(cols: list[list[str]], row_no: list[int]) -> None:
+    for c, col in enumerate(cols):
+        if col and max(map(len, col)) > MAX_CELL_CHARS:
+            i = next(i for i, v in enumerate(col) if len(v) > MAX_CELL_CHARS)
+            raise TemplateError(
+                f"Sel {col_letter(c)}{row_no[i]} ({HEADER[c]}) berisi {len(col[i])} karakter; "
+                f"batas {MAX_CELL_CHARS}. Periksa apakah isi sel tertempel salah.",
+                f"Cell {col_letter(c)}{row_no[i]} ({HEADER[c]}) holds {len(col[i])} characters; the limit "
+                f"is {MAX_CELL_CHARS}. Check for a paste gone wrong.")
+
+
+def _sniff_binary(data: bytes) -> None:
+    if not data.replace(b"\xef\xbb\xbf", b"", 1).strip():
+        raise TemplateError("Berkas kosong.", "The file is empty.")
+    head = data[:4096]
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise TemplateError("Berkas tersimpan sebagai UTF-16 (Unicode Text). Simpan ulang sebagai 'CSV UTF-8'.",
+                            "The file is UTF-16 ('Unicode Text'). Save it again as 'CSV UTF-8 (comma delimited)'.")
+    if head.startswith(b"PK\x03\x04"):
+        raise TemplateError("Berkas ini XLSX/ZIP tetapi bernama .csv; beri nama .xlsx.",
+                            "This file is XLSX/ZIP but named .csv; name it .xlsx.")
+    if b"\x00" in head:
+        raise TemplateError("Berkas biner, bukan CSV teks. Unggah CSV UTF-8 atau XLSX dari templat.",
+                            "This is a binary file, not CSV text. Upload CSV UTF-8 or the XLSX template.")
+
+
+def parse_csv_bytes(data: bytes) -> Table:
+    """CSV, UTF-8 with or without BOM; comma or (Indonesian-locale Excel) semicolon separated."""
+    _sniff_binary(data)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise TemplateError(
+            f"Berkas bukan UTF-8 (byte 0x{data[e.start]:02X} di baris {line}). Simpan sebagai 'CSV UTF-8'.",
+            f"The file is not UTF-8 (byte 0x{data[e.start]:02X} on line {line}). Save it as 'CSV UTF-8 "
+            "(comma delimited)'; older 'CSV' exports use a Windows code page.") from None
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    first, _, body = text.partition("\n")
+    delim = ";" if first.count(";") > first.count(",") else ","
+    header = next(csv.reader([first], delimiter=delim), [])
+    problem = _header_problem(header)
+    if problem:
+        raise problem
+    body = body.rstrip("\n")
+    if not body.strip():
+        raise TemplateError("Berkas hanya berisi judul kolom, tanpa data.", "The file has a header but no rows.")
+    cols = None
+    if '"' not in body and "\x00" not in body:
+        # Fast path: no quoting. A NUL sentinel field is put between lines so
+        # that one split of the whole body gives every cell, and a row with
+        # too few or too many cells shows up as a sentinel out of place.
+        n = body.count("\n") + 1
+        flat = body.replace("\n", delim + "\x00" + delim).split(delim)
+        stride = NCOLS + 1
+        if len(flat) == n * stride - 1 and flat[NCOLS::stride].count("\x00") == n - 1:
+            cols = [flat[c::stride] for c in range(NCOLS)]
+            del flat
+            row_no = list(range(2, n + 2))
+            # A line no longer than the cell limit cannot hold a too-long cell.
+            if max(map(len, body.split("\n"))) > MAX_CELL_CHARS:
+                _check_sizes(cols, row_no)
+            needs_strip = (" " + delim in body or delim + " " in body or "\t" in body
+                           or " \n" in body or "\n " in body or body[:1] == " " or body[-1:] == " ")
+    if cols is None:
+        cols, row_no = _slow_csv(first, body, delim)
+        needs_strip = True
+        _check_sizes(cols, row_no)
+    if needs_strip:
+        cols = [list(map(str.strip, col)) for col in cols]
+    return _table("csv", cols, row_no)
+
+
+def _slow_csv(first: str, body: str, delim: str) -> tuple[list[list[str]], list[int]]:
+    rows: list[list[str]] = []
+    row_no: list[int] = []
+    reader = csv.reader(io.StringIO(body), delimiter=delim, strict=False)
+    try:
+        for rec in reader:
+            line = reader.line_num + 1
+            if not any(c.strip() for c in rec):
+                continue
+            if len(rec) > NCOLS:
+                extra = [i for i in range(NCOLS, len(rec)) if rec[i].strip()]
+                if extra:
+                    i = extra[0]
+                    raise TemplateError(
+                        f"Baris {line} punya isi di kolom ke-{i + 1} ({col_letter(i)}), di luar templat "
+                        f"({NCOLS} kolom): ada sel yang bergeser ke kanan.",
+                        f"Line {line} has a value in column {i + 1} ({col_letter(i)}), beyond the template's "
+                        f"{NCOLS} columns: cells shifted right.")
+                rec = rec[:NCOLS]
+            elif len(rec) < NCOLS:
+                rec = rec + [""] * (NCOLS - len(rec))
+            rows.append(rec)
+            row_no.append(line)
+    except csv.Error as e:
+        raise TemplateError(f"CSV rusak di sekitar baris {reader.line_num + 1}: {e}.",
+                            f"Malformed CSV near line {reader.line_num + 1}: {e}.") from None
+    if not rows:
+        raise TemplateError("Berkas hanya berisi judul kolom, tanpa data.", "The file has a header but no rows.")
+    return [list(c) for c in zip(*rows)], row_no
+
+
+def _num_text(v: float | int) -> str:
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v)
+
+
+def parse_xlsx(path: str | Path) -> Table:
+    """First sheet of an XLSX in read-only mode. Cell types matter: see TEXT_ONLY."""
+    import openpyxl
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ValueError) as e:
+        raise TemplateError(f"Bukan berkas XLSX yang sah ({type(e).__name__}). Simpan ulang sebagai .xlsx.",
+                            f"Not a valid XLSX file ({type(e).__name__}: {e}). Save it again as .xlsx.") from None
+    try:
+        ws = wb.worksheets[0]
+        it = ws.iter_rows(values_only=True)
+        header = next(it, None)
+        if header is None:
+            raise TemplateError("Lembar kerja pertama kosong.", "The first worksheet is empty.")
+        problem = _header_problem(["" if v is None else str(v) for v in header])
+        if problem:
+            raise problem
+        rows: list[list[str]] = []
+        row_no: list[int] = []
+        nik_numeric: set[int] = set()
+        problems: list[str] = []
+        nik_c, date_c, code_c = (HEADER.index(h) for h in TEXT_ONLY)
+        for r, values in enumerate(it, start=2):
+            if values is None or all(v is None or (isinstance(v, str) and not v.strip()) for v in values):
+                continue
+            if len(values) > NCOLS and any(v not in (None, "") for v in values[NCOLS:]):
+                i = next(i for i in range(NCOLS, len(values)) if values[i] not in (None, ""))
+                raise TemplateError(
+                    f"Baris {r} punya isi di sel {col_letter(i)}{r}, di luar templat: ada sel yang bergeser.",
+                    f"Row {r} has a value in cell {col_letter(i)}{r}, beyond the template: cells shifted.")
+            rec: list[str] = []
+            for c in range(NCOLS):
+                v = values[c] if c < len(values) else None
+                if v is None:
+                    rec.append("")
+                elif isinstance(v, str):
+                    rec.append(v.strip())
+                elif c == nik_c and isinstance(v, (int, float)):
+                    nik_numeric.add(len(rows))
+                    rec.append(_num_text(v))
+                elif c in (date_c, code_c) or isinstance(v, (dt.datetime, dt.date, dt.time)):
+                    if c in (date_c, code_c):
+                        kind = "tanggal" if isinstance(v, (dt.datetime, dt.date)) else "angka"
+                        kind_en = "a date" if kind == "tanggal" else "a number"
+                        problems.append(f"{col_letter(c)}{r} ({HEADER[c]}) = {v!r}: sel {kind}, bukan teks / "
+                                        f"{kind_en} cell, not text")
+                    rec.append(v.isoformat() if hasattr(v, "isoformat") else _num_text(v))
+                else:
+                    rec.append(_num_text(v) if isinstance(v, (int, float)) else str(v))
+            rows.append(rec)
+            row_no.append(r)
+    finally:
+        wb.close()
+    if not rows:
+        raise TemplateError("Berkas hanya berisi judul kolom, tanpa data.", "The file has a header but no rows.")
+    cols = [list(c) for c in zip(*rows)]
+    _check_sizes(cols, row_no)
+    return _table("xlsx", cols, row_no, nik_numeric=frozenset(nik_numeric), cell_problems=problems)
+
+
+def read_table(path: str | Path) -> Table:
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+    except FileNotFoundError:
+        raise TemplateError(f"Berkas tidak ditemukan: {p.name}", f"File not found: {p.name}") from None
+    if p.suffix.lower() in (".xlsx", ".xlsm") or head.startswith(b"PK\x03\x04"):
+        return parse_xlsx(p)
+    if p.suffix.lower() == ".xls":
+        raise TemplateError("Format .xls (Excel 97-2003) tidak diterima; simpan sebagai .xlsx atau CSV UTF-8.",
+                            "Old .xls files are not accepted; save as .xlsx or CSV UTF-8.")
+    return parse_csv_bytes(p.read_bytes())
+
+
+def write_template(path: str | Path, rows: int = 2000) -> None:
+    """A blank XLSX template: exact header, data cells formatted as text (@), header locked.
+
+    Columns carry a text style so cells typed past `rows` are text too; the
+    first `rows` rows are also formatted cell by cell, because some
+    spreadsheet programs ignore column styles on paste.
+    """
+    import openpyxl
+    from openpyxl.styles import Font, PatternFill, Protection
+    from openpyxl.worksheet.datavalidation import DataValidation
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "B.1.1-KWK"
+    ws.append(list(HEADER))
+    widths = {"NIK": 20, "NAMA": 30, "TEMPAT_LAHIR": 18, "TANGGAL_LAHIR": 15, "PEKERJAAN": 22,
+              "ALAMAT": 36, "KODE_DESA": 16, "NO_HP": 16, "JENIS_KELAMIN": 15, "STATUS_PERKAWINAN": 19}
+    unlocked = Protection(locked=False)
+    for c, name in enumerate(HEADER):
+        letter = col_letter(c)
+        dim = ws.column_dimensions[letter]
+        dim.width = widths.get(name, 8)
+        dim.number_format = "@"
+        dim.protection = unlocked
+        cell = ws.cell(row=1, column=c + 1)
+        cell.font = Font(bold=True)
+        cell.fill = PatternFill("solid", fgColor="DDDDDD")
+        cell.protection = Protection(locked=True)
+        for r in range(2, rows + 2):
+            d = ws.cell(row=r, column=c + 1)
+            d.number_format = "@"
+            d.protection = unlocked
+    for col, choices in (("JENIS_KELAMIN", "L,P"), ("STATUS_PERKAWINAN", "B,S,P")):
+        letter = col_letter(HEADER.index(col))
+        dv = DataValidation(type="list", formula1=f'"{choices}"', allow_blank=True)
+        dv.add(f"{letter}2:{letter}1048576")
+        ws.add_data_validation(dv)
+    ws.freeze_panes = "A2"
+    # Protect the sheet so the header cannot be renamed or moved; data cells are unlocked.
+    ws.protection.sheet = True
+    ws.protection.formatCells = False
+    ws.protection.formatColumns = False
+    ws.protection.sort = False
+    ws.protection.autoFilter = False
+    wb.save(path)

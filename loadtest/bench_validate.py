@@ -1,0 +1,183 @@
+"""Benchmark: rows validated per second on one core, our columnar validator vs a per-row loop.
+
+    python -m loadtest.bench_validate [--rows 1200000] [--runs 3]
+
+Generates a supporter list (duplicates and trap rows included) as CSV in a
+temporary directory, then times on the same file:
+
+  (a) dukungan: read + parse + every row rule (preflight.validate_file)
+  (b) a straightforward per-row loop: csv.DictReader, python-stdnum's
+      stdnum.id.nik.is_valid, strptime, the same region/age/occupation/
+      duplicate/phone/scan checks, one row at a time
+  (c) the bare stdnum loop: csv.reader + stdnum.id.nik.is_valid only (a floor
+      for any per-row design that checks NIKs with stdnum)
+
+Reports the median of --runs runs each, and the ratios. A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import gc
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from dukungan.election import parse_election
+from dukungan.generate import generate, write_csv
+from dukungan.occupation import is_prohibited
+from dukungan.preflight import validate_file
+from dukungan.region import parse_code_list, synthetic_code_list_text
+from dukungan.rules import normalize_phone, prepare
+from dukungan.template import parse_csv_bytes
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wilayah-kepmendagri-2022.csv"
+
+ELECTION = """
+name = "Benchmark: Pilgub {region} (DKI-2024-sized list)"
+level = "gubernur"
+region_code = "{region}"
+vote_date = 2024-11-27
+timezone = "Asia/Jakarta"
+dpt_base = 8252897
+[code_list]
+path = "unused"
+version = "{version}"
+[[windows]]
+name = "penyerahan"
+kind = "submission"
+opens = 2024-05-08T00:00:00
+closes = 2024-05-12T23:59:59
+"""
+
+
+def per_row_loop(path: Path, ctx, scans, other) -> int:
+    """What one would write first: one dict per row, one function call per rule."""
+    from stdnum.id import nik as stdnik
+
+    vote = ctx.election.vote_date
+    seen: dict[str, int] = {}
+    phones: dict[str, set[str]] = {}
+    results = []
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        for row in csv.DictReader(f):
+            reasons = []
+            n = row["NIK"].strip()
+            if not stdnik.is_valid(n):
+                reasons.append("NIK_INVALID")
+            try:
+                born = dt.datetime.strptime(row["TANGGAL_LAHIR"].strip(), "%d-%m-%Y").date()
+                age = vote.year - born.year - ((vote.month, vote.day) < (born.month, born.day))
+                if age < 17 and row["STATUS_PERKAWINAN"] not in ("S", "P"):
+                    reasons.append("UNDERAGE")
+            except ValueError:
+                reasons.append("FIELD_INVALID")
+            if row["JENIS_KELAMIN"] not in ("L", "P") or not row["NAMA"].strip():
+                reasons.append("FIELD_INVALID")
+            kode = row["KODE_DESA"].strip()
+            if kode not in ctx.region_villages:
+                reasons.append("OUT_OF_REGION" if kode in ctx.all_villages else "REGION_CODE_INVALID")
+            if is_prohibited(row["PEKERJAAN"]):
+                reasons.append("PROHIBITED_OCCUPATION")
+            if n in seen:
+                reasons.append("DUP_INTERNAL")
+            else:
+                seen[n] = len(results)
+            if n in other:
+                reasons.append("DUP_EXTERNAL")
+            hp = normalize_phone(row["NO_HP"])
+            if hp:
+                phones.setdefault(hp, set()).add(n)
+            if n not in scans.ktp:
+                reasons.append("NO_KTP")
+            if n not in scans.statement:
+                reasons.append("NO_STATEMENT")
+            results.append(reasons)
+    shared = sum(1 for s in phones.values() if len(s) > 1)
+    return len(results) + 0 * shared
+
+
+def bare_stdnum_loop(path: Path) -> int:
+    from stdnum.id import nik as stdnik
+
+    ok = 0
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        r = csv.reader(f)
+        next(r)
+        for row in r:
+            ok += stdnik.is_valid(row[1])
+    return ok
+
+
+def timed(fn, runs: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(runs):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_200_000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--dup-rate", type=float, default=0.02)
+    ap.add_argument("--skip-baseline", action="store_true")
+    args = ap.parse_args(argv)
+
+    if SHARED.exists():
+        codes = parse_code_list(SHARED.read_text(encoding="utf-8"), "kepmendagri-2022")
+        region = "31"  # DKI Jakarta
+    else:
+        codes = parse_code_list(synthetic_code_list_text(), "synthetic")
+        region = "19"
+    election = parse_election(ELECTION.format(region=region, version=codes.version))
+    ctx = prepare(election, codes=codes, prefix_lists=[])
+    t0 = time.perf_counter()
+    g = generate(ctx, args.rows, seed=11, dup_rate=args.dup_rate)
+    gen_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "dukungan.csv"
+        write_csv(path, g.rows)
+        nrows = len(g.rows)
+        size = path.stat().st_size
+        del g.rows
+        print(f"rows: {nrows:,} ({args.dup_rate:.0%} duplicates + trap rows), file {size / 1e6:.1f} MB, "
+              f"code list {codes.version}, region {region}; generated in {gen_s:.1f} s")
+        print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs visible, "
+              f"single-threaded runs, median of {args.runs}")
+
+        data = path.read_bytes()
+        parse_s, _ = timed(lambda: parse_csv_bytes(data), args.runs)
+        table = parse_csv_bytes(data)
+        from dukungan.rules import validate
+        rules_s, _ = timed(lambda: validate(table, ctx, g.scans, g.other_pairs), args.runs)
+        del table
+        ours_s, ours_all = timed(lambda: validate_file(path, ctx, g.scans, g.other_pairs), args.runs)
+        rows_table = [("dukungan end-to-end (read+parse+rules)", ours_s),
+                      ("  of which: parse CSV to columns", parse_s), ("  of which: rules on columns", rules_s)]
+        if not args.skip_baseline:
+            loop_s, _ = timed(lambda: per_row_loop(path, ctx, g.scans, g.other_pairs), args.runs)
+            bare_s, _ = timed(lambda: bare_stdnum_loop(path), args.runs)
+            rows_table += [("per-row loop with stdnum.id.nik (same rules)", loop_s),
+                           ("bare loop: csv.reader + stdnum.id.nik.is_valid", bare_s)]
+        print()
+        print(f"{'what':50s} {'median s':>9s} {'rows/s':>12s} {'vs ours':>8s}")
+        for name, s in rows_table:
+            print(f"{name:50s} {s:9.3f} {nrows / s:12,.0f} {s / ours_s:7.1f}x")
+        print(f"\nours, all runs (s): {', '.join(f'{t:.3f}' for t in ours_all)}")
+        print(f"target >= 500,000 rows/s: {'met' if nrows / ours_s >= 500_000 else 'MISSED'}"
+              + ("" if args.skip_baseline else
+                 f"; >= 10x per-row loop: {'met' if rows_table[3][1] / ours_s >= 10 else 'MISSED'}"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""Parsing CSV/XLSX, template integrity traps, and bad inputs that must give a clear rejection."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import openpyxl
+import pytest
+
+from dukungan.generate import generate, write_csv, write_xlsx
+from dukungan.preflight import check_file, format_summary, validate_file
+from dukungan.template import HEADER, MAX_CELL_CHARS, TemplateError, read_table, write_template
+
+NIK_C, DATE_C, CODE_C = HEADER.index("NIK"), HEADER.index("TANGGAL_LAHIR"), HEADER.index("KODE_DESA")
+
+
+@pytest.fixture(scope="module")
+def gen(ctx):
+    return generate(ctx, 120, seed=9, dup_rate=0.05)
+
+
+def test_csv_and_xlsx_give_identical_verdicts(ctx, gen, tmp_path):
+    c, x = tmp_path / "a.csv", tmp_path / "a.xlsx"
+    write_csv(c, gen.rows)
+    write_xlsx(x, gen.rows)
+    vc = validate_file(c, ctx, scans=gen.scans, other_pairs=gen.other_pairs)
+    vx = validate_file(x, ctx, scans=gen.scans, other_pairs=gen.other_pairs)
+    assert vc.status == vx.status and vc.reasons == vx.reasons
+    assert vc.table.row_no == vx.table.row_no
+
+
+def test_bom_semicolon_crlf_quoting_and_spaces_are_accepted(ctx, gen, tmp_path):
+    base = tmp_path / "base.csv"
+    write_csv(base, gen.rows)
+    want = validate_file(base, ctx)
+    variants = {"bom.csv": dict(bom=True), "semi.csv": dict(delimiter=";")}
+    for name, kw in variants.items():
+        write_csv(tmp_path / name, gen.rows, **kw)
+    rows = [list(r) for r in gen.rows]
+    for r in rows:
+        r[HEADER.index("ALAMAT")] = r[HEADER.index("ALAMAT")] + ", KEL. CONTOH"  # quoted cells
+        r[HEADER.index("NAMA")] = "  " + r[HEADER.index("NAMA")] + " "
+    write_csv(tmp_path / "quoted.csv", rows)
+    (tmp_path / "crlf.csv").write_bytes(base.read_bytes().replace(b"\n", b"\r\n"))
+    for name in ("bom.csv", "semi.csv", "quoted.csv", "crlf.csv"):
+        got = validate_file(tmp_path / name, ctx)
+        assert got.status == want.status and got.reasons == want.reasons, name
+
+
+def _xlsx_with(tmp_path, rows, header=HEADER):
+    p = tmp_path / "t.xlsx"
+    write_xlsx(p, rows, header=header)
+    return p
+
+
+def test_numeric_nik_cell_is_nik_as_number(ctx, gen, tmp_path):
+    rows = [list(r) for r in gen.rows[:5]]
+    rows[2][NIK_C] = float(rows[2][NIK_C])  # what Excel stores: 15 significant digits
+    rows[3][NIK_C] = int(rows[3][NIK_C])
+    v = validate_file(_xlsx_with(tmp_path, rows), ctx)
+    assert v.reasons[2] == ("NIK_AS_NUMBER",) and v.status[2] == "BMS"
+    assert v.reasons[3] == ("NIK_AS_NUMBER",)
+    assert v.reasons[0] == ()
+
+
+def test_nik_as_number_text_in_csv(ctx, gen, tmp_path):
+    rows = [list(r) for r in gen.rows[:3]]
+    rows[1][NIK_C] = "3.17101E+15"
+    p = tmp_path / "n.csv"
+    write_csv(p, rows)
+    r = check_file(p, ctx)
+    assert r.reasons == {"NIK_AS_NUMBER": 1}
+    assert "digit terakhir hilang" in format_summary(r) and "last digit lost" in format_summary(r)
+
+
+@pytest.mark.parametrize("col,value,needle", [
+    (DATE_C, dt.datetime(1990, 5, 17), "TANGGAL_LAHIR"),
+    (DATE_C, 32874, "TANGGAL_LAHIR"),
+    (CODE_C, 19.71, "KODE_DESA"),
+])
+def test_non_text_cells_reject_the_file_and_name_the_cell(ctx, gen, tmp_path, col, value, needle):
+    rows = [list(r) for r in gen.rows[:4]]
+    rows[1][col] = value
+    with pytest.raises(TemplateError) as e:
+        validate_file(_xlsx_with(tmp_path, rows), ctx)
+    assert any(needle in p and "3" in p for p in e.value.problems)  # row 3 of the sheet
+
+
+def test_shifted_columns_in_xlsx_name_the_column(ctx, gen, tmp_path):
+    header = [h for h in HEADER if h != "TEMPAT_LAHIR"]
+    rows = [r[:4] + r[5:] for r in gen.rows[:3]]
+    with pytest.raises(TemplateError) as e:
+        validate_file(_xlsx_with(tmp_path, rows, header), ctx)
+    assert "TEMPAT_LAHIR" in e.value.message_en and "5 (E)" in e.value.message_en
+    assert "TEMPAT_LAHIR" in e.value.message_id
+
+
+def test_shifted_row_in_xlsx(ctx, gen, tmp_path):
+    rows = [list(r) for r in gen.rows[:3]]
+    rows[1] = rows[1][:2] + ["X"] + rows[1][2:]
+    with pytest.raises(TemplateError) as e:
+        validate_file(_xlsx_with(tmp_path, rows), ctx)
+    assert "N3" in e.value.message_en
+
+
+@pytest.mark.parametrize("name,content,needle", [
+    ("empty.csv", b"", "empty"),
+    ("blank.csv", b"\xef\xbb\xbf \r\n", "empty"),
+    ("garbage.csv", bytes(range(256)) * 20, "binary"),
+    ("latin1.csv", (",".join(HEADER) + "\n1,3171014505900001,J\xd6SE,L\n").encode("latin-1"), "not UTF-8"),
+    ("utf16.csv", (",".join(HEADER) + "\n").encode("utf-16"), "UTF-16"),
+    ("header_only.csv", (",".join(HEADER) + "\n").encode(), "no rows"),
+    ("zip.csv", b"PK\x03\x04rest", "XLSX"),
+    ("fake.xlsx", b"PK\x03\x04 not really a zip", "Not a valid XLSX"),
+    ("old.xls", b"\xd0\xcf\x11\xe0", ".xls"),
+    ("no_header.csv", b"1,3171014505900001,A\n", "Column 1 (A)"),
+])
+def test_bad_inputs_are_clear_rejections(ctx, tmp_path, name, content, needle):
+    p = tmp_path / name
+    p.write_bytes(content)
+    with pytest.raises(TemplateError) as e:
+        validate_file(p, ctx)
+    assert needle in e.value.message_en
+    r = check_file(p, ctx)
+    assert r.rejected and "DITOLAK" in format_summary(r)
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_huge_cell(ctx, gen, tmp_path, quoted):
+    rows = [list(r) for r in gen.rows[:3]]
+    rows[1][HEADER.index("ALAMAT")] = ("A, " if quoted else "A") * (MAX_CELL_CHARS + 5)
+    p = tmp_path / "huge.csv"
+    write_csv(p, rows)
+    with pytest.raises(TemplateError) as e:
+        validate_file(p, ctx)
+    assert str(MAX_CELL_CHARS) in e.value.message_en
+
+
+def test_csv_field_larger_than_csv_module_limit(ctx, tmp_path):
+    p = tmp_path / "giant.csv"
+    p.write_text(",".join(HEADER) + '\n1,"' + "x" * 200_000 + '",\n', encoding="utf-8")
+    with pytest.raises(TemplateError):
+        validate_file(p, ctx)
+
+
+def test_ragged_csv_row_pads_or_rejects(ctx, gen, tmp_path):
+    p = tmp_path / "r.csv"
+    lines = [",".join(HEADER)] + [",".join(r) for r in gen.rows[:3]]
+    lines[2] = lines[2] + ",EXTRA"
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(TemplateError) as e:
+        validate_file(p, ctx)
+    assert "Line 3" in e.value.message_en
+
+
+def test_blank_template(tmp_path, ctx):
+    p = tmp_path / "template.xlsx"
+    write_template(p, rows=50)
+    wb = openpyxl.load_workbook(p)
+    ws = wb.active
+    assert [c.value for c in ws[1]] == list(HEADER)
+    assert ws.protection.sheet is True
+    assert all(c.protection.locked for c in ws[1])
+    assert ws["B2"].number_format == "@" and ws["F30"].number_format == "@" and ws["L51"].number_format == "@"
+    assert not ws["B2"].protection.locked
+    assert ws.column_dimensions["B"].number_format == "@"
+    # A filled-in template parses and validates (text cells stay text).
+    g = generate(ctx, 5, seed=2, traps=False)
+    for r, row in enumerate(g.rows, start=2):
+        for c, value in enumerate(row, start=1):
+            ws.cell(row=r, column=c, value=value)
+    wb.save(p)
+    assert set(validate_file(p, ctx).status) == {"MS"}
+    assert len(read_table(p)) == 5
