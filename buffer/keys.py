@@ -12,6 +12,13 @@ starts with its partition, so no lookup is needed to find an upload's keys.
     unggah:{p3}:up:<id>        upload state hash (see messages.UploadState)
     unggah:{p3}:rec:<id>       accepted PATCHes: start offset -> "length:crc32c" (duplicate replay)
     unggah:{p3}:idem:<digest>  Idempotency-Key record for upload creation
+    unggah:{p3}:audit          audit events of this partition, waiting to be chained to disk
+
+Global keys (single-key commands only, so they may live in any slot):
+
+    unggah:tenants             hash: tenant id -> JSON (name, created_at)
+    unggah:token:<sha256>      hash: an access token's tenant, role, name, times (the token itself is never stored)
+    unggah:tokens              set of token hashes, for listing
 """
 
 from __future__ import annotations
@@ -70,6 +77,10 @@ def errors(p: int) -> str:
     return f"{_tag(p)}:errors"
 
 
+def audit(p: int) -> str:
+    return f"{_tag(p)}:audit"
+
+
 def completed(p: int) -> str:
     return f"{_tag(p)}:completed"
 
@@ -85,3 +96,11 @@ def records(p: int, upload_id: str) -> str:
 def idempotency(p: int, scope: str, key: str) -> str:
     digest = hashlib.sha256(f"{scope}\0{key}".encode()).hexdigest()[:32]
     return f"{_tag(p)}:idem:{digest}"
+
+
+TENANTS = f"{PREFIX}:tenants"
+TOKENS = f"{PREFIX}:tokens"
+
+
+def token(token_hash: str) -> str:
+    return f"{PREFIX}:token:{token_hash}"

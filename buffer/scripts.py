@@ -52,10 +52,12 @@ return {'created', id}
 
 # KEYS: state, stream, buffered-bytes counter, records
 # ARGV: id, offset, now_ms, patch_start, record ('' unless last piece of the PATCH),
-#       new_length ('' if none), buffer_limit (0 = none), then crc, data, crc, data, ...
+#       new_length ('' if none), buffer_limit (0 = none), tenant,
+#       then crc, data, crc, data, ...
+# Another tenant's upload answers 'notfound', so its existence does not leak.
 APPEND = _PRELUDE + r"""
-local st = redis.call('HMGET', KEYS[1], 'state', 'offset', 'length', 'expires_at', 'concat')
-if not st[1] then return {'notfound'} end
+local st = redis.call('HMGET', KEYS[1], 'state', 'offset', 'length', 'expires_at', 'concat', 'tenant')
+if not st[1] or st[6] ~= ARGV[8] then return {'notfound'} end
 if st[5] == 'final' then return {'final'} end
 -- A stored upload still answers offset checks, so a retried last PATCH is
 -- recognised as a duplicate instead of failing the client.
@@ -68,7 +70,7 @@ if tonumber(ARGV[2]) ~= offset then
   return {'conflict', offset, redis.call('HGET', KEYS[4], ARGV[4]) or ''}
 end
 local total = 0
-for i = 9, #ARGV, 2 do total = total + #ARGV[i] end
+for i = 10, #ARGV, 2 do total = total + #ARGV[i] end
 if length >= 0 and offset == length and total > 0 then return {'complete', offset} end
 local declared = false
 if ARGV[6] ~= '' then
@@ -84,7 +86,7 @@ if limit > 0 and total > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') + tot
   return {'full', offset}
 end
 local off = offset
-for i = 8, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   local data = ARGV[i + 1]
   if #data > 0 then
     redis.call('XADD', KEYS[2], '*', 'k', 'd', 'u', ARGV[1], 'o', off, 'c', ARGV[i], 'd', data)

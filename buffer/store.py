@@ -84,13 +84,13 @@ class UploadStore:
         return from_fields(raw, UploadState) if raw else None
 
     async def append(self, upload_id: str, offset: int, pieces: list[tuple[int, bytes]], *,
-                     patch_start: int, record: str = "", new_length: int | None = None,
+                     tenant: str, patch_start: int, record: str = "", new_length: int | None = None,
                      buffer_limit: int = 0) -> Appended:
         p = self.partition(upload_id)
         if p is None:
             return Appended("notfound")
         args: list[object] = [upload_id, offset, now_ms(), patch_start, record,
-                              "" if new_length is None else new_length, buffer_limit]
+                              "" if new_length is None else new_length, buffer_limit, tenant]
         for crc, data in pieces:
             args += [crc, data]
         res = await self._durable(self.scripts.append,

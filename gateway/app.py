@@ -11,6 +11,8 @@ from aiohttp import web
 
 from buffer.connection import connect
 from buffer.store import DurabilityError, UploadStore
+from buffer.tenants import TenantStore
+from gateway import auth
 from gateway.context import REQUEST_ID
 from gateway.problems import problem
 from gateway.tus import TusHandler, status_body
@@ -59,7 +61,8 @@ async def errors(request: web.Request, handler):
 
 
 def build_app(settings: Settings, client: redis.Redis) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=1 << 20)
+    tenants = TenantStore(client) if settings.auth == "tokens" else None
+    app = web.Application(middlewares=[errors, auth.middleware(tenants)], client_max_size=1 << 20)
     store = UploadStore(client, partitions=settings.partitions,
                         waitaof=(settings.waitaof_local, settings.waitaof_replicas, settings.waitaof_timeout_ms))
     app[STORE] = store
@@ -69,6 +72,9 @@ def build_app(settings: Settings, client: redis.Redis) -> web.Application:
     app[TUS] = tus
 
     async def upload_status(request: web.Request) -> web.Response:
+        refusal = auth.may_read_uploads(request)
+        if refusal is not None:
+            return refusal
         state = await tus.load(request, request.match_info["upload_id"])
         if state is None:
             return tus.not_found(request.match_info["upload_id"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 REQUEST_ID = web.RequestKey("request_id", str)
+# The authenticated caller (buffer.tenants.Principal).
+PRINCIPAL = web.RequestKey("principal", object)
 # The tenant (candidate pair) the caller acts for; "public" when access control is off.
 TENANT = web.RequestKey("tenant", str)
 # Commission verifiers and observers may read every tenant's uploads.

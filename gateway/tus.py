@@ -24,6 +24,7 @@ from aiohttp import web
 from buffer.messages import RECEIVING, STORED, TERMINATED, UploadState
 from buffer.store import Appended, UploadStore
 from gateway import checksum, headers
+from gateway.auth import may_read_uploads, may_write
 from gateway.context import BUFFER_LIMIT, READ_ALL, TENANT
 from gateway.problems import TUS_VERSION, problem
 from unggah.config import Settings
@@ -61,6 +62,9 @@ class TusHandler:
             return problem(412, "unsupported-tus-version",
                            f"this server speaks tus {TUS_VERSION}; send 'Tus-Resumable: {TUS_VERSION}'",
                            headers={"Tus-Version": TUS_VERSION})
+        refusal = may_write(request) if method in ("POST", "PATCH", "DELETE") else may_read_uploads(request)
+        if refusal is not None:
+            return refusal
         upload_id = request.match_info.get("upload_id")
         if upload_id is None:
             if method == "POST":
@@ -269,9 +273,8 @@ class TusHandler:
             return problem(400, "missing-offset", "PATCH requests must carry Upload-Offset (send HEAD to learn it)")
         if self.store.partition(upload_id) is None:
             return self.not_found(upload_id)
-        state = await self.load(request, upload_id)
-        if state is None:
-            return self.not_found(upload_id)
+        # No read before the body: the APPEND script checks existence, tenant and offset
+        # in the same step that appends, so a PATCH costs one round trip.
         if self.admit:
             refusal = await self.admit(request, "append")
             if refusal is not None:
@@ -324,9 +327,15 @@ class TusHandler:
                            f"the {algo} of the {len(body)} bytes received does not match Upload-Checksum; "
                            "nothing was stored, send the chunk again")
         step = self.s.entry_bytes
-        pieces = [(checksum.crc32c(body[i:i + step]), body[i:i + step]) for i in range(0, len(body), step)]
-        record = f"{len(body)}:{checksum.crc32c(body)}"
-        res = await self.store.append(upload_id, offset, pieces, patch_start=offset, record=record,
+        if len(body) <= step:  # the usual case: one entry, one CRC pass
+            crc = checksum.crc32c(body)
+            pieces = [(crc, body)] if body else []
+        else:
+            crc = checksum.crc32c(body)
+            pieces = [(checksum.crc32c(body[i:i + step]), body[i:i + step]) for i in range(0, len(body), step)]
+        record = f"{len(body)}:{crc}"
+        res = await self.store.append(upload_id, offset, pieces, tenant=self.tenant(request),
+                                      patch_start=offset, record=record,
                                       new_length=new_length, buffer_limit=self.buffer_limit(request))
         if res.outcome == "conflict" and res.record == record:
             return res.offset  # a retry of a PATCH we already took
@@ -340,12 +349,15 @@ class TusHandler:
         while True:
             want = step if total is None else min(step, total - received)
             piece, eof, interrupted = await self._read_piece(request, want)
+            piece_crc = checksum.crc32c(piece)
+            # CRC of the whole PATCH so far; with one piece it is the piece's own.
+            crc_all = piece_crc if received == 0 else checksum.crc32c(piece, crc_all)
             received += len(piece)
-            crc_all = checksum.crc32c(piece, crc_all)
             last = eof or interrupted or (total is not None and received >= total)
             record = f"{received}:{crc_all}" if last and not interrupted else ""
             res = await self.store.append(
-                upload_id, pos, [(checksum.crc32c(piece), piece)] if piece else [], patch_start=offset,
+                upload_id, pos, [(piece_crc, piece)] if piece else [], tenant=self.tenant(request),
+                patch_start=offset,
                 record=record, new_length=new_length if first else None,
                 buffer_limit=self.buffer_limit(request))
             if res.outcome != "ok":

@@ -39,7 +39,7 @@ async def r(valkey):
 
 
 def make_settings(tmp_path: Path, redis_url: str, **overrides) -> config.Settings:
-    base = dict(redis_url=redis_url, state_dir=str(tmp_path / "state"), partitions=4,
+    base = dict(redis_url=redis_url, state_dir=str(tmp_path / "state"), partitions=4, auth="off",
                 ingest_claim_idle_ms=1000, ingest_block_ms=200, ingest_max_deliveries=3)
     base.update(overrides)
     return config.load(env={}, **base)
@@ -133,7 +133,7 @@ async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
 def child_env(settings: config.Settings) -> dict[str, str]:
     """Environment for a gateway or ingester child process with these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNGGAH_")}
-    for name in ("redis_url", "state_dir", "partitions", "ingest_claim_idle_ms", "ingest_block_ms",
+    for name in ("redis_url", "state_dir", "partitions", "auth", "ingest_claim_idle_ms", "ingest_block_ms",
                  "ingest_max_deliveries", "entry_bytes", "appendfsync"):
         env["UNGGAH_" + name.upper()] = str(getattr(settings, name))
     return env

@@ -62,6 +62,20 @@ def cmd_dead(args: argparse.Namespace) -> int:
     return uvloop.run(main(s, args))
 
 
+def cmd_tenants(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from unggah.admin import tenants
+
+    return uvloop.run(tenants(_settings(args), args))
+
+
+def cmd_receipt(args: argparse.Namespace) -> int:
+    from unggah.admin import receipt
+
+    return receipt(_settings(args), args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="unggah", description="Load-tolerant resumable upload gateway (tus 1.0)")
     p.add_argument("--config", help="TOML settings file (default: $UNGGAH_CONFIG)")
@@ -85,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("ids", nargs="*", help="dead-letter entry ids to replay (default: all)")
     dead.add_argument("--upload", help="only entries of this upload")
     dead.set_defaults(func=cmd_dead)
+
+    from unggah.admin import add_parsers
+    add_parsers(sub)
+    sub.choices["tenants"].set_defaults(func=cmd_tenants)
+    sub.choices["receipt"].set_defaults(func=cmd_receipt)
     return p
 
 

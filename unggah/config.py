@@ -60,6 +60,26 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ingest_max_deliveries: int = 5
     ingest_processes: int = 1
 
+    # Access: "tokens" requires a bearer token on every request except OPTIONS, health and
+    # metrics; "off" serves one open tenant, "public" (local trials and benchmarks only).
+    auth: Literal["tokens", "off"] = "tokens"
+    # Ed25519 key that signs receipts; empty: <state_dir>/receipt-key.pem, created on first use.
+    receipt_key_file: str = ""
+    # The election's TOML (windows, extensions, thresholds). Empty: no window is enforced.
+    election_file: str = ""
+
+    # Admission control (per gateway process unless said otherwise).
+    # Appends processed at once; further ones wait in per-tenant queues served in turn.
+    append_slots: int = 3
+    # Waiting appends per process before new ones are refused (503 + Retry-After).
+    append_queue: int = 256
+    # An append that waited this long is refused rather than left to time out at the client.
+    append_max_wait_ms: int = 2000
+    # Buffered bytes (all partitions) the gateway lets the stream hold. Above high_ratio of it
+    # new uploads are refused; at the budget appends are refused too. 0: 75% of valkey_maxmemory.
+    buffer_budget_bytes: int = 0
+    buffer_high_ratio: float = 0.8
+
     log_level: str = "INFO"
 
     @property
@@ -67,8 +87,25 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return Path(self.blob_dir or os.path.join(self.state_dir, "blobs"))
 
     @property
+    def receipt_key_path(self) -> Path:
+        return Path(self.receipt_key_file or os.path.join(self.state_dir, "receipt-key.pem"))
+
+    @property
+    def buffer_budget(self) -> int:
+        return self.buffer_budget_bytes or int(parse_bytes(self.valkey_maxmemory) * 0.75)
+
+    @property
     def embedded(self) -> bool:
         return not self.redis_url
+
+
+def parse_bytes(text: str) -> int:
+    """Valkey-style sizes: 2gb, 512mb, 100kb, or plain bytes."""
+    t = text.strip().lower()
+    for suffix, mult in (("gb", GiB), ("mb", MiB), ("kb", KiB), ("b", 1)):
+        if t.endswith(suffix):
+            return int(float(t[: -len(suffix)]) * mult)
+    return int(t)
 
 
 ENV_PREFIX = "UNGGAH_"
@@ -120,6 +157,14 @@ def _check(s: Settings) -> None:
         raise ConfigError("entry_bytes must be at least 4096")
     if s.checksum_patch_max_bytes < s.entry_bytes:
         raise ConfigError("checksum_patch_max_bytes must be at least entry_bytes")
+    if not 0 < s.buffer_high_ratio <= 1:
+        raise ConfigError("buffer_high_ratio must be in (0, 1]")
+    if s.append_slots < 1 or s.append_queue < 0:
+        raise ConfigError("append_slots must be >= 1 and append_queue >= 0")
+    try:
+        parse_bytes(s.valkey_maxmemory)
+    except ValueError:
+        raise ConfigError("valkey_maxmemory must be a size such as 2gb or 512mb") from None
     if s.ingest_block_ms >= 10_000:
         # Blocking reads must stay well under the client socket timeout (see buffer/connection.py).
         raise ConfigError("ingest_block_ms must be below 10000")
