@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_parsers(sub)
     sub.choices["tenants"].set_defaults(func=cmd_tenants)
     sub.choices["receipt"].set_defaults(func=cmd_receipt)
+
+    try:
+        from client.cli import add_parsers as add_client_parsers  # push, status: the team's side
+    except ImportError:  # an editable install made before client/ existed: `pip install -e .` adds it
+        pass
+    else:
+        add_client_parsers(sub)
     return p
 
 
