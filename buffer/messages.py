@@ -42,6 +42,7 @@ class UploadState(msgspec.Struct, kw_only=True):
     received_at: int = 0  # ms when offset reached length
     stored_at: int = 0
     sha256: str = ""  # hex, once stored
+    window: str = ""  # the registration window the upload was created in
     finq: int = 0  # 1 once a finalisation entry has been queued
 
     @property

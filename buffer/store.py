@@ -36,8 +36,9 @@ class Appended(msgspec.Struct):
 
 class UploadStore:
     def __init__(self, client: redis.Redis, *, partitions: int,
-                 waitaof: tuple[int, int, int] = (0, 0, 0)) -> None:
+                 waitaof: tuple[int, int, int] = (0, 0, 0), clock=time.time) -> None:
         self.r = client
+        self.clock = clock  # the server's clock; tests of windows and expiry control it
         self.partitions = partitions
         self.scripts = Scripts(client)
         self.waitaof = waitaof  # (numlocal, numreplicas, timeout_ms)
@@ -46,7 +47,7 @@ class UploadStore:
         return keys.partition_of(upload_id, self.partitions)
 
     async def create(self, *, tenant: str, length: int, metadata: str = "", concat: str = "",
-                     parts: list[str] | None = None, expires_at: int = 0,
+                     parts: list[str] | None = None, expires_at: int = 0, window: str = "",
                      idempotency_key: str = "", fingerprint: str = "", pending: bool = False,
                      idempotency_ttl: int = 86400, inflight_ms: int = 60_000) -> Created:
         if idempotency_key:
@@ -54,10 +55,10 @@ class UploadStore:
         else:
             p = keys.random_partition(self.partitions)
         upload_id = keys.new_upload_id(p)
-        now = now_ms()
+        now = int(self.clock() * 1000)
         state = UploadState(id=upload_id, tenant=tenant, length=length, metadata=metadata,
                             concat=concat, parts=" ".join(parts or []), created_at=now,
-                            expires_at=expires_at)
+                            expires_at=expires_at, window=window)
         if concat == "final":
             state.offset = length
             state.received_at = now
@@ -89,7 +90,7 @@ class UploadStore:
         p = self.partition(upload_id)
         if p is None:
             return Appended("notfound")
-        args: list[object] = [upload_id, offset, now_ms(), patch_start, record,
+        args: list[object] = [upload_id, offset, int(self.clock() * 1000), patch_start, record,
                               "" if new_length is None else new_length, buffer_limit, tenant]
         for crc, data in pieces:
             args += [crc, data]

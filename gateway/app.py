@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
+from typing import Callable
+
+import msgspec
 
 import orjson
 import redis.asyncio as redis
 from aiohttp import web
 
 from buffer.connection import connect
+from buffer.messages import STORED
 from buffer.store import DurabilityError, UploadStore
 from buffer.tenants import TenantStore
 from gateway import auth
 from gateway.context import REQUEST_ID
 from gateway.problems import problem
-from gateway.tus import TusHandler, status_body
+from gateway.admission import Admission
+from gateway.tus import TusHandler, receipt_payload, status_body
+from gateway.windows import Windows
+from unggah import receipts
+from metrics.http import install as install_metrics, log_problem, observe_requests
+from metrics.lifecycle import refuse_when_draining
 from unggah.config import Settings
 
 log = logging.getLogger("unggah.gateway")
@@ -31,6 +41,7 @@ async def errors(request: web.Request, handler):
     """Every error leaves as problem+json with a request id; Redis trouble is a
     503 with Retry-After, which every tus client retries."""
     request[REQUEST_ID] = request.headers.get("X-Request-Id") or secrets.token_hex(8)
+    error: BaseException | None = None  # logged once, with the problem, by log_problem below
     try:
         response = await handler(request)
     except web.HTTPException as e:
@@ -40,36 +51,42 @@ async def errors(request: web.Request, handler):
         detail = {404: "no such route; the tus endpoint is /files/"}.get(e.status, e.reason)
         response = problem(e.status, reason, detail)
     except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, DurabilityError) as e:
-        log.warning("buffer unavailable", extra={"error": repr(e), "request_id": request[REQUEST_ID]})
+        error = e
         response = problem(503, "buffer-unavailable",
                            "the upload buffer is briefly unavailable; your accepted bytes are safe, retry shortly",
                            headers={"Retry-After": "2"})
     except redis.ResponseError as e:
+        error = e
         if "OOM" in str(e):
             response = problem(503, "buffer-full", "the upload buffer is full; retry after the pause",
                                headers={"Retry-After": "5"})
         else:
-            log.exception("redis error", extra={"request_id": request[REQUEST_ID]})
             response = problem(500, "internal", "internal error; retry, and report the request id if it persists",
                                request_id=request[REQUEST_ID])
-    except Exception:
-        log.exception("unhandled error", extra={"request_id": request[REQUEST_ID]})
+    except Exception as e:
+        error = e
         response = problem(500, "internal", "internal error; retry, and report the request id if it persists",
                            request_id=request[REQUEST_ID])
     response.headers["X-Request-Id"] = request[REQUEST_ID]
+    log_problem(request, response, error)
     return response
 
 
-def build_app(settings: Settings, client: redis.Redis) -> web.Application:
+def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], float] = time.time) -> web.Application:
     tenants = TenantStore(client) if settings.auth == "tokens" else None
-    app = web.Application(middlewares=[errors, auth.middleware(tenants)], client_max_size=1 << 20)
-    store = UploadStore(client, partitions=settings.partitions,
+    app = web.Application(middlewares=[observe_requests, errors, auth.middleware(tenants), refuse_when_draining],
+                          client_max_size=1 << 20)
+    store = UploadStore(client, partitions=settings.partitions, clock=clock,
                         waitaof=(settings.waitaof_local, settings.waitaof_replicas, settings.waitaof_timeout_ms))
     app[STORE] = store
     app[SETTINGS] = settings
     app[READY] = {"ready": True}
-    tus = TusHandler(store, settings)
+    admission = Admission(settings, store)
+    tus = TusHandler(store, settings, admission, Windows.from_file(settings.election_file, clock), clock=clock)
     app[TUS] = tus
+    signing_key = receipts.load_or_create_key(settings.receipt_key_path)
+    public_key_pem = receipts.public_pem(signing_key)
+    install_metrics(app, settings, client, store, ready=app[READY])  # /metrics, timing, graceful shutdown
 
     async def upload_status(request: web.Request) -> web.Response:
         refusal = auth.may_read_uploads(request)
@@ -78,8 +95,15 @@ def build_app(settings: Settings, client: redis.Redis) -> web.Application:
         state = await tus.load(request, request.match_info["upload_id"])
         if state is None:
             return tus.not_found(request.match_info["upload_id"])
-        return web.Response(body=orjson.dumps(status_body(state)), content_type="application/json",
+        body = status_body(state)
+        if state.state == STORED:
+            # Ed25519 is deterministic: signing on demand hands out the same receipt every time.
+            body["receipt"] = msgspec.to_builtins(receipts.sign(receipt_payload(state), signing_key))
+        return web.Response(body=orjson.dumps(body), content_type="application/json",
                             headers={"Cache-Control": "no-store"})
+
+    async def public_key(request: web.Request) -> web.Response:
+        return web.Response(text=public_key_pem, content_type="application/x-pem-file")
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"alive": True})
@@ -99,6 +123,16 @@ def build_app(settings: Settings, client: redis.Redis) -> web.Application:
     app.router.add_route("*", "/files/{upload_id}", tus.handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/receipts/public-key", public_key)
+
+    async def start_watch(app: web.Application) -> None:
+        admission.buffer.start()
+
+    async def stop_watch(app: web.Application) -> None:
+        await admission.buffer.stop()
+
+    app.on_startup.append(start_watch)
+    app.on_cleanup.append(stop_watch)
 
     async def close_redis(app: web.Application) -> None:
         await client.aclose()

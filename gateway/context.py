@@ -11,5 +11,3 @@ PRINCIPAL = web.RequestKey("principal", object)
 TENANT = web.RequestKey("tenant", str)
 # Commission verifiers and observers may read every tenant's uploads.
 READ_ALL = web.RequestKey("read_all", bool)
-# The buffer ceiling admission control allows this request's appends to reach (0: none).
-BUFFER_LIMIT = web.RequestKey("buffer_limit", int)

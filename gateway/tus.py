@@ -13,21 +13,25 @@ it must be verified whole before any byte counts, so its size is capped.
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
 import hashlib
 import logging
 import time
-from typing import Awaitable, Callable
+from typing import Callable
 
 from aiohttp import web
 
-from buffer.messages import RECEIVING, STORED, TERMINATED, UploadState
+from buffer.messages import RECEIVING, STORED, TERMINATED, UploadState, decode_metadata
 from buffer.store import Appended, UploadStore
 from gateway import checksum, headers
 from gateway.auth import may_read_uploads, may_write
-from gateway.context import BUFFER_LIMIT, READ_ALL, TENANT
+from gateway.admission import Admission, Refused
+from gateway.context import READ_ALL, TENANT
+from gateway.windows import Windows, WindowClosed
 from gateway.problems import TUS_VERSION, problem
 from unggah.config import Settings
+from unggah.receipts import ReceiptPayload
 
 log = logging.getLogger("unggah.gateway")
 
@@ -41,13 +45,15 @@ def _http_date(ms: int) -> str:
 
 
 class TusHandler:
-    def __init__(self, store: UploadStore, settings: Settings, *,
+    def __init__(self, store: UploadStore, settings: Settings, admission: Admission, windows: Windows, *,
                  clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.s = settings
+        self.admission = admission
+        self.windows = windows
         self.clock = clock
-        # Admission control plugs in here (issue 4): returns a refusal or None.
-        self.admit: Callable[[web.Request, str], Awaitable[web.Response | None]] | None = None
+        # Upload lengths this process has seen, for completion-first ordering without a read.
+        self.lengths: collections.OrderedDict[str, int] = collections.OrderedDict()
 
     # --- dispatch -------------------------------------------------------
 
@@ -132,9 +138,22 @@ class TusHandler:
             h["Upload-Expires"] = _http_date(state.expires_at)
         return h
 
-    def expires_at(self, request: web.Request) -> int:
-        # Issue 4 narrows this to the registration window; until then a fixed TTL.
-        return int((self.clock() + self.s.upload_ttl_seconds) * 1000)
+    def remember_length(self, upload_id: str, length: int) -> None:
+        if length >= 0:
+            self.lengths[upload_id] = length
+            self.lengths.move_to_end(upload_id)
+            if len(self.lengths) > 100_000:
+                self.lengths.popitem(last=False)
+
+    def progress(self, upload_id: str, offset: int) -> float:
+        length = self.lengths.get(upload_id)
+        return offset / length if length else 0.5
+
+    @staticmethod
+    def refused(e: Refused | WindowClosed, status: int = 503) -> web.Response:
+        if isinstance(e, WindowClosed):
+            return problem(403, "window-closed", e.detail)
+        return problem(status, e.reason, e.detail, headers={"Retry-After": str(e.retry_after)})
 
     # --- core: HEAD -----------------------------------------------------
 
@@ -188,12 +207,15 @@ class TusHandler:
                            f"Upload-Length {length} exceeds the maximum of {self.s.max_upload_bytes} bytes",
                            headers={"Tus-Max-Size": str(self.s.max_upload_bytes)})
 
-        if self.admit:
-            refusal = await self.admit(request, "create")
-            if refusal is not None:
-                return refusal
-
         tenant = self.tenant(request)
+        try:
+            window, deadline = self.windows.for_creation(tenant)
+            self.admission.buffer.check_create()
+        except (Refused, WindowClosed) as e:
+            log.info("creation refused", extra={"tenant": tenant, "reason": getattr(e, "reason", "window-closed")})
+            return self.refused(e)
+        ttl_end = int((self.clock() + self.s.upload_ttl_seconds) * 1000)
+        expires_at = min(ttl_end, deadline) if deadline else ttl_end
         idem = request.headers.get("Idempotency-Key", "").strip()
         if len(idem) > 255:
             return problem(400, "bad-header", "Idempotency-Key must be at most 255 characters")
@@ -201,7 +223,7 @@ class TusHandler:
             f"{length}|{defer}|{meta_raw}|{request.headers.get('Upload-Concat', '')}".encode()).hexdigest() if idem else ""
         created = await self.store.create(
             tenant=tenant, length=-1 if length is None else length, metadata=meta_raw, concat=concat,
-            parts=[p.id for p in final_parts], expires_at=self.expires_at(request),
+            parts=[p.id for p in final_parts], expires_at=expires_at, window=window,
             idempotency_key=idem, fingerprint=fingerprint, pending=has_body,
             idempotency_ttl=self.s.idempotency_ttl_seconds,
             inflight_ms=self.s.idempotency_inflight_seconds * 1000)
@@ -229,7 +251,8 @@ class TusHandler:
             state = await self.store.get(upload_id)
             await self.store.link_final(state)
             return web.Response(status=201, headers=h)
-        h["Upload-Expires"] = _http_date(self.expires_at(request))
+        h["Upload-Expires"] = _http_date(expires_at)
+        self.remember_length(upload_id, -1 if length is None else length)
         if has_body:
             try:
                 # creation-with-upload: the body is the first chunk.
@@ -275,10 +298,10 @@ class TusHandler:
             return self.not_found(upload_id)
         # No read before the body: the APPEND script checks existence, tenant and offset
         # in the same step that appends, so a PATCH costs one round trip.
-        if self.admit:
-            refusal = await self.admit(request, "append")
-            if refusal is not None:
-                return refusal
+        try:
+            self.admission.buffer.check_append()
+        except Refused as e:
+            return self.refused(e)
         result = await self._receive(request, upload_id, offset)
         if isinstance(result, web.Response):
             return result
@@ -304,6 +327,13 @@ class TusHandler:
             return problem(413, "checksummed-patch-too-large",
                            f"a PATCH with Upload-Checksum may carry at most {cap} bytes; send smaller chunks",
                            headers={"Upload-Checksum-Max-Size": str(cap)})
+        try:
+            async with self.admission.reading(request.content_length or cap, in_progress=False):
+                return await self._checksummed_body(request, upload_id, offset, expected, new_length, cap)
+        except Refused as e:
+            return self.refused(e)
+
+    async def _checksummed_body(self, request, upload_id, offset, expected, new_length, cap):
         buf = bytearray()
         try:
             while True:
@@ -316,7 +346,8 @@ class TusHandler:
                                    f"a PATCH with Upload-Checksum may carry at most {cap} bytes; send smaller chunks")
         except (ConnectionError, asyncio.IncompleteReadError, OSError, ValueError, RuntimeError) as e:
             # An unverifiable partial body counts for nothing.
-            log.info("checksummed PATCH interrupted", extra={"upload": upload_id, "error": repr(e)})
+            # debug: the refusal itself is logged once, at info, by the errors middleware
+            log.debug("checksummed PATCH interrupted", extra={"upload": upload_id, "error": repr(e)})
             return problem(400, "body-incomplete", "the body ended early; nothing was stored, resume from HEAD")
         if request.content_length is not None and len(buf) != request.content_length:
             return problem(400, "body-incomplete", "the body is shorter than Content-Length; nothing was stored")
@@ -334,9 +365,11 @@ class TusHandler:
             crc = checksum.crc32c(body)
             pieces = [(checksum.crc32c(body[i:i + step]), body[i:i + step]) for i in range(0, len(body), step)]
         record = f"{len(body)}:{crc}"
-        res = await self.store.append(upload_id, offset, pieces, tenant=self.tenant(request),
-                                      patch_start=offset, record=record,
-                                      new_length=new_length, buffer_limit=self.buffer_limit(request))
+        tenant = self.tenant(request)
+        async with self.admission.committing(tenant, self.progress(upload_id, offset), in_progress=False):
+            res = await self.store.append(upload_id, offset, pieces, tenant=tenant,
+                                          patch_start=offset, record=record, new_length=new_length,
+                                          buffer_limit=self.admission.buffer.partition_limit)
         if res.outcome == "conflict" and res.record == record:
             return res.offset  # a retry of a PATCH we already took
         return self.refusal(res, upload_id) if res.outcome != "ok" else res.offset
@@ -346,20 +379,28 @@ class TusHandler:
         step = self.s.entry_bytes
         pos, received, crc_all, first = offset, 0, 0, True
         interrupted = False
+        tenant = self.tenant(request)
         while True:
             want = step if total is None else min(step, total - received)
-            piece, eof, interrupted = await self._read_piece(request, want)
-            piece_crc = checksum.crc32c(piece)
-            # CRC of the whole PATCH so far; with one piece it is the piece's own.
-            crc_all = piece_crc if received == 0 else checksum.crc32c(piece, crc_all)
-            received += len(piece)
-            last = eof or interrupted or (total is not None and received >= total)
-            record = f"{received}:{crc_all}" if last and not interrupted else ""
-            res = await self.store.append(
-                upload_id, pos, [(piece_crc, piece)] if piece else [], tenant=self.tenant(request),
-                patch_start=offset,
-                record=record, new_length=new_length if first else None,
-                buffer_limit=self.buffer_limit(request))
+            try:
+                async with self.admission.reading(max(want, 1), in_progress=not first):
+                    piece, eof, interrupted = await self._read_piece(request, want)
+                    piece_crc = checksum.crc32c(piece)
+                    # CRC of the whole PATCH so far; with one piece it is the piece's own.
+                    crc_all = piece_crc if received == 0 else checksum.crc32c(piece, crc_all)
+                    received += len(piece)
+                    last = eof or interrupted or (total is not None and received >= total)
+                    record = f"{received}:{crc_all}" if last and not interrupted else ""
+                    async with self.admission.committing(tenant, self.progress(upload_id, pos), in_progress=not first):
+                        res = await self.store.append(
+                            upload_id, pos, [(piece_crc, piece)] if piece else [], tenant=tenant,
+                            patch_start=offset, record=record, new_length=new_length if first else None,
+                            buffer_limit=self.admission.buffer.partition_limit)
+            except Refused as e:
+                # Nothing of this piece was committed; what came before it was. The client resumes from HEAD.
+                refusal = self.refused(e)
+                refusal.headers["Upload-Offset"] = str(pos)
+                return refusal
             if res.outcome != "ok":
                 if res.outcome == "conflict" and first and res.record:
                     return await self._maybe_duplicate(request, res, received, crc_all, last, upload_id)
@@ -411,9 +452,6 @@ class TusHandler:
             return res.offset
         return self.refusal(res, upload_id)
 
-    def buffer_limit(self, request: web.Request) -> int:
-        return request.get(BUFFER_LIMIT, 0)
-
     def refusal(self, res: Appended, upload_id: str) -> web.Response:
         o = res.outcome
         if o == "conflict":
@@ -429,7 +467,8 @@ class TusHandler:
         if o == "closed":
             return problem(403, f"upload-{res.detail}", f"this upload is {res.detail}; create a new upload to send the file again")
         if o == "expired":
-            return problem(410, "upload-expired", "this upload expired before it was complete; create a new one")
+            return problem(410, "upload-expired", "this upload expired before it was complete (its registration "
+                           "window closed, or it was left unfinished too long); create a new one if a window is open")
         if o == "exceeds":
             return problem(413, "exceeds-length", f"the body would take the upload past its Upload-Length of {res.offset}")
         if o == "length_fixed":
@@ -469,3 +508,13 @@ def status_body(state: UploadState) -> dict:
         "expires_at": state.expires_at if state.state == RECEIVING else None,
         "safe_to_delete_local_copy": state.state == STORED,
     }
+
+
+def receipt_payload(state: UploadState) -> ReceiptPayload:
+    try:
+        filename = decode_metadata(state.metadata).get("filename", b"").decode(errors="replace")
+    except ValueError:
+        filename = ""
+    return ReceiptPayload(tenant=state.tenant, upload_id=state.id, filename=filename, size=state.length,
+                          sha256=state.sha256, created_at=state.created_at, completed_at=state.received_at,
+                          stored_at=state.stored_at, window=state.window)

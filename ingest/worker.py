@@ -28,6 +28,7 @@ from buffer.messages import CONCAT, DATA, DROP, FIN, FAILED, RECEIVING, STORED, 
 from buffer.queue import Queue, parse_entry
 from buffer.store import UploadStore
 from ingest.blobstore import BlobStore, LocalBlobStore
+from metrics import ingest as ingest_metrics
 from unggah.config import Settings
 
 log = logging.getLogger("unggah.ingest")
@@ -66,6 +67,7 @@ class Ingester:
         self.store = UploadStore(client, partitions=settings.partitions)
         self.blobs = blobs
         self.stopping = asyncio.Event()
+        ingest_metrics.instrument(self)  # counts acks, finishes, dead letters, errors; times batches
 
     async def run(self) -> None:
         while True:  # Redis may still be starting (or restarting): wait for it, do not die
@@ -98,6 +100,7 @@ class Ingester:
                 if own_pending and not raw:
                     own_pending = False
                     continue
+                ingest_metrics.redelivered(len(raw) if own_pending else 0)
                 await self.process(p, raw)
                 if own_pending:
                     # Entries we keep failing stay pending under our name: leave them to reclaim.
@@ -134,6 +137,7 @@ class Ingester:
                             live.append((entry_id, fields))
                     if live:
                         log.info("reclaimed entries", extra={"partition": p, "count": len(live)})
+                        ingest_metrics.redelivered(len(live))
                         await self.process(p, live)
                 except Exception:
                     log.exception("reclaim error", extra={"partition": p})
@@ -226,14 +230,19 @@ class Ingester:
             return
         await self.q.finish(p, e, STORED, sha256=sha)
         log.info("upload stored", extra={"upload": e.u, "bytes": state.length, "sha256": sha})
-        if state.final_of:
-            final = await self.q.upload(state.final_of)
+        # Read final_of only now, after FINISH: the gateway sets final_of and then checks
+        # the partials' states, we set the state and then check final_of, so one of us
+        # always sees both and queues the assembly (a duplicate is harmless).
+        fresh = await self.q.upload(e.u)
+        if fresh is not None and fresh.final_of:
+            final = await self.q.upload(fresh.final_of)
             if final is not None:
                 await self.store.queue_concat_if_ready(final.id, final.parts.split())
 
 
-async def run(settings: Settings, name: str) -> int:
+async def run(settings: Settings, name: str, metrics_port: int | None = None) -> int:
     client = connect(settings.redis_url)
+    server = None if metrics_port is None else await ingest_metrics.MetricsServer(settings.host, metrics_port).start()
     blobs = LocalBlobStore(settings.blob_path)
     consumer = name if "." in name else f"{socket.gethostname()}.{name}"
     ing = Ingester(settings, consumer, client, blobs)
@@ -243,5 +252,7 @@ async def run(settings: Settings, name: str) -> int:
     try:
         await ing.run()
     finally:
+        if server is not None:
+            await server.stop()
         await client.aclose()
     return 0

@@ -1,0 +1,242 @@
+"""Admission control: keep the gateway and Redis up, and share them fairly, near the deadline.
+
+Three guards, each answering a different question:
+
+- BufferWatch: is the buffer filling faster than the ingesters drain it? Above the
+  high watermark new uploads are refused; at the budget appends are refused too
+  (the APPEND script enforces the per-partition share atomically).
+- ByteBudget: how much request body may this process hold in memory? Each piece
+  is reserved before it is read, so memory stays bounded whatever the number of
+  connections (a waiting connection's bytes stay in the kernel, under TCP flow control).
+- FairGate: whose piece is committed next? A few commits run at once; the rest
+  wait in per-tenant queues served in turn, each tenant capped at an equal share
+  of the slots whatever its number of operators, and within a tenant the upload
+  nearest completion goes first. A new request that would wait too long is refused
+  at once (with Retry-After) rather than left to time out; pieces of a request
+  already in progress are never refused, they wait.
+
+Refusals use 503 + Retry-After: every standard tus client retries 5xx (tus-js-client
+does not retry 429).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import time
+from contextlib import asynccontextmanager
+
+log = logging.getLogger("unggah.admission")
+
+# A tenant seen this recently counts as active even between its requests, so a
+# single sequential operator is not starved by a tenant with many connections.
+ACTIVE_WINDOW = 0.2
+
+
+class Refused(Exception):
+    def __init__(self, reason: str, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class FairGate:
+    def __init__(self, slots: int, queue_limit: int, max_wait: float, clock=time.monotonic) -> None:
+        self.slots = slots
+        self.queue_limit = queue_limit
+        self.max_wait = max_wait
+        self.clock = clock
+        self.inflight = 0
+        self.per_tenant: collections.Counter[str] = collections.Counter()
+        self.waiting: dict[str, list[tuple[float, int, asyncio.Future]]] = {}
+        self.turns: collections.deque[str] = collections.deque()
+        self.last_seen: dict[str, float] = {}
+        self.n_waiting = 0
+        self._seq = itertools.count()
+
+    def _active(self, now: float) -> int:
+        for t, seen in list(self.last_seen.items()):
+            if now - seen > ACTIVE_WINDOW and not self.per_tenant[t] and not self.waiting.get(t):
+                del self.last_seen[t]
+        return max(1, len(self.last_seen))
+
+    def cap(self) -> int:
+        return max(1, self.slots // self._active(self.clock()))
+
+    def _grant(self, tenant: str) -> None:
+        self.inflight += 1
+        self.per_tenant[tenant] += 1
+
+    async def acquire(self, tenant: str, progress: float, in_progress: bool) -> None:
+        """Wait for a commit slot; raise Refused for a new request that should come back later."""
+        self.last_seen[tenant] = self.clock()
+        if self.inflight < self.slots and not self.n_waiting and self.per_tenant[tenant] < self.cap():
+            self._grant(tenant)
+            return
+        if not in_progress and self.n_waiting >= self.queue_limit * (0.5 + 0.5 * progress):
+            # Completion first: a request just starting may use half the queue, one
+            # nearly done all of it.
+            raise Refused("gateway-busy", "the gateway is at capacity; your bytes so far are safe, "
+                          "retry after the pause", retry_after=1)
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        queue = self.waiting.setdefault(tenant, [])
+        queue.append((-progress, next(self._seq), fut))
+        queue.sort()
+        if tenant not in self.turns:
+            self.turns.append(tenant)
+        self.n_waiting += 1
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.max_wait if not in_progress else self.max_wait * 5)
+        except asyncio.TimeoutError:
+            if fut.done():  # granted at the last moment: keep it
+                return
+            self._forget(tenant, fut)
+            raise Refused("queue-timeout", "waited too long for the gateway; your bytes so far are safe, "
+                          "retry after the pause", retry_after=2) from None
+        except asyncio.CancelledError:
+            if fut.done():
+                self.release(tenant)
+            else:
+                self._forget(tenant, fut)
+            raise
+
+    def _forget(self, tenant: str, fut: asyncio.Future) -> None:
+        queue = self.waiting.get(tenant, [])
+        for i, item in enumerate(queue):
+            if item[2] is fut:
+                del queue[i]
+                self.n_waiting -= 1
+                break
+        fut.cancel()
+
+    def release(self, tenant: str) -> None:
+        self.inflight -= 1
+        self.per_tenant[tenant] -= 1
+        self.last_seen[tenant] = self.clock()
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        cap = self.cap()
+        idle_turns = 0
+        while self.inflight < self.slots and self.turns and idle_turns < len(self.turns):
+            tenant = self.turns[0]
+            self.turns.rotate(-1)
+            queue = self.waiting.get(tenant)
+            if not queue:
+                self.turns.remove(tenant)
+                idle_turns = 0
+                continue
+            if self.per_tenant[tenant] >= cap:
+                idle_turns += 1
+                continue
+            _, _, fut = queue.pop(0)
+            self.n_waiting -= 1
+            if not queue:
+                self.turns.remove(tenant)
+            self._grant(tenant)
+            fut.set_result(True)
+            idle_turns = 0
+
+
+class ByteBudget:
+    """Bytes of request bodies this process may hold at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = asyncio.Condition()
+
+    async def reserve(self, n: int, timeout: float) -> bool:
+        n = min(n, self.limit)
+        async with self._cond:
+            try:
+                await asyncio.wait_for(self._cond.wait_for(lambda: self.used + n <= self.limit), timeout)
+            except asyncio.TimeoutError:
+                return False
+            self.used += n
+            return True
+
+    async def free(self, n: int) -> None:
+        n = min(n, self.limit)
+        async with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
+class BufferWatch:
+    """The buffer's fill, refreshed in the background so admission costs no round trip."""
+
+    def __init__(self, store, budget: int, high_ratio: float, partitions: int, interval: float = 0.2) -> None:
+        self.store = store
+        self.budget = budget
+        self.high = int(budget * high_ratio)
+        self.partitions = partitions
+        self.interval = interval
+        self.fill = 0
+        self._task: asyncio.Task | None = None
+
+    @property
+    def partition_limit(self) -> int:
+        # Uploads spread evenly over partitions; a partition may hold twice its share
+        # before its appends are refused, so one busy partition does not stop the rest.
+        return 2 * self.budget // self.partitions
+
+    async def refresh(self) -> None:
+        self.fill = await self.store.buffered()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as e:  # Redis down: keep the last value, the error middleware answers requests
+                log.debug("buffer watch failed", extra={"error": repr(e)})
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+
+    def check_create(self) -> None:
+        if self.fill >= self.high:
+            raise Refused("buffer-high", "the buffer is nearly full, so new uploads wait; uploads in progress "
+                          "continue. Retry after the pause", retry_after=5)
+
+    def check_append(self) -> None:
+        if self.fill >= self.budget:
+            raise Refused("buffer-full", "the buffer is full; your bytes so far are safe, retry after the pause",
+                          retry_after=2)
+
+
+class Admission:
+    def __init__(self, settings, store) -> None:
+        self.gate = FairGate(settings.append_slots, settings.append_queue, settings.append_max_wait_ms / 1000)
+        # Enough for every commit slot to hold a checksummed PATCH, plus streamed pieces being read.
+        self.bytes = ByteBudget(max(settings.checksum_patch_max_bytes * settings.append_slots,
+                                    64 * settings.entry_bytes))
+        self.buffer = BufferWatch(store, settings.buffer_budget, settings.buffer_high_ratio, settings.partitions)
+        self.max_wait = settings.append_max_wait_ms / 1000
+
+    @asynccontextmanager
+    async def reading(self, n: int, in_progress: bool):
+        """Hold `n` bytes of memory while a piece is read and committed."""
+        if not await self.bytes.reserve(n, self.max_wait * (5 if in_progress else 1)):
+            raise Refused("gateway-memory", "the gateway is holding as many request bytes as it may; "
+                          "retry after the pause", retry_after=1)
+        try:
+            yield
+        finally:
+            await self.bytes.free(n)
+
+    @asynccontextmanager
+    async def committing(self, tenant: str, progress: float, in_progress: bool):
+        await self.gate.acquire(tenant, progress, in_progress)
+        try:
+            yield
+        finally:
+            self.gate.release(tenant)
