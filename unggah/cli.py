@@ -25,9 +25,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvloop
-    from aiohttp import web
 
     from gateway.app import make_app
+    from metrics.lifecycle import serve
 
     s = _settings(args)
     logs.setup(s.log_level)
@@ -35,9 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("unggah serve runs the gateway alone and needs UNGGAH_REDIS_URL; "
               "use 'unggah up' for the whole stack on the embedded Valkey", file=sys.stderr)
         return 2
-    web.run_app(make_app(s), host=s.host, port=s.port, access_log=None, print=None,
-                shutdown_timeout=15, loop=uvloop.new_event_loop())
-    return 0
+    return uvloop.run(serve(make_app, s))  # SIGTERM: unready, refuse new uploads, drain, exit 0
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -50,7 +48,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if s.embedded:
         print("unggah ingest needs UNGGAH_REDIS_URL; use 'unggah up' for the whole stack", file=sys.stderr)
         return 2
-    return uvloop.run(run(s, args.name))
+    return uvloop.run(run(s, args.name, metrics_port=args.metrics_port))
 
 
 def cmd_dead(args: argparse.Namespace) -> int:
@@ -92,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ing = sub.add_parser("ingest", help="run one ingester process against UNGGAH_REDIS_URL")
     ing.add_argument("--name", default="ingest-0", help="stable consumer name (its pending entries survive restarts)")
+    ing.add_argument("--metrics-port", type=int, help="serve /metrics on this port (0: any free one; default: none)")
     ing.set_defaults(func=cmd_ingest)
 
     dead = sub.add_parser("dead", help="list or replay dead-lettered entries")

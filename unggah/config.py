@@ -80,6 +80,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     buffer_budget_bytes: int = 0
     buffer_high_ratio: float = 0.8
 
+    # Graceful shutdown (SIGTERM): the gateway turns unready, refuses new uploads and keeps
+    # listening while appends are in flight, at least drain and at most grace seconds.
+    shutdown_drain_seconds: float = 0.0
+    shutdown_grace_seconds: float = 10.0
+
     log_level: str = "INFO"
 
     @property

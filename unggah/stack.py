@@ -16,8 +16,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from metrics.targets import write_targets
 from unggah.config import Settings
-from unggah.valkey import EmbeddedValkey
+from unggah.valkey import EmbeddedValkey, free_port
 
 
 def _child(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -61,12 +62,16 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
             env["UNGGAH_REDIS_URL"] = valkey.url
         env["UNGGAH_STATE_DIR"] = settings.state_dir
         specs = {"gateway": ["serve", "--port", str(port)]}
+        # Each ingester serves its own /metrics on a free port, kept across its restarts.
+        metrics_ports = {f"ingest-{i}": free_port(settings.host) for i in range(n_ingest)}
         for i in range(n_ingest):
-            specs[f"ingest-{i}"] = ["ingest", "--name", f"ingest-{i}"]
+            specs[f"ingest-{i}"] = ["ingest", "--name", f"ingest-{i}",
+                                    "--metrics-port", str(metrics_ports[f"ingest-{i}"])]
         for name, args in specs.items():
             children[name] = _child(args, env)
         base = f"http://{settings.host}:{port}"
         _wait_ready(base + "/readyz", children["gateway"])
+        targets = write_targets(settings.state_dir, settings.host, port, metrics_ports)
         print(f"unggah is up (Ctrl-C stops it)\n"
               f"  tus endpoint  {base}/files/\n"
               f"  status        {base}/files/<id>/status\n"
@@ -74,7 +79,9 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
               f"  health        {base}/healthz  {base}/readyz\n"
               f"  redis         {env.get('UNGGAH_REDIS_URL', settings.redis_url)}"
               f"{' (embedded Valkey, AOF ' + settings.appendfsync + ')' if valkey else ''}\n"
-              f"  ingesters     {n_ingest}\n"
+              f"  ingesters     {n_ingest}, metrics at "
+              f"{' '.join(f'http://{settings.host}:{p}/metrics' for p in metrics_ports.values()) or '-'}\n"
+              f"  prometheus    file_sd targets in {targets}\n"
               f"  state         {settings.state_dir}", flush=True)
         while not stopping:
             for name, proc in list(children.items()):

@@ -1,0 +1,164 @@
+"""The gateway's observability: request metrics, /metrics, refusal logging, buffer-commit timing.
+
+Hooks in gateway/app.py:
+
+    middlewares=[observe_requests, errors, refuse_when_draining]   # outermost first
+    install(app, settings, client, store, ready=app[READY])         # /metrics, store timing, lifecycle
+    log_problem(request, response, error)                          # once, at the end of `errors`
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+import redis.asyncio as redis
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from buffer.store import UploadStore
+from gateway.context import REQUEST_ID
+from metrics import lifecycle
+from metrics.buffer import BufferCollector, BufferSnapshot
+from metrics.registry import (APPENDS_ACCEPTED, APPENDS_REJECTED, BUFFER_APPEND_DURATION, HTTP_DURATION,
+                              HTTP_IN_FLIGHT, HTTP_REQUESTS, RECEIVED_BYTES, REFUSALS, UPLOADS_CREATED,
+                              UPLOADS_TERMINATED, label, make_registry)
+from unggah.config import Settings
+
+log = logging.getLogger("unggah.gateway")
+
+REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+SNAPSHOT = web.AppKey("buffer_snapshot", BufferSnapshot)
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS", "PUT"})
+# Status when the handler was cancelled (shutdown past its grace): nginx's "client closed request".
+CANCELLED = 499
+
+
+def route_of(request: web.Request) -> str:
+    """The route template ("/files/{upload_id}"), never the raw path; "unmatched" for 404s."""
+    try:
+        resource = request.match_info.route.resource
+    except AttributeError:
+        resource = None
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def tus_method(request: web.Request) -> str:
+    """The method tus acts on, honouring X-HTTP-Method-Override on POST."""
+    override = request.headers.get("X-HTTP-Method-Override")
+    if override and request.method == "POST":
+        return override.strip().upper()
+    return request.method
+
+
+def _classify(request: web.Request, route: str, response: web.StreamResponse) -> None:
+    status = response.status
+    reason = response.headers.get("Unggah-Reason")
+    if status >= 400:
+        REFUSALS.labels(label(reason or "unknown"), str(status)).inc()
+    method = tus_method(request)
+    if route in ("/files", "/files/") and method == "POST":
+        if status == 201 and "Idempotent-Replayed" not in response.headers:
+            UPLOADS_CREATED.inc()
+            if "Upload-Offset" in response.headers:  # creation-with-upload: the body was an append
+                APPENDS_ACCEPTED.inc()
+        elif status >= 400 and "Location" in response.headers:  # created, but its body was refused
+            UPLOADS_CREATED.inc()
+            APPENDS_REJECTED.labels(label(reason or "unknown")).inc()
+    elif route == "/files/{upload_id}":
+        if method == "PATCH":
+            if status == 204:
+                APPENDS_ACCEPTED.inc()
+            elif status >= 400:
+                APPENDS_REJECTED.labels(label(reason or "unknown")).inc()
+        elif method == "DELETE" and status == 204:
+            UPLOADS_TERMINATED.inc()
+
+
+@web.middleware
+async def observe_requests(request: web.Request, handler):
+    """Count and time every request by method, route template and code (outermost middleware,
+    so it sees the problem responses the `errors` middleware makes)."""
+    start = time.perf_counter()
+    HTTP_IN_FLIGHT.inc()
+    status = CANCELLED
+    response = None
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as e:  # redirects and the like pass through `errors`
+        status = e.status
+        raise
+    finally:
+        HTTP_IN_FLIGHT.dec()
+        route = route_of(request)
+        method = request.method if request.method in METHODS else "other"
+        HTTP_REQUESTS.labels(method, route, str(status)).inc()
+        HTTP_DURATION.labels(method, route).observe(time.perf_counter() - start)
+        if response is not None:
+            _classify(request, route, response)
+
+
+def log_problem(request: web.Request, response: web.StreamResponse, error: BaseException | None = None) -> None:
+    """Log a problem response exactly once: info for 4xx, warning for 5xx, error with the
+    traceback for an internal error. Called at the end of the `errors` middleware."""
+    if response.status < 400:
+        return
+    extra: dict[str, object] = {
+        "request_id": request.get(REQUEST_ID), "status": response.status,
+        "reason": response.headers.get("Unggah-Reason", ""), "method": tus_method(request),
+        "route": route_of(request),
+    }
+    upload = request.match_info.get("upload_id")
+    if upload:
+        extra["upload"] = upload[:80]
+    if error is not None:
+        extra["error"] = repr(error)[:500]
+    if response.status >= 500 and extra["reason"] == "internal" and error is not None:
+        log.error("request failed", extra=extra, exc_info=error)
+    elif response.status >= 500:
+        log.warning("request refused", extra=extra)
+    else:
+        log.info("request refused", extra=extra)
+
+
+def instrument_store(store: UploadStore) -> UploadStore:
+    """Time every buffer commit and count the bytes it accepted (a duplicate retry,
+    answered from the PATCH records, commits nothing and is not counted)."""
+    append = store.append
+
+    @functools.wraps(append)
+    async def timed_append(upload_id, offset, pieces, **kw):
+        start = time.perf_counter()
+        try:
+            res = await append(upload_id, offset, pieces, **kw)
+        finally:
+            BUFFER_APPEND_DURATION.observe(time.perf_counter() - start)
+        if res.outcome == "ok" and pieces:
+            RECEIVED_BYTES.inc(sum(len(d) for _, d in pieces))
+        return res
+
+    store.append = timed_append  # type: ignore[method-assign]
+    return store
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """Read the buffer's state from Redis (cached ~1 s, one round trip), then render."""
+    await request.app[SNAPSHOT].refresh()
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return web.Response(body=encoder(request.app[REGISTRY]), headers={"Content-Type": content_type,
+                                                                      "Cache-Control": "no-store"})
+
+
+def install(app: web.Application, settings: Settings, client: redis.Redis, store: UploadStore, *,
+            ready: dict) -> None:
+    snapshot = BufferSnapshot(client, settings.partitions, budget=settings.buffer_budget)
+    app[SNAPSHOT] = snapshot
+    app[REGISTRY] = make_registry("gateway", [BufferCollector(snapshot)])
+    instrument_store(store)
+    app.router.add_get("/metrics", metrics_handler)
+    lifecycle.install(app, ready)
