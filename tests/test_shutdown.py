@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 
 from buffer import keys
-from tests.conftest import OCTET, TUS, child_env, create, make_settings, patch, wait_for, wait_stored
+from tests.conftest import OCTET, TUS, Gateway, child_env, create, make_settings, patch, wait_for, wait_stored
 from unggah.valkey import free_port
 
 ENTRY = 64 * 1024
@@ -69,6 +69,12 @@ async def slow_body(chunks: int, size: int, pause: float, sent: list[int]):
         await asyncio.sleep(pause)
 
 
+async def body_sent(sent: list[int], at_least: int) -> None:
+    async def enough():
+        return sent[0] >= at_least
+    await wait_for(enough, 10)
+
+
 async def offset_of(r, upload_id: str, partitions: int) -> int:
     p = keys.partition_of(upload_id, partitions)
     return int(await r.hget(keys.upload(p, upload_id), "offset") or 0)
@@ -88,7 +94,7 @@ async def test_sigterm_drains_inflight_patch_then_exits_0(shutdown_settings, htt
                 return resp.status, resp.headers.get("Upload-Offset")
 
         task = asyncio.create_task(long_patch())
-        await wait_for(lambda: asyncio.sleep(0, sent[0] >= 3 * size))
+        await body_sent(sent, 3 * size)
         gw.proc.send_signal(signal.SIGTERM)
 
         async def not_ready():
@@ -132,7 +138,7 @@ async def test_patch_slower_than_grace_is_cut_at_the_bound(shutdown_settings, ht
                 return e
 
         task = asyncio.create_task(endless_patch())
-        await wait_for(lambda: asyncio.sleep(0, sent[0] >= 4 * ENTRY))
+        await body_sent(sent, 4 * ENTRY)
         t0 = time.monotonic()
         gw.proc.send_signal(signal.SIGTERM)
         rc = await asyncio.to_thread(gw.proc.wait, 15)
@@ -168,7 +174,6 @@ async def ingest_bytes(http: aiohttp.ClientSession, port: int) -> float:
 
 @pytest.fixture
 async def gateway_small(shutdown_settings):
-    from tests.conftest import Gateway
     gw = await Gateway(shutdown_settings).start()
     yield gw
     await gw.stop()
@@ -189,7 +194,9 @@ async def test_ingester_sigterm_leaves_nothing_half_done(shutdown_settings, gate
     port = free_port()
     proc = start_ingester(s, "sigterm-0", port)
     try:
-        await wait_for(lambda: ingest_bytes_positive(http, port), 20, interval=0.01)
+        async def draining():
+            return await ingest_bytes(http, port) > 0
+        await wait_for(draining, 20, interval=0.01)
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         rc = await asyncio.to_thread(proc.wait, 20)
@@ -217,6 +224,3 @@ async def test_ingester_sigterm_leaves_nothing_half_done(shutdown_settings, gate
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 20) == 0
 
-
-async def ingest_bytes_positive(http, port) -> bool:
-    return await ingest_bytes(http, port) > 0
