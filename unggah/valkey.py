@@ -40,7 +40,9 @@ class EmbeddedValkey:
 
     def __init__(self, data_dir: str | os.PathLike[str], *, port: int | None = None,
                  appendfsync: str = "everysec", maxmemory: str = "2gb", host: str = "127.0.0.1") -> None:
-        self.data_dir = Path(data_dir)
+        # Absolute: Valkey changes into --dir before it opens --logfile, so a relative
+        # path would be resolved twice.
+        self.data_dir = Path(data_dir).resolve()
         self.host = host
         self.port = port or free_port(host)
         self.appendfsync = appendfsync
