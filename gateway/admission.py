@@ -88,6 +88,7 @@ class FairGate:
         if tenant not in self.turns:
             self.turns.append(tenant)
         self.n_waiting += 1
+        self._dispatch()  # a free slot may be this tenant's even though others are waiting
         try:
             await asyncio.wait_for(asyncio.shield(fut), self.max_wait if not in_progress else self.max_wait * 5)
         except asyncio.TimeoutError:
@@ -223,20 +224,46 @@ class Admission:
         self.max_wait = settings.append_max_wait_ms / 1000
 
     @asynccontextmanager
-    async def reading(self, n: int, in_progress: bool):
-        """Hold `n` bytes of memory while a piece is read and committed."""
+    async def turn(self, n: int, tenant: str, progress: float, in_progress: bool):
+        """One piece's turn: `n` bytes of memory and a slot, held while the piece is read
+        and committed. Reading a fast client's body is most of a request's cost, so it
+        happens inside the slot; see Turn.read for slow clients."""
         if not await self.bytes.reserve(n, self.max_wait * (5 if in_progress else 1)):
             raise Refused("gateway-memory", "the gateway is holding as many request bytes as it may; "
                           "retry after the pause", retry_after=1)
         try:
-            yield
+            await self.gate.acquire(tenant, progress, in_progress)
+            turn = Turn(self.gate, tenant, progress)
+            try:
+                yield turn
+            finally:
+                if turn.held:
+                    self.gate.release(tenant)
         finally:
             await self.bytes.free(n)
 
-    @asynccontextmanager
-    async def committing(self, tenant: str, progress: float, in_progress: bool):
-        await self.gate.acquire(tenant, progress, in_progress)
-        try:
-            yield
-        finally:
-            self.gate.release(tenant)
+
+# A body read slower than this is a slow client, not CPU: it gives its slot back while it waits.
+SLOW_READ = 0.25
+
+
+class Turn:
+    def __init__(self, gate: FairGate, tenant: str, progress: float) -> None:
+        self.gate = gate
+        self.tenant = tenant
+        self.progress = progress
+        self.held = True
+
+    async def read(self, reading):
+        """Await a body read inside the slot; if the client is slow, leave the slot to others
+        while it trickles in, then queue again (as work in progress) for the commit."""
+        task = asyncio.ensure_future(reading)
+        done, _ = await asyncio.wait({task}, timeout=SLOW_READ)
+        if not done:
+            self.gate.release(self.tenant)
+            self.held = False
+            result = await task
+            await self.gate.acquire(self.tenant, self.progress, in_progress=True)
+            self.held = True
+            return result
+        return task.result()

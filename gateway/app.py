@@ -75,7 +75,11 @@ async def errors(request: web.Request, handler):
 def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], float] = time.time) -> web.Application:
     tenants = TenantStore(client) if settings.auth == "tokens" else None
     app = web.Application(middlewares=[observe_requests, errors, auth.middleware(tenants), refuse_when_draining],
-                          client_max_size=1 << 20)
+                          client_max_size=1 << 20,
+                          # A connection waiting for its turn buffers at most 2x this before aiohttp
+                          # pauses reading it: the rest waits in the kernel under TCP flow control, so
+                          # bodies are read (the main cost of a request) inside admission's fair turns.
+                          handler_args={"read_bufsize": settings.read_buffer_bytes})
     store = UploadStore(client, partitions=settings.partitions, clock=clock,
                         waitaof=(settings.waitaof_local, settings.waitaof_replicas, settings.waitaof_timeout_ms))
     app[STORE] = store
@@ -124,6 +128,9 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/receipts/public-key", public_key)
+    # Validation results: /progress, /progress/all, /verdicts.csv, /files/{id}/verdicts
+    from gateway.progress import add_routes as add_result_routes
+    add_result_routes(app, settings, clock, tenants)
 
     async def start_watch(app: web.Application) -> None:
         admission.buffer.start()

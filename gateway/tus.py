@@ -327,13 +327,35 @@ class TusHandler:
             return problem(413, "checksummed-patch-too-large",
                            f"a PATCH with Upload-Checksum may carry at most {cap} bytes; send smaller chunks",
                            headers={"Upload-Checksum-Max-Size": str(cap)})
+        tenant = self.tenant(request)
         try:
-            async with self.admission.reading(request.content_length or cap, in_progress=False):
-                return await self._checksummed_body(request, upload_id, offset, expected, new_length, cap)
+            async with self.admission.turn(request.content_length or cap, tenant, self.progress(upload_id, offset),
+                                           in_progress=False) as turn:
+                body = await turn.read(self._read_whole(request, upload_id, cap))
+                if isinstance(body, web.Response):
+                    return body
+                algo, digest = expected
+                if not checksum.matches(algo, digest, body):
+                    return problem(460, "checksum-mismatch",
+                                   f"the {algo} of the {len(body)} bytes received does not match Upload-Checksum; "
+                                   "nothing was stored, send the chunk again")
+                step = self.s.entry_bytes
+                crc = checksum.crc32c(body)
+                if len(body) <= step:  # the usual case: one entry, one CRC pass
+                    pieces = [(crc, body)] if body else []
+                else:
+                    pieces = [(checksum.crc32c(body[i:i + step]), body[i:i + step]) for i in range(0, len(body), step)]
+                record = f"{len(body)}:{crc}"
+                res = await self.store.append(upload_id, offset, pieces, tenant=tenant,
+                                              patch_start=offset, record=record, new_length=new_length,
+                                              buffer_limit=self.admission.buffer.partition_limit)
         except Refused as e:
             return self.refused(e)
+        if res.outcome == "conflict" and res.record == record:
+            return res.offset  # a retry of a PATCH we already took
+        return self.refusal(res, upload_id) if res.outcome != "ok" else res.offset
 
-    async def _checksummed_body(self, request, upload_id, offset, expected, new_length, cap):
+    async def _read_whole(self, request, upload_id, cap) -> bytes | web.Response:
         buf = bytearray()
         try:
             while True:
@@ -351,28 +373,7 @@ class TusHandler:
             return problem(400, "body-incomplete", "the body ended early; nothing was stored, resume from HEAD")
         if request.content_length is not None and len(buf) != request.content_length:
             return problem(400, "body-incomplete", "the body is shorter than Content-Length; nothing was stored")
-        body = bytes(buf)
-        algo, digest = expected
-        if not checksum.matches(algo, digest, body):
-            return problem(460, "checksum-mismatch",
-                           f"the {algo} of the {len(body)} bytes received does not match Upload-Checksum; "
-                           "nothing was stored, send the chunk again")
-        step = self.s.entry_bytes
-        if len(body) <= step:  # the usual case: one entry, one CRC pass
-            crc = checksum.crc32c(body)
-            pieces = [(crc, body)] if body else []
-        else:
-            crc = checksum.crc32c(body)
-            pieces = [(checksum.crc32c(body[i:i + step]), body[i:i + step]) for i in range(0, len(body), step)]
-        record = f"{len(body)}:{crc}"
-        tenant = self.tenant(request)
-        async with self.admission.committing(tenant, self.progress(upload_id, offset), in_progress=False):
-            res = await self.store.append(upload_id, offset, pieces, tenant=tenant,
-                                          patch_start=offset, record=record, new_length=new_length,
-                                          buffer_limit=self.admission.buffer.partition_limit)
-        if res.outcome == "conflict" and res.record == record:
-            return res.offset  # a retry of a PATCH we already took
-        return self.refusal(res, upload_id) if res.outcome != "ok" else res.offset
+        return bytes(buf)
 
     async def _receive_streamed(self, request, upload_id, offset, new_length):
         total = request.content_length  # None for chunked bodies
@@ -383,19 +384,19 @@ class TusHandler:
         while True:
             want = step if total is None else min(step, total - received)
             try:
-                async with self.admission.reading(max(want, 1), in_progress=not first):
-                    piece, eof, interrupted = await self._read_piece(request, want)
+                async with self.admission.turn(max(want, 1), tenant, self.progress(upload_id, pos),
+                                               in_progress=not first) as turn:
+                    piece, eof, interrupted = await turn.read(self._read_piece(request, want))
                     piece_crc = checksum.crc32c(piece)
                     # CRC of the whole PATCH so far; with one piece it is the piece's own.
                     crc_all = piece_crc if received == 0 else checksum.crc32c(piece, crc_all)
                     received += len(piece)
                     last = eof or interrupted or (total is not None and received >= total)
                     record = f"{received}:{crc_all}" if last and not interrupted else ""
-                    async with self.admission.committing(tenant, self.progress(upload_id, pos), in_progress=not first):
-                        res = await self.store.append(
-                            upload_id, pos, [(piece_crc, piece)] if piece else [], tenant=tenant,
-                            patch_start=offset, record=record, new_length=new_length if first else None,
-                            buffer_limit=self.admission.buffer.partition_limit)
+                    res = await self.store.append(
+                        upload_id, pos, [(piece_crc, piece)] if piece else [], tenant=tenant,
+                        patch_start=offset, record=record, new_length=new_length if first else None,
+                        buffer_limit=self.admission.buffer.partition_limit)
             except Refused as e:
                 # Nothing of this piece was committed; what came before it was. The client resumes from HEAD.
                 refusal = self.refused(e)

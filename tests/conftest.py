@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import aiohttp
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -131,12 +132,51 @@ async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
 
 
 def child_env(settings: config.Settings) -> dict[str, str]:
-    """Environment for a gateway or ingester child process with these settings."""
+    """Environment for a child process (gateway, ingester, CLI) with these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNGGAH_")}
-    for name in ("redis_url", "state_dir", "partitions", "auth", "ingest_claim_idle_ms", "ingest_block_ms",
-                 "ingest_max_deliveries", "entry_bytes", "appendfsync"):
-        env["UNGGAH_" + name.upper()] = str(getattr(settings, name))
+    default = config.Settings()
+    for f in msgspec.structs.fields(config.Settings):
+        value = getattr(settings, f.name)
+        if value != getattr(default, f.name):
+            env["UNGGAH_" + f.name.upper()] = str(value)
     return env
+
+
+class GatewayProcess:
+    """`unggah serve` as a real child process: its own event loop, as in production."""
+
+    def __init__(self, settings: config.Settings) -> None:
+        import subprocess
+        import sys
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.files = self.url + "/files/"
+        env = child_env(settings)
+        env["UNGGAH_PORT"] = str(self.port)
+        Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "unggah.cli", "serve"], env=env,
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=open(Path(settings.state_dir) / "gateway.log", "ab"))
+
+    async def wait_ready(self, timeout: float = 20.0) -> "GatewayProcess":
+        async with aiohttp.ClientSession() as http:
+            async def ready():
+                try:
+                    async with http.get(self.url + "/readyz") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False
+            await wait_for(ready, timeout)
+        return self
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
 
 
 @pytest.fixture

@@ -67,6 +67,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     receipt_key_file: str = ""
     # The election's TOML (windows, extensions, thresholds). Empty: no window is enforced.
     election_file: str = ""
+    # Validation results (SQLite, WAL; written by `unggah validate`, read by the gateway).
+    # Empty: <state_dir>/results.sqlite3.
+    results_db: str = ""
 
     # Admission control (per gateway process unless said otherwise).
     # Appends processed at once; further ones wait in per-tenant queues served in turn.
@@ -79,6 +82,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # new uploads are refused; at the budget appends are refused too. 0: 75% of valkey_maxmemory.
     buffer_budget_bytes: int = 0
     buffer_high_ratio: float = 0.8
+    # Per-connection read-ahead (aiohttp read_bufsize). Small keeps waiting requests from
+    # consuming CPU outside their fair turn; large reads long bodies with fewer wake-ups.
+    read_buffer_bytes: int = 16 * KiB
 
     # Graceful shutdown (SIGTERM): the gateway turns unready, refuses new uploads and keeps
     # listening while appends are in flight, at least drain and at most grace seconds.
@@ -90,6 +96,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     @property
     def blob_path(self) -> Path:
         return Path(self.blob_dir or os.path.join(self.state_dir, "blobs"))
+
+    @property
+    def results_path(self) -> Path:
+        return Path(self.results_db or os.path.join(self.state_dir, "results.sqlite3"))
 
     @property
     def receipt_key_path(self) -> Path:

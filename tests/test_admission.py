@@ -1,0 +1,135 @@
+"""Admission control: fairness between tenants, completion first, and overload that
+never turns into timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import aiohttp
+import pytest
+
+from gateway.admission import FairGate, Refused
+from tests.conftest import OCTET, TUS, Gateway, make_settings
+
+
+async def test_completion_first_within_a_tenant():
+    gate = FairGate(slots=1, queue_limit=100, max_wait=5)
+    await gate.acquire("a", 0.0, in_progress=False)  # the slot is taken
+    order = []
+
+    async def waiter(progress):
+        await gate.acquire("a", progress, in_progress=False)
+        order.append(progress)
+        gate.release("a")
+
+    tasks = [asyncio.create_task(waiter(p)) for p in (0.1, 0.9, 0.5, 0.0)]
+    await asyncio.sleep(0.05)
+    gate.release("a")
+    await asyncio.gather(*tasks)
+    assert order == [0.9, 0.5, 0.1, 0.0]
+
+
+async def test_when_the_queue_is_long_new_uploads_are_refused_before_nearly_done_ones():
+    gate = FairGate(slots=1, queue_limit=4, max_wait=5)
+    await gate.acquire("a", 0.0, in_progress=False)
+    waiters = [asyncio.create_task(gate.acquire("a", 0.5, in_progress=False)) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    # Two waiting: a request just starting (progress 0) may only use half the queue...
+    with pytest.raises(Refused) as refused:
+        await gate.acquire("a", 0.0, in_progress=False)
+    assert refused.value.retry_after >= 1
+    # ...one nearly done still gets a place.
+    near_done = asyncio.create_task(gate.acquire("a", 0.95, in_progress=False))
+    await asyncio.sleep(0.01)
+    assert not near_done.done()
+    for t in waiters + [near_done]:
+        t.cancel()
+
+
+async def test_tenants_take_turns_whatever_their_number_of_waiters():
+    gate = FairGate(slots=2, queue_limit=100, max_wait=5)
+    await gate.acquire("big", 0.5, False)
+    await gate.acquire("big", 0.5, False)
+    granted = []
+
+    async def one(tenant):
+        await gate.acquire(tenant, 0.5, False)
+        granted.append(tenant)
+
+    tasks = [asyncio.create_task(one("big")) for _ in range(6)] + [asyncio.create_task(one("small"))]
+    await asyncio.sleep(0.01)
+    gate.release("big")
+    await asyncio.sleep(0.01)
+    assert granted == ["small"], "the tenant with one operator goes before the tenant that already holds slots"
+    for t in tasks:
+        t.cancel()
+
+
+async def test_one_operator_gets_half_the_slots_against_eight():
+    """The gate's share under contention: every piece costs the same slot time here, so the
+    single operator's share of grants is its share of append capacity."""
+    gate = FairGate(slots=3, queue_limit=1000, max_wait=10)
+    grants = {"many": 0, "one": 0}
+    stop = asyncio.get_running_loop().time() + 1.5
+
+    async def operator(tenant):
+        while asyncio.get_running_loop().time() < stop:
+            await gate.acquire(tenant, 0.5, in_progress=False)
+            try:
+                await asyncio.sleep(0.002)  # reading and committing a piece
+                grants[tenant] += 1
+            finally:
+                gate.release(tenant)
+            await asyncio.sleep(0)  # the client sends its next request at once
+
+    await asyncio.gather(*[operator("many") for _ in range(8)], operator("one"))
+    share = grants["one"] / (grants["one"] + grants["many"])
+    assert share >= 0.40, f"the single operator got {share:.0%} of the slots ({grants})"
+
+
+async def test_overload_at_three_times_capacity_sheds_politely(tmp_path, valkey, r):
+    """Many more uploaders than the gateway admits: every refusal is a 503 with Retry-After,
+    answered at once; no request times out; every upload that was started completes."""
+    settings = make_settings(tmp_path, valkey.url, append_slots=1, append_queue=6, append_max_wait_ms=500)
+    gw = await Gateway(settings).start()
+    chunk = os.urandom(64 * 1024)
+    refusals, refusal_times, completed, started = [], [], [], []
+    try:
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            async def uploader():
+                size = 16 * len(chunk)
+                while True:
+                    async with http.post(gw.files, headers=dict(TUS, **{"Upload-Length": str(size)})) as resp:
+                        if resp.status == 201:
+                            url = resp.headers["Location"]
+                            break
+                        assert resp.status == 503 and resp.headers["Retry-After"]
+                        await asyncio.sleep(0.05)
+                started.append(url)
+                off = 0
+                while off < size:
+                    t0 = time.monotonic()
+                    async with http.patch(url, data=chunk, headers=dict(OCTET, **{"Upload-Offset": str(off)})) as resp:
+                        if resp.status == 204:
+                            off = int(resp.headers["Upload-Offset"])
+                            continue
+                        assert resp.status == 503, resp.status
+                        assert int(resp.headers["Retry-After"]) >= 1
+                        refusals.append(resp.headers["Unggah-Reason"])
+                        refusal_times.append(time.monotonic() - t0)
+                        if "Upload-Offset" in resp.headers:
+                            off = int(resp.headers["Upload-Offset"])
+                    # Honour Retry-After, scaled down so the test stays short.
+                    await asyncio.sleep(0.05)
+                completed.append(url)
+
+            await asyncio.gather(*[uploader() for _ in range(48)])
+    finally:
+        await gw.stop()
+    assert refusals, "the gateway was never overloaded: raise the number of uploaders"
+    assert len(completed) == len(started) == 48
+    refusal_times.sort()
+    assert set(refusals) <= {"gateway-busy", "queue-timeout", "gateway-memory"}
