@@ -79,7 +79,7 @@ class Queue:
 
     async def finish(self, p: int, e: Entry, outcome: str, sha256: str = "", reason: str = "") -> bool:
         res = await self.scripts.finish(
-            keys=[keys.stream(p), keys.upload(p, e.u), keys.completed(p), keys.records(p, e.u)],
+            keys=[keys.stream(p), keys.upload(p, e.u), keys.completed(p), keys.records(p, e.u), keys.audit(p)],
             args=[self.group, e.entry_id, outcome, sha256, reason, now_ms()])
         await self.r.hdel(keys.errors(p), e.entry_id)
         return bool(res)

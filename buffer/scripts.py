@@ -29,30 +29,31 @@ local function maybe_fin(state_key, stream_key, id)
 end
 """
 
-# KEYS: state, stream, [idempotency record]
-# ARGV: id, now_ms, fingerprint, idem_ttl_s, inflight_ms, pending(0|1), field, value, ...
+# KEYS: state, stream, audit, [idempotency record]
+# ARGV: id, now_ms, fingerprint, idem_ttl_s, inflight_ms, pending(0|1), actor, length, field, value, ...
 CREATE = _PRELUDE + r"""
 local id, now = ARGV[1], tonumber(ARGV[2])
-if KEYS[3] then
-  local rec = redis.call('HMGET', KEYS[3], 'id', 'fp', 'pending', 'at')
+if KEYS[4] then
+  local rec = redis.call('HMGET', KEYS[4], 'id', 'fp', 'pending', 'at')
   if rec[1] then
     if rec[2] ~= ARGV[3] then return {'mismatch', rec[1]} end
     if rec[3] == '1' and now - tonumber(rec[4]) < tonumber(ARGV[5]) then return {'inflight', rec[1]} end
     return {'replay', rec[1]}
   end
-  redis.call('HSET', KEYS[3], 'id', id, 'fp', ARGV[3], 'pending', ARGV[6], 'at', now)
-  redis.call('EXPIRE', KEYS[3], ARGV[4])
+  redis.call('HSET', KEYS[4], 'id', id, 'fp', ARGV[3], 'pending', ARGV[6], 'at', now)
+  redis.call('EXPIRE', KEYS[4], ARGV[4])
 end
 local fields = {}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('XADD', KEYS[3], '*', 'ev', 'create', 'u', id, 'a', ARGV[7], 'at', ARGV[2], 'len', ARGV[8])
 maybe_fin(KEYS[1], KEYS[2], id)
 return {'created', id}
 """
 
-# KEYS: state, stream, buffered-bytes counter, records
+# KEYS: state, stream, buffered-bytes counter, records, audit
 # ARGV: id, offset, now_ms, patch_start, record ('' unless last piece of the PATCH),
-#       new_length ('' if none), buffer_limit (0 = none), tenant,
+#       new_length ('' if none), buffer_limit (0 = none), tenant, actor,
 #       then crc, data, crc, data, ...
 # Another tenant's upload answers 'notfound', so its existence does not leak.
 APPEND = _PRELUDE + r"""
@@ -70,7 +71,7 @@ if tonumber(ARGV[2]) ~= offset then
   return {'conflict', offset, redis.call('HGET', KEYS[4], ARGV[4]) or ''}
 end
 local total = 0
-for i = 10, #ARGV, 2 do total = total + #ARGV[i] end
+for i = 11, #ARGV, 2 do total = total + #ARGV[i] end
 if length >= 0 and offset == length and total > 0 then return {'complete', offset} end
 local declared = false
 if ARGV[6] ~= '' then
@@ -86,7 +87,7 @@ if limit > 0 and total > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') + tot
   return {'full', offset}
 end
 local off = offset
-for i = 9, #ARGV, 2 do
+for i = 10, #ARGV, 2 do
   local data = ARGV[i + 1]
   if #data > 0 then
     redis.call('XADD', KEYS[2], '*', 'k', 'd', 'u', ARGV[1], 'o', off, 'c', ARGV[i], 'd', data)
@@ -94,9 +95,11 @@ for i = 9, #ARGV, 2 do
   end
 end
 if declared then redis.call('HSET', KEYS[1], 'length', length) end
-if total > 0 then
+if total > 0 or declared then
   redis.call('HSET', KEYS[1], 'offset', off)
   redis.call('INCRBY', KEYS[3], total)
+  redis.call('XADD', KEYS[5], '*', 'ev', 'append', 'u', ARGV[1], 'a', ARGV[9], 'at', ARGV[3],
+             'o', offset, 'n', total, 'len', length)
 end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[4], ARGV[4], ARGV[5]) end
 if length >= 0 and off == length and (total > 0 or declared) then
@@ -106,8 +109,8 @@ end
 return {'ok', off}
 """
 
-# KEYS: state, stream, records
-# ARGV: id
+# KEYS: state, stream, records, audit
+# ARGV: id, actor, now_ms
 TERMINATE = r"""
 local st = redis.call('HMGET', KEYS[1], 'state', 'length', 'offset', 'concat')
 if not st[1] then return {'notfound'} end
@@ -116,6 +119,7 @@ local length = tonumber(st[2])
 if st[4] == 'final' or (length >= 0 and tonumber(st[3]) == length) then return {'complete'} end
 redis.call('HSET', KEYS[1], 'state', 'terminated')
 redis.call('XADD', KEYS[2], '*', 'k', 'x', 'u', ARGV[1])
+redis.call('XADD', KEYS[4], '*', 'ev', 'terminate', 'u', ARGV[1], 'a', ARGV[2], 'at', ARGV[3], 'o', st[3])
 redis.call('DEL', KEYS[3])
 return {'ok'}
 """
@@ -146,7 +150,7 @@ return done
 """
 
 # Record an upload's final state, emit its completed event, acknowledge the entry.
-# KEYS: stream, state, completed, records
+# KEYS: stream, state, completed, records, audit
 # ARGV: group, entry_id, outcome ('stored'|'failed'), sha256, reason, now_ms
 FINISH = r"""
 local cur = redis.call('HMGET', KEYS[2], 'state', 'tenant', 'length', 'metadata', 'id')
@@ -162,6 +166,8 @@ if cur[1] == 'receiving' then
   -- Keep the PATCH records a while: a client retrying its last PATCH after the
   -- upload was stored must be answered as a duplicate, not refused.
   redis.call('EXPIRE', KEYS[4], 86400)
+  redis.call('XADD', KEYS[5], '*', 'ev', ARGV[3], 'u', cur[5], 'a', 'ingester', 'at', ARGV[6],
+             'len', cur[3], 'sha256', ARGV[4], 'reason', ARGV[5])
   changed = 1
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])

@@ -49,7 +49,7 @@ class UploadStore:
     async def create(self, *, tenant: str, length: int, metadata: str = "", concat: str = "",
                      parts: list[str] | None = None, expires_at: int = 0, window: str = "",
                      idempotency_key: str = "", fingerprint: str = "", pending: bool = False,
-                     idempotency_ttl: int = 86400, inflight_ms: int = 60_000) -> Created:
+                     idempotency_ttl: int = 86400, inflight_ms: int = 60_000, actor: str = "") -> Created:
         if idempotency_key:
             p = keys.partition_for_key(tenant, idempotency_key, self.partitions)
         else:
@@ -65,12 +65,12 @@ class UploadStore:
         fields: list[object] = []
         for k, v in msgspec.structs.asdict(state).items():
             fields += [k, v]
-        ks = [keys.upload(p, upload_id), keys.stream(p)]
+        ks = [keys.upload(p, upload_id), keys.stream(p), keys.audit(p)]
         if idempotency_key:
             ks.append(keys.idempotency(p, tenant, idempotency_key))
         res = await self._durable(self.scripts.create, ks,
                                   [upload_id, now, fingerprint, idempotency_ttl, inflight_ms,
-                                   int(pending), *fields])
+                                   int(pending), actor or tenant, length, *fields])
         return Created(res[0].decode(), res[1].decode())
 
     async def creation_done(self, tenant: str, idempotency_key: str) -> None:
@@ -86,17 +86,17 @@ class UploadStore:
 
     async def append(self, upload_id: str, offset: int, pieces: list[tuple[int, bytes]], *,
                      tenant: str, patch_start: int, record: str = "", new_length: int | None = None,
-                     buffer_limit: int = 0) -> Appended:
+                     buffer_limit: int = 0, actor: str = "") -> Appended:
         p = self.partition(upload_id)
         if p is None:
             return Appended("notfound")
         args: list[object] = [upload_id, offset, int(self.clock() * 1000), patch_start, record,
-                              "" if new_length is None else new_length, buffer_limit, tenant]
+                              "" if new_length is None else new_length, buffer_limit, tenant, actor or tenant]
         for crc, data in pieces:
             args += [crc, data]
         res = await self._durable(self.scripts.append,
-                                  [keys.upload(p, upload_id), keys.stream(p),
-                                   keys.buffered_bytes(p), keys.records(p, upload_id)], args)
+                                  [keys.upload(p, upload_id), keys.stream(p), keys.buffered_bytes(p),
+                                   keys.records(p, upload_id), keys.audit(p)], args)
         outcome = res[0].decode()
         if outcome == "conflict":
             return Appended(outcome, int(res[1]), res[2].decode())
@@ -104,13 +104,14 @@ class UploadStore:
             return Appended(outcome, detail=res[1].decode())
         return Appended(outcome, int(res[1]) if len(res) > 1 else 0)
 
-    async def terminate(self, upload_id: str) -> str:
+    async def terminate(self, upload_id: str, actor: str = "") -> str:
         p = self.partition(upload_id)
         if p is None:
             return "notfound"
         res = await self._durable(self.scripts.terminate,
-                                  [keys.upload(p, upload_id), keys.stream(p), keys.records(p, upload_id)],
-                                  [upload_id])
+                                  [keys.upload(p, upload_id), keys.stream(p), keys.records(p, upload_id),
+                                   keys.audit(p)],
+                                  [upload_id, actor, int(self.clock() * 1000)])
         return res[0].decode()
 
     async def link_final(self, final: UploadState) -> None:
@@ -131,6 +132,11 @@ class UploadStore:
         p = self.partition(final_id)
         await self.r.xadd(keys.stream(p), {"k": CONCAT, "u": final_id})
         return True
+
+    async def audit(self, partition: int, event: str, **fields: object) -> None:
+        """An audit event the scripts do not write themselves (refusals, token events)."""
+        await self.r.xadd(keys.audit(partition), {"ev": event, "at": int(self.clock() * 1000),
+                                                  **{k: str(v) for k, v in fields.items()}})
 
     async def buffered(self) -> int:
         vals = await self.r.mget([keys.buffered_bytes(p) for p in range(self.partitions)])

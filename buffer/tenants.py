@@ -70,6 +70,7 @@ class TenantStore:
         t = Tenant(id=tenant_id, name=name or tenant_id, created_at=int(time.time() * 1000))
         if not await self.r.hsetnx(keys.TENANTS, tenant_id, msgspec.json.encode(t)):
             raise TenantError(f"tenant {tenant_id} exists already")
+        await self._audit("tenant-added", tenant_id, "admin", t.created_at)
         return t
 
     async def list(self) -> list[Tenant]:
@@ -92,6 +93,8 @@ class TenantStore:
                       created_at=int(time.time() * 1000))
         await self.r.hset(keys.token(p.token_hash), mapping=msgspec.structs.asdict(p))
         await self.r.sadd(keys.TOKENS, p.token_hash)
+        await self._audit("token-issued", tenant_id, f"admin for {name} ({role}, token {p.token_hash[:12]})",
+                          p.created_at)
         return token, p
 
     async def lookup(self, token: str) -> Principal | None:
@@ -119,4 +122,9 @@ class TenantStore:
         p = matches[0]
         p.revoked_at = int(time.time() * 1000)
         await self.r.hset(keys.token(p.token_hash), "revoked_at", p.revoked_at)
+        await self._audit("token-revoked", p.tenant, f"admin for {p.name} (token {p.token_hash[:12]})", p.revoked_at)
         return p
+
+    async def _audit(self, event: str, tenant: str, actor: str, at: int) -> None:
+        # Token events are rare: they all go to partition 0's chain.
+        await self.r.xadd(keys.audit(0), {"ev": event, "t": tenant, "a": actor, "at": at})

@@ -17,7 +17,7 @@ from buffer.connection import connect
 from buffer.messages import STORED
 from buffer.store import DurabilityError, UploadStore
 from buffer.tenants import TenantStore
-from gateway import auth
+from gateway import auditing, auth
 from gateway.context import REQUEST_ID
 from gateway.problems import problem
 from gateway.admission import Admission
@@ -74,14 +74,15 @@ async def errors(request: web.Request, handler):
 
 def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], float] = time.time) -> web.Application:
     tenants = TenantStore(client) if settings.auth == "tokens" else None
-    app = web.Application(middlewares=[observe_requests, errors, auth.middleware(tenants), refuse_when_draining],
+    store = UploadStore(client, partitions=settings.partitions, clock=clock,
+                        waitaof=(settings.waitaof_local, settings.waitaof_replicas, settings.waitaof_timeout_ms))
+    app = web.Application(middlewares=[observe_requests, errors, auditing.middleware(store), auth.middleware(tenants),
+                                       refuse_when_draining],
                           client_max_size=1 << 20,
                           # A connection waiting for its turn buffers at most 2x this before aiohttp
                           # pauses reading it: the rest waits in the kernel under TCP flow control, so
                           # bodies are read (the main cost of a request) inside admission's fair turns.
                           handler_args={"read_bufsize": settings.read_buffer_bytes})
-    store = UploadStore(client, partitions=settings.partitions, clock=clock,
-                        waitaof=(settings.waitaof_local, settings.waitaof_replicas, settings.waitaof_timeout_ms))
     app[STORE] = store
     app[SETTINGS] = settings
     app[READY] = {"ready": True}

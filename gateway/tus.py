@@ -27,7 +27,7 @@ from buffer.store import Appended, UploadStore
 from gateway import checksum, headers
 from gateway.auth import may_read_uploads, may_write
 from gateway.admission import Admission, Refused
-from gateway.context import READ_ALL, TENANT
+from gateway.context import PRINCIPAL, READ_ALL, TENANT
 from gateway.windows import Windows, WindowClosed
 from gateway.problems import TUS_VERSION, problem
 from unggah.config import Settings
@@ -101,6 +101,11 @@ class TusHandler:
 
     def tenant(self, request: web.Request) -> str:
         return request.get(TENANT, "public")
+
+    def actor(self, request: web.Request) -> str:
+        """Who did it, for the audit trail: tenant and the token holder's name."""
+        p = request.get(PRINCIPAL)
+        return f"{p.tenant}/{p.name}" if p is not None else self.tenant(request)
 
     def location(self, request: web.Request, upload_id: str) -> str:
         base = self.s.public_url.rstrip("/") if self.s.public_url else f"{request.scheme}://{request.host}"
@@ -226,7 +231,7 @@ class TusHandler:
             parts=[p.id for p in final_parts], expires_at=expires_at, window=window,
             idempotency_key=idem, fingerprint=fingerprint, pending=has_body,
             idempotency_ttl=self.s.idempotency_ttl_seconds,
-            inflight_ms=self.s.idempotency_inflight_seconds * 1000)
+            inflight_ms=self.s.idempotency_inflight_seconds * 1000, actor=self.actor(request))
         upload_id = created.upload_id
 
         if created.outcome == "mismatch":
@@ -346,7 +351,7 @@ class TusHandler:
                 else:
                     pieces = [(checksum.crc32c(body[i:i + step]), body[i:i + step]) for i in range(0, len(body), step)]
                 record = f"{len(body)}:{crc}"
-                res = await self.store.append(upload_id, offset, pieces, tenant=tenant,
+                res = await self.store.append(upload_id, offset, pieces, tenant=tenant, actor=self.actor(request),
                                               patch_start=offset, record=record, new_length=new_length,
                                               buffer_limit=self.admission.buffer.partition_limit)
         except Refused as e:
@@ -394,7 +399,7 @@ class TusHandler:
                     last = eof or interrupted or (total is not None and received >= total)
                     record = f"{received}:{crc_all}" if last and not interrupted else ""
                     res = await self.store.append(
-                        upload_id, pos, [(piece_crc, piece)] if piece else [], tenant=tenant,
+                        upload_id, pos, [(piece_crc, piece)] if piece else [], tenant=tenant, actor=self.actor(request),
                         patch_start=offset, record=record, new_length=new_length if first else None,
                         buffer_limit=self.admission.buffer.partition_limit)
             except Refused as e:
@@ -487,7 +492,7 @@ class TusHandler:
         state = await self.load(request, upload_id)
         if state is None:
             return self.not_found(upload_id)
-        outcome = await self.store.terminate(upload_id)
+        outcome = await self.store.terminate(upload_id, self.actor(request))
         if outcome == "ok":
             log.info("upload terminated", extra={"upload": upload_id})
             return web.Response(status=204, headers={"Tus-Resumable": TUS_VERSION})
@@ -503,7 +508,7 @@ def status_body(state: UploadState) -> dict:
         "id": state.id, "state": state.state, "reason": state.reason or None,
         "length": state.length if state.length >= 0 else None,
         "bytes_received": state.offset, "bytes_stored": state.stored,
-        "sha256": state.sha256 or None, "metadata": state.metadata or None,
+        "sha256": state.sha256 or None, "metadata": state.metadata or None, "window": state.window or None,
         "created_at": state.created_at, "received_at": state.received_at or None,
         "stored_at": state.stored_at or None,
         "expires_at": state.expires_at if state.state == RECEIVING else None,

@@ -54,8 +54,9 @@ def settings(tmp_path, valkey, r):
 class Gateway:
     """The gateway app served in-process on a free port."""
 
-    def __init__(self, settings: config.Settings) -> None:
+    def __init__(self, settings: config.Settings, clock=None) -> None:
         self.settings = settings
+        self.clock = clock
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.files = self.url + "/files/"
@@ -63,7 +64,8 @@ class Gateway:
         self.runner: web.AppRunner | None = None
 
     async def start(self) -> "Gateway":
-        self.app = build_app(self.settings, connect(self.settings.redis_url))
+        kw = {"clock": self.clock} if self.clock else {}
+        self.app = build_app(self.settings, connect(self.settings.redis_url), **kw)
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()

@@ -62,6 +62,43 @@ def receipt(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def audit(settings: Settings, args: argparse.Namespace) -> int:
+    from ingest.audit import audit_dir
+    from ingest.audit import run as run_auditor
+    from unggah import auditlog
+
+    if args.action == "run":
+        if settings.embedded:
+            print("set UNGGAH_REDIS_URL to the running stack's Redis", file=sys.stderr)
+            return 2
+        return await run_auditor(settings)
+    directory = Path(args.dir) if args.dir else audit_dir(settings)
+    files = sorted(directory.glob("audit-p*.jsonl"))
+    if not files:
+        print(f"no audit chains in {directory}", file=sys.stderr)
+        return 2
+    if args.action == "verify":
+        bad = 0
+        for f in files:
+            n, head, problem = auditlog.verify(f)
+            if problem:
+                bad += 1
+                print(f"{f.name}: BROKEN at line {problem.line}: {problem.problem} ({n} records verified before it)")
+            else:
+                print(f"{f.name}: ok, {n} records, head {head}")
+        return 1 if bad else 0
+    for f in files:  # show
+        for rec in auditlog.read(f):
+            e = rec.event
+            if args.upload and e.get("u") != args.upload:
+                continue
+            if args.tenant and not (e.get("a", "").startswith(args.tenant + "/") or e.get("t") == args.tenant
+                                    or e.get("u", "") in (args.upload or "",)):
+                continue
+            print(f"{f.name}:{rec.seq} " + " ".join(f"{k}={v}" for k, v in sorted(e.items())))
+    return 0
+
+
 def add_parsers(sub) -> None:
     t = sub.add_parser("tenants", help="candidate pairs and their access tokens")
     tsub = t.add_subparsers(dest="action", required=True)
@@ -82,3 +119,14 @@ def add_parsers(sub) -> None:
     v = rsub.add_parser("verify", help="verify a receipt offline")
     v.add_argument("file", help="the receipt JSON")
     v.add_argument("--public-key", required=True, help="the server's public key (PEM)")
+
+    au = sub.add_parser("audit", help="the hash-chained audit trail")
+    asub = au.add_subparsers(dest="action", required=True)
+    asub.add_parser("run", help="the auditor process (exactly one; `unggah up` starts it)")
+    for name, text in (("verify", "detect any altered, removed or reordered record"),
+                       ("show", "print the trail, optionally for one tenant or upload")):
+        x = asub.add_parser(name, help=text)
+        x.add_argument("--dir", help="folder of audit-p*.jsonl (default: <state_dir>/audit)")
+        if name == "show":
+            x.add_argument("--tenant")
+            x.add_argument("--upload")

@@ -68,6 +68,16 @@ def cmd_tenants(args: argparse.Namespace) -> int:
     return uvloop.run(tenants(_settings(args), args))
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from unggah.admin import audit
+
+    s = _settings(args)
+    logs.setup(s.log_level)
+    return uvloop.run(audit(s, args))
+
+
 def cmd_receipt(args: argparse.Namespace) -> int:
     from unggah.admin import receipt
 
@@ -103,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_parsers(sub)
     sub.choices["tenants"].set_defaults(func=cmd_tenants)
     sub.choices["receipt"].set_defaults(func=cmd_receipt)
+    sub.choices["audit"].set_defaults(func=cmd_audit)
 
     try:
         from client.cli import add_parsers as add_client_parsers  # push, status: the team's side

@@ -67,6 +67,9 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
         for i in range(n_ingest):
             specs[f"ingest-{i}"] = ["ingest", "--name", f"ingest-{i}",
                                     "--metrics-port", str(metrics_ports[f"ingest-{i}"])]
+        # Exactly one validator: the only writer of the results store (<state_dir>/results.sqlite3).
+        specs["validate"] = ["validate", "--name", "validate-0"]
+        specs["audit"] = ["audit", "run"]
         for name, args in specs.items():
             children[name] = _child(args, env)
         base = f"http://{settings.host}:{port}"

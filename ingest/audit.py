@@ -1,0 +1,116 @@
+"""`unggah audit run`: move audit events from the partitions' audit streams into the
+hash-chained files on disk (unggah.auditlog), then delete them from Redis.
+
+Exactly one auditor may run: it holds a lease in Redis and refuses to start while
+another holds it, because two writers would fork a chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+from pathlib import Path
+
+import redis.asyncio as redis
+
+from buffer import keys
+from buffer.connection import connect
+from unggah.auditlog import Chain, chain_path
+from unggah.config import Settings
+
+log = logging.getLogger("unggah.audit")
+GROUP = "audit"
+LEASE = f"{keys.PREFIX}:auditor:lease"
+LEASE_MS = 10_000
+
+
+def audit_dir(settings: Settings) -> Path:
+    return Path(settings.state_dir) / "audit"
+
+
+class Auditor:
+    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+        self.s = settings
+        self.r = client
+        self.chains = [Chain(chain_path(audit_dir(settings), p)) for p in range(settings.partitions)]
+        self.token = secrets.token_hex(8)
+        self.stopping = asyncio.Event()
+
+    async def take_lease(self) -> bool:
+        if await self.r.set(LEASE, self.token, nx=True, px=LEASE_MS):
+            return True
+        return (await self.r.get(LEASE)) == self.token.encode()
+
+    async def renew(self) -> bool:
+        # Renew only if still ours (compare-and-set in one step).
+        script = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+        return bool(await self.r.eval(script, 1, LEASE, self.token, LEASE_MS))
+
+    async def ensure_groups(self) -> None:
+        for p in range(self.s.partitions):
+            try:
+                await self.r.xgroup_create(keys.audit(p), GROUP, id="0", mkstream=True)
+            except redis.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+    async def drain_once(self) -> int:
+        """Move what is waiting on every partition; the number of records chained.
+        One partition at a time (no multi-stream read), so it also runs on a cluster."""
+        moved = 0
+        for p in range(self.s.partitions):
+            stream = keys.audit(p)
+            # First anything read but not acknowledged before a crash, then new entries.
+            for start in ("0", ">"):
+                res = await self.r.xreadgroup(GROUP, "auditor", {stream: start}, count=1000)
+                entries = res[0][1] if res else []
+                if not entries:
+                    continue
+                live = [(i.decode(), {k.decode(): v.decode() for k, v in f.items()}) for i, f in entries if f]
+                moved += await asyncio.to_thread(self.chains[p].append, live)
+                async with self.r.pipeline(transaction=True) as pipe:
+                    pipe.xack(stream, GROUP, *[i for i, _ in entries])
+                    pipe.xdel(stream, *[i for i, _ in entries])
+                    await pipe.execute()
+        return moved
+
+    async def run(self) -> int:
+        while not await self.take_lease():
+            log.warning("another auditor holds the lease; waiting")
+            try:
+                await asyncio.wait_for(self.stopping.wait(), LEASE_MS / 1000)
+                return 0
+            except asyncio.TimeoutError:
+                pass
+        await self.ensure_groups()
+        log.info("auditor started", extra={"dir": str(audit_dir(self.s))})
+        while not self.stopping.is_set():
+            try:
+                if not await self.renew():
+                    log.error("lost the auditor lease; stopping so chains are not forked")
+                    return 1
+                if not await self.drain_once():
+                    try:
+                        await asyncio.wait_for(self.stopping.wait(), 0.2)
+                    except asyncio.TimeoutError:
+                        pass
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as e:
+                log.warning("redis unavailable; retrying", extra={"error": str(e)})
+                await asyncio.sleep(0.5)
+        await self.r.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+                          1, LEASE, self.token)
+        return 0
+
+
+async def run(settings: Settings) -> int:
+    client = connect(settings.redis_url)
+    auditor = Auditor(settings, client)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, auditor.stopping.set)
+    try:
+        return await auditor.run()
+    finally:
+        await client.aclose()

@@ -1,0 +1,114 @@
+"""The audit trail on disk: append-only JSON lines, one hash chain per partition.
+
+Each record is {"seq", "id", "event", "prev", "hash"}: `id` is the audit stream
+entry it came from, `event` the event's fields, `prev` the previous record's hash
+and `hash` = sha256 over prev, seq, id and the canonical event. Changing,
+removing or reordering any record breaks the chain from that point on, and
+`verify` says where. The head hash of each chain is what to publish (or hand to
+the supervisor) to pin the trail at a moment in time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import msgspec
+import orjson
+
+GENESIS = "0" * 64
+
+
+class Record(msgspec.Struct, kw_only=True):
+    seq: int
+    id: str
+    event: dict[str, str]
+    prev: str
+    hash: str
+
+
+def record_hash(prev: str, seq: int, entry_id: str, event: dict[str, str]) -> str:
+    body = orjson.dumps({"prev": prev, "seq": seq, "id": entry_id, "event": event}, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(body).hexdigest()
+
+
+def chain_path(directory: str | os.PathLike[str], partition: int) -> Path:
+    return Path(directory) / f"audit-p{partition}.jsonl"
+
+
+class Chain:
+    """The writer of one partition's chain. Exactly one process writes a chain."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.seq, self.head, self.last_id = 0, GENESIS, "0-0"
+        if self.path.exists():
+            last = None
+            with open(self.path, "rb") as f:
+                for line in f:
+                    if line.strip():
+                        last = line
+            if last is not None:
+                rec = msgspec.json.decode(last, type=Record)
+                self.seq, self.head, self.last_id = rec.seq, rec.hash, rec.id
+
+    def append(self, entries: list[tuple[str, dict[str, str]]]) -> int:
+        """Append stream entries not yet in the chain (ids above the last one); durable on return."""
+        lines = []
+        for entry_id, event in entries:
+            if _id_key(entry_id) <= _id_key(self.last_id):
+                continue  # redelivered after a crash between fsync and acknowledgement
+            self.seq += 1
+            h = record_hash(self.head, self.seq, entry_id, event)
+            lines.append(msgspec.json.encode(Record(seq=self.seq, id=entry_id, event=event, prev=self.head, hash=h)))
+            self.head, self.last_id = h, entry_id
+        if lines:
+            with open(self.path, "ab") as f:
+                f.write(b"\n".join(lines) + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+        return len(lines)
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class ChainProblem(msgspec.Struct):
+    line: int
+    problem: str
+
+
+def verify(path: str | os.PathLike[str]) -> tuple[int, str, ChainProblem | None]:
+    """(records checked, head hash, first problem or None)."""
+    prev, seq, last_id = GENESIS, 0, "0-0"
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = msgspec.json.decode(line, type=Record)
+            except msgspec.DecodeError as e:
+                return seq, prev, ChainProblem(n, f"not a record: {e}")
+            if rec.seq != seq + 1:
+                return seq, prev, ChainProblem(n, f"sequence jumps from {seq} to {rec.seq}: records were removed "
+                                                  "or reordered")
+            if rec.prev != prev:
+                return seq, prev, ChainProblem(n, "does not link to the record before it: a record was removed, "
+                                                  "inserted or reordered")
+            if record_hash(rec.prev, rec.seq, rec.id, rec.event) != rec.hash:
+                return seq, prev, ChainProblem(n, "its hash does not match its contents: the record was altered")
+            if _id_key(rec.id) <= _id_key(last_id):
+                return seq, prev, ChainProblem(n, "entry ids go backwards: records were reordered")
+            prev, seq, last_id = rec.hash, rec.seq, rec.id
+    return seq, prev, None
+
+
+def read(path: str | os.PathLike[str]):
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                yield msgspec.json.decode(line, type=Record)
