@@ -51,6 +51,35 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return uvloop.run(run(s, args.name, metrics_port=args.metrics_port))
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from ingest.validate import run
+
+    s = _settings(args)
+    logs.setup(s.log_level)
+    if s.embedded:
+        print("unggah validate needs UNGGAH_REDIS_URL; use 'unggah up' for the whole stack", file=sys.stderr)
+        return 2
+    return uvloop.run(run(s, args.name))
+
+
+def cmd_dukungan(args: argparse.Namespace) -> int:
+    """`unggah check` / `unggah template`: the preflight, delegated to dukungan.cli."""
+    from dukungan.cli import main as dukungan_main
+
+    if args.command == "template":
+        return dukungan_main(["template", args.out])
+    argv = ["check", args.file, "--election", args.election]
+    if args.scans:
+        argv += ["--scans", args.scans]
+    if args.json:
+        argv.append("--json")
+    if args.export:
+        argv += ["--export", args.export]
+    return dukungan_main(argv)
+
+
 def cmd_dead(args: argparse.Namespace) -> int:
     import uvloop
 
@@ -102,6 +131,21 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--name", default="ingest-0", help="stable consumer name (its pending entries survive restarts)")
     ing.add_argument("--metrics-port", type=int, help="serve /metrics on this port (0: any free one; default: none)")
     ing.set_defaults(func=cmd_ingest)
+
+    val = sub.add_parser("validate", help="validate stored uploads into the results store (run exactly one)")
+    val.add_argument("--name", default="validate-0", help="stable consumer name (its pending entries survive restarts)")
+    val.set_defaults(func=cmd_validate)
+
+    chk = sub.add_parser("check", help="judge a supporter list (CSV/XLSX) exactly as the server will")
+    chk.add_argument("file")
+    chk.add_argument("--election", required=True, help="the election's TOML file")
+    chk.add_argument("--scans", help="folder of scans named <NIK>_ktp.jpg / <NIK>_pernyataan.pdf")
+    chk.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+    chk.add_argument("--export", help="write every row's verdict to this CSV")
+    chk.set_defaults(func=cmd_dukungan)
+    tpl = sub.add_parser("template", help="write a blank XLSX supporter-list template")
+    tpl.add_argument("out")
+    tpl.set_defaults(func=cmd_dukungan)
 
     dead = sub.add_parser("dead", help="list or replay dead-lettered entries")
     dead.add_argument("action", choices=["list", "replay"])

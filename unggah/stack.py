@@ -85,6 +85,7 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
               f"  ingesters     {n_ingest}, metrics at "
               f"{' '.join(f'http://{settings.host}:{p}/metrics' for p in metrics_ports.values()) or '-'}\n"
               f"  prometheus    file_sd targets in {targets}\n"
+              f"  validation    {base}/progress  {base}/verdicts.csv  (results in {settings.results_path})\n"
               f"  state         {settings.state_dir}", flush=True)
         while not stopping:
             for name, proc in list(children.items()):
