@@ -333,8 +333,24 @@ async def test_client_verifies_saves_and_reports_receipts(gateway, ingester, pro
 
 # ---------------------------------------------------------------- status command, units
 
-async def test_status_command_on_a_server_without_progress(gateway):
+async def test_status_command_against_the_gateway(gateway):
     code, out, err = await run_cli("status", "--server", gateway.url, "--token", "x")
+    assert code == 0 and "pair: public" in out and "MS 0" in out
+
+
+async def test_status_command_on_a_server_without_progress(tmp_path):
+    """Another tus server (here: a bare aiohttp app) has no /progress: a clear message, exit 1."""
+    from aiohttp import web
+
+    from unggah.valkey import free_port
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        code, out, err = await run_cli("status", "--server", f"http://127.0.0.1:{port}", "--token", "x")
+    finally:
+        await runner.cleanup()
     assert code == 1 and "GET /progress answered 404" in err
 
 
