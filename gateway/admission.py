@@ -8,10 +8,11 @@ Three guards, each answering a different question:
 - ByteBudget: how much request body may this process hold in memory? Each piece
   is reserved before it is read, so memory stays bounded whatever the number of
   connections (a waiting connection's bytes stay in the kernel, under TCP flow control).
-- FairGate: whose piece is committed next? A few commits run at once; the rest
-  wait in per-tenant queues served in turn, each tenant capped at an equal share
-  of the slots whatever its number of operators, and within a tenant the upload
-  nearest completion goes first. A new request that would wait too long is refused
+- FairGate: whose piece is read and committed next? Up to `append_slots` at once;
+  the rest wait in per-tenant queues served in turn. While several tenants are
+  active, each may have only `append_tenant_slots` pieces in progress whatever its
+  number of operators, so eight connections cannot outrun one; within a tenant the
+  upload nearest completion goes first. A new request that would wait too long is refused
   at once (with Retry-After) rather than left to time out; pieces of a request
   already in progress are never refused, they wait.
 
@@ -33,6 +34,10 @@ log = logging.getLogger("unggah.admission")
 # A tenant seen this recently counts as active even between its requests, so a
 # single sequential operator is not starved by a tenant with many connections.
 ACTIVE_WINDOW = 0.2
+# When the next turn belongs to an active tenant whose next request has not arrived
+# yet (a single operator between two PATCHes), hold the turn this long for it before
+# giving it to a tenant that just had one: anticipatory scheduling, bounded.
+ANTICIPATE = 0.006
 
 
 class Refused(Exception):
@@ -44,8 +49,12 @@ class Refused(Exception):
 
 
 class FairGate:
-    def __init__(self, slots: int, queue_limit: int, max_wait: float, clock=time.monotonic) -> None:
+    def __init__(self, slots: int, queue_limit: int, max_wait: float, clock=time.monotonic,
+                 contended_slots: int = 1) -> None:
         self.slots = slots
+        # With several tenants active, each may have this many pieces in progress: per-tenant
+        # concurrency, not slot count, is what lets eight connections outrun one.
+        self.contended_slots = contended_slots
         self.queue_limit = queue_limit
         self.max_wait = max_wait
         self.clock = clock
@@ -56,6 +65,9 @@ class FairGate:
         self.last_seen: dict[str, float] = {}
         self.n_waiting = 0
         self._seq = itertools.count()
+        self.last_granted = ""
+        self.hold_until = 0.0
+        self._hold_timer: asyncio.TimerHandle | None = None
 
     def _active(self, now: float) -> int:
         for t, seen in list(self.last_seen.items()):
@@ -64,16 +76,40 @@ class FairGate:
         return max(1, len(self.last_seen))
 
     def cap(self) -> int:
-        return max(1, self.slots // self._active(self.clock()))
+        active = self._active(self.clock())
+        return self.slots if active == 1 else max(1, min(self.contended_slots, self.slots // active))
 
     def _grant(self, tenant: str) -> None:
         self.inflight += 1
         self.per_tenant[tenant] += 1
+        if tenant != self.last_granted:
+            self.hold_until = 0.0
+        self.last_granted = tenant
+
+    def _owed(self, tenant: str, now: float) -> bool:
+        """Is another active tenant, idle right now, owed the turn `tenant` would take?"""
+        if tenant != self.last_granted:
+            return False
+        return any(t != tenant and not self.per_tenant[t] and not self.waiting.get(t)
+                   and now - seen <= ACTIVE_WINDOW for t, seen in self.last_seen.items())
+
+    def _holding(self, tenant: str) -> bool:
+        now = self.clock()
+        if not self._owed(tenant, now):
+            return False
+        if not self.hold_until:
+            self.hold_until = now + ANTICIPATE
+            self._hold_timer = asyncio.get_running_loop().call_later(ANTICIPATE, self._dispatch)
+        if now < self.hold_until:
+            return True
+        self.hold_until = 0.0  # waited long enough: the turn passes on
+        return False
 
     async def acquire(self, tenant: str, progress: float, in_progress: bool) -> None:
         """Wait for a commit slot; raise Refused for a new request that should come back later."""
         self.last_seen[tenant] = self.clock()
-        if self.inflight < self.slots and not self.n_waiting and self.per_tenant[tenant] < self.cap():
+        if (self.inflight < self.slots and not self.n_waiting and self.per_tenant[tenant] < self.cap()
+                and not self._owed(tenant, self.last_seen[tenant])):
             self._grant(tenant)
             return
         if not in_progress and self.n_waiting >= self.queue_limit * (0.5 + 0.5 * progress):
@@ -130,7 +166,7 @@ class FairGate:
                 self.turns.remove(tenant)
                 idle_turns = 0
                 continue
-            if self.per_tenant[tenant] >= cap:
+            if self.per_tenant[tenant] >= cap or self._holding(tenant):
                 idle_turns += 1
                 continue
             _, _, fut = queue.pop(0)
@@ -216,10 +252,10 @@ class BufferWatch:
 
 class Admission:
     def __init__(self, settings, store) -> None:
-        self.gate = FairGate(settings.append_slots, settings.append_queue, settings.append_max_wait_ms / 1000)
-        # Enough for every commit slot to hold a checksummed PATCH, plus streamed pieces being read.
-        self.bytes = ByteBudget(max(settings.checksum_patch_max_bytes * settings.append_slots,
-                                    64 * settings.entry_bytes))
+        self.gate = FairGate(settings.append_slots, settings.append_queue, settings.append_max_wait_ms / 1000,
+                             contended_slots=settings.append_tenant_slots)
+        # Bounds the request bodies held in memory; a slot waits for room rather than overcommit.
+        self.bytes = ByteBudget(max(4 * settings.checksum_patch_max_bytes, 64 * settings.entry_bytes))
         self.buffer = BufferWatch(store, settings.buffer_budget, settings.buffer_high_ratio, settings.partitions)
         self.max_wait = settings.append_max_wait_ms / 1000
 

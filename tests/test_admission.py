@@ -70,7 +70,7 @@ async def test_tenants_take_turns_whatever_their_number_of_waiters():
 async def test_one_operator_gets_half_the_slots_against_eight():
     """The gate's share under contention: every piece costs the same slot time here, so the
     single operator's share of grants is its share of append capacity."""
-    gate = FairGate(slots=3, queue_limit=1000, max_wait=10)
+    gate = FairGate(slots=16, queue_limit=1000, max_wait=10)
     grants = {"many": 0, "one": 0}
     stop = asyncio.get_running_loop().time() + 1.5
 

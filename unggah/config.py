@@ -72,8 +72,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     results_db: str = ""
 
     # Admission control (per gateway process unless said otherwise).
-    # Appends processed at once; further ones wait in per-tenant queues served in turn.
-    append_slots: int = 3
+    # Pieces read and committed at once; further ones wait in per-tenant queues served in turn.
+    append_slots: int = 16
+    # While several tenants are active, pieces each tenant may have in progress at once.
+    append_tenant_slots: int = 1
     # Waiting appends per process before new ones are refused (503 + Retry-After).
     append_queue: int = 256
     # An append that waited this long is refused rather than left to time out at the client.
