@@ -67,6 +67,9 @@ class FairGate:
         self._seq = itertools.count()
         self.last_granted = ""
         self.hold_until = 0.0
+        # Mean time between two releases: how fast the queue drains, to predict a newcomer's wait.
+        self.release_interval = 0.0
+        self._last_release = 0.0
         self._hold_timer: asyncio.TimerHandle | None = None
 
     def _active(self, now: float) -> int:
@@ -112,9 +115,12 @@ class FairGate:
                 and not self._owed(tenant, self.last_seen[tenant])):
             self._grant(tenant)
             return
-        if not in_progress and self.n_waiting >= self.queue_limit * (0.5 + 0.5 * progress):
-            # Completion first: a request just starting may use half the queue, one
-            # nearly done all of it.
+        # Completion first: a request just starting may use half the queue (and half the
+        # longest wait), one nearly done all of it. A request that would wait longer than
+        # that is refused now, in a millisecond, not after it has waited.
+        share = 0.5 + 0.5 * progress
+        expected_wait = (self.n_waiting + 1) * self.release_interval
+        if not in_progress and (self.n_waiting >= self.queue_limit * share or expected_wait > self.max_wait * share):
             raise Refused("gateway-busy", "the gateway is at capacity; your bytes so far are safe, "
                           "retry after the pause", retry_after=1)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -152,7 +158,11 @@ class FairGate:
     def release(self, tenant: str) -> None:
         self.inflight -= 1
         self.per_tenant[tenant] -= 1
-        self.last_seen[tenant] = self.clock()
+        now = self.last_seen[tenant] = self.clock()
+        if self._last_release:
+            gap = min(now - self._last_release, 1.0)
+            self.release_interval += 0.05 * (gap - self.release_interval)
+        self._last_release = now
         self._dispatch()
 
     def _dispatch(self) -> None:

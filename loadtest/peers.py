@@ -329,6 +329,9 @@ def start_gateway(port: int | None = None, extra_args: list[str] | None = None,
     # URL inherited from the caller: the comparison is with the embedded Valkey.
     env.pop("UNGGAH_REDIS_URL", None)
     env["UNGGAH_STATE_DIR"] = str(workdir / "state")
+    # The peers have no access control; compare like with like (tokens cost one GET per request:
+    # bench_gateway measures with them on).
+    env.setdefault("UNGGAH_AUTH", "off")
     proc = _spawn([sys.executable, "-m", "unggah.cli", "up", "--port", str(port), *(extra_args or [])],
                   workdir, "unggah.log", env=env)
     peer = Peer("gateway", f"http://127.0.0.1:{port}/files/", proc, workdir)

@@ -82,6 +82,7 @@ class Result(msgspec.Struct, kw_only=True):
     statuses: dict[str, int] = {}  # "PATCH 204" -> count
     errors: dict[str, int] = {}  # timeout, connection, offset_mismatch, ...
     refusals: int = 0
+    refusal_p99_ms: float = 0.0  # how long a refused request waited for its answer
     conflicts: int = 0
     uploads_created: int = 0
     uploads_completed: int = 0
@@ -140,6 +141,7 @@ class Recorder:
         self.statuses: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.refusals = 0
+        self.refusal_latencies: list[float] = []  # request sent -> refusal received
         self.conflicts = 0
         self.created = 0
         self.completed = 0
@@ -191,6 +193,7 @@ def summarize(rec: Recorder, *, label: str, mode: str, concurrency: int, chunk: 
         max_ms=(lat[-1] * 1e3 if lat else 0.0),
         statuses=dict(sorted(rec.statuses.items())), errors=dict(sorted(rec.errors.items())),
         refusals=rec.refusals, conflicts=rec.conflicts,
+        refusal_p99_ms=percentile(sorted(rec.refusal_latencies), 0.99) * 1000 if rec.refusal_latencies else 0.0,
         uploads_created=rec.created, uploads_completed=rec.completed,
         offered_rate=offered_rate, backlog=backlog,
     )
@@ -278,11 +281,14 @@ class Generator:
                        body: bytes | None = None) -> tuple[int, "aiohttp.typedefs.CIMultiDictProxy", float] | None:
         """One request. Returns (status, headers, completion time), or None after
         counting a timeout or connection error."""
+        sent = self._now()
         try:
             async with self.session.request(method, url, headers=headers, data=body) as resp:
                 await resp.read()
                 t = self._now()
                 self.rec.status(method, resp.status, t)
+                if resp.status in REFUSAL and self.rec.inside(t):
+                    self.rec.refusal_latencies.append(t - sent)
                 return resp.status, resp.headers, t
         except asyncio.TimeoutError:
             self.rec.error("timeout", self._now())

@@ -1,0 +1,80 @@
+"""Overload: three times the load the gateway can carry (a benchmark, not a test).
+
+    python -m loadtest.bench_overload [--rounds 3] [--duration 8] [--factor 3]
+
+Per round, on one embedded Valkey (AOF everysec) and one `unggah serve` (tokens on):
+capacity = closed-loop chunks/s at 64 uploads; then an open-loop run offering
+`factor` x capacity over 256 uploads whose clients honour Retry-After. Reports goodput
+(accepted chunks/s) against capacity, how fast refusals are answered (p99), and
+timeouts. Targets (issue 4): goodput >= 90% of capacity, refusal p99 <= 10 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from loadtest.bench_gateway import _issue_token, empty_buffer, log, machine, start_gateway
+from loadtest.tusload import KiB, LoadConfig, run_load
+from unggah.valkey import EmbeddedValkey, free_port
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest.bench_overload", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--duration", type=float, default=8.0)
+    p.add_argument("--factor", type=float, default=3.0)
+    p.add_argument("--chunk", type=int, default=256 * KiB)
+    a = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench-overload-"))
+    vk = EmbeddedValkey(work / "valkey", appendfsync="everysec", maxmemory="8gb").start()
+    port = free_port()
+    gw = None
+    rows = []
+    try:
+        token = asyncio.run(_issue_token(vk.url))
+        gw = start_gateway(vk.url, work, port, {})
+        base = dict(url=f"http://127.0.0.1:{port}/files/", chunk=a.chunk, upload_size=16 * a.chunk,
+                    duration=a.duration, warmup=1.5, checksum="crc32c",
+                    headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        for rnd in range(a.rounds):
+            cap = asyncio.run(run_load(LoadConfig(concurrency=64, label="capacity", **base)))
+            empty_buffer(vk.url)
+            over = asyncio.run(run_load(LoadConfig(concurrency=256, rate=a.factor * cap.chunks_per_s,
+                                                   label=f"{a.factor:g}x offered", **base)))
+            empty_buffer(vk.url)
+            timeouts = over.errors.get("timeout", 0)
+            rows.append((cap, over, timeouts))
+            log(f"round {rnd + 1}: capacity {cap.chunks_per_s:.0f}/s; offered {a.factor * cap.chunks_per_s:.0f}/s: "
+                f"goodput {over.chunks_per_s:.0f}/s, refusals {over.refusals} (p99 {over.refusal_p99_ms:.1f} ms), "
+                f"timeouts {timeouts}, errors {over.errors}")
+    finally:
+        if gw:
+            gw.terminate()
+            gw.wait(20)
+        vk.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    med = statistics.median
+    capacity = med(c.chunks_per_s for c, _, _ in rows)
+    goodput = med(o.chunks_per_s for _, o, _ in rows)
+    ratio = med(o.chunks_per_s / c.chunks_per_s for c, o, _ in rows)
+    refusal_p99 = med(o.refusal_p99_ms for _, o, _ in rows)
+    print(f"\nMachine: {machine()}; {a.rounds} rounds of {a.duration:g} s, medians; {a.chunk // KiB} KiB chunks\n")
+    print("| capacity (closed loop, 64 uploads) | offered | goodput | goodput / capacity | refusals per round | "
+          "refusal answered p99 | accepted p99 | timeouts |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {capacity:.0f} chunks/s | {a.factor:g}x | {goodput:.0f} chunks/s | {ratio:.0%} | "
+          f"{med(o.refusals for _, o, _ in rows):.0f} | {refusal_p99:.1f} ms | "
+          f"{med(o.p99_ms for _, o, _ in rows):.0f} ms | {sum(t for _, _, t in rows)} |")
+    print(f"\nTargets: goodput >= 90% of capacity: {ratio:.0%}; refusal p99 <= 10 ms: {refusal_p99:.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
