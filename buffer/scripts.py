@@ -46,7 +46,8 @@ end
 local fields = {}
 for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('XADD', KEYS[3], '*', 'ev', 'create', 'u', id, 'a', ARGV[7], 'at', ARGV[2], 'len', ARGV[8])
+redis.call('XADD', KEYS[3], '*', 'ev', 'create', 'u', id, 't', redis.call('HGET', KEYS[1], 'tenant'),
+           'a', ARGV[7], 'at', ARGV[2], 'len', ARGV[8])
 maybe_fin(KEYS[1], KEYS[2], id)
 return {'created', id}
 """
@@ -98,7 +99,7 @@ if declared then redis.call('HSET', KEYS[1], 'length', length) end
 if total > 0 or declared then
   redis.call('HSET', KEYS[1], 'offset', off)
   redis.call('INCRBY', KEYS[3], total)
-  redis.call('XADD', KEYS[5], '*', 'ev', 'append', 'u', ARGV[1], 'a', ARGV[9], 'at', ARGV[3],
+  redis.call('XADD', KEYS[5], '*', 'ev', 'append', 'u', ARGV[1], 't', ARGV[8], 'a', ARGV[9], 'at', ARGV[3],
              'o', offset, 'n', total, 'len', length)
 end
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[4], ARGV[4], ARGV[5]) end
@@ -112,14 +113,15 @@ return {'ok', off}
 # KEYS: state, stream, records, audit
 # ARGV: id, actor, now_ms
 TERMINATE = r"""
-local st = redis.call('HMGET', KEYS[1], 'state', 'length', 'offset', 'concat')
+local st = redis.call('HMGET', KEYS[1], 'state', 'length', 'offset', 'concat', 'tenant')
 if not st[1] then return {'notfound'} end
 if st[1] ~= 'receiving' then return {'closed', st[1]} end
 local length = tonumber(st[2])
 if st[4] == 'final' or (length >= 0 and tonumber(st[3]) == length) then return {'complete'} end
 redis.call('HSET', KEYS[1], 'state', 'terminated')
 redis.call('XADD', KEYS[2], '*', 'k', 'x', 'u', ARGV[1])
-redis.call('XADD', KEYS[4], '*', 'ev', 'terminate', 'u', ARGV[1], 'a', ARGV[2], 'at', ARGV[3], 'o', st[3])
+redis.call('XADD', KEYS[4], '*', 'ev', 'terminate', 'u', ARGV[1], 't', st[5], 'a', ARGV[2], 'at', ARGV[3],
+           'o', st[3])
 redis.call('DEL', KEYS[3])
 return {'ok'}
 """
@@ -166,7 +168,7 @@ if cur[1] == 'receiving' then
   -- Keep the PATCH records a while: a client retrying its last PATCH after the
   -- upload was stored must be answered as a duplicate, not refused.
   redis.call('EXPIRE', KEYS[4], 86400)
-  redis.call('XADD', KEYS[5], '*', 'ev', ARGV[3], 'u', cur[5], 'a', 'ingester', 'at', ARGV[6],
+  redis.call('XADD', KEYS[5], '*', 'ev', ARGV[3], 'u', cur[5], 't', cur[2], 'a', 'ingester', 'at', ARGV[6],
              'len', cur[3], 'sha256', ARGV[4], 'reason', ARGV[5])
   changed = 1
 end

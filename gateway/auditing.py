@@ -29,7 +29,7 @@ def middleware(store: UploadStore):
             principal = request.get(PRINCIPAL)
             actor = f"{principal.tenant}/{principal.name}" if principal is not None else "unauthenticated"
             try:
-                await store.audit(p, "refused", u=upload_id, a=actor, method=request.method,
+                await store.audit(p, "refused", u=upload_id, t=tenant, a=actor, method=request.method,
                                   status=response.status, reason=response.headers.get("Unggah-Reason", ""))
             except (redis.RedisError, OSError) as e:  # the refusal itself must still go out
                 log.warning("could not audit a refusal", extra={"error": str(e)})

@@ -92,8 +92,7 @@ async def audit(settings: Settings, args: argparse.Namespace) -> int:
             e = rec.event
             if args.upload and e.get("u") != args.upload:
                 continue
-            if args.tenant and not (e.get("a", "").startswith(args.tenant + "/") or e.get("t") == args.tenant
-                                    or e.get("u", "") in (args.upload or "",)):
+            if args.tenant and e.get("t") != args.tenant:
                 continue
             print(f"{f.name}:{rec.seq} " + " ".join(f"{k}={v}" for k, v in sorted(e.items())))
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import msgspec
+
 from unggah import config, logs
 
 
@@ -12,7 +14,14 @@ def _settings(args: argparse.Namespace) -> config.Settings:
     overrides = {}
     if getattr(args, "port", None) is not None:
         overrides["port"] = args.port
-    return config.load(getattr(args, "config", None), **overrides)
+    s = config.load(getattr(args, "config", None), **overrides)
+    if s.embedded and args.command != "up":
+        # Beside a running `unggah up` (same state_dir), use its embedded Valkey.
+        from unggah.stack import running_url_file
+        url_file = running_url_file(s)
+        if url_file.exists():
+            s = msgspec.structs.replace(s, redis_url=url_file.read_text().strip())
+    return s
 
 
 def cmd_up(args: argparse.Namespace) -> int:

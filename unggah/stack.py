@@ -21,6 +21,11 @@ from unggah.config import Settings
 from unggah.valkey import EmbeddedValkey, free_port
 
 
+def running_url_file(settings: Settings) -> Path:
+    """Where a running `unggah up` leaves its embedded Valkey's URL."""
+    return Path(settings.state_dir) / "redis-url"
+
+
 def _child(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "unggah.cli", *args], env=env)
 
@@ -60,6 +65,8 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
             valkey = EmbeddedValkey(Path(settings.state_dir) / "valkey", appendfsync=settings.appendfsync,
                                     maxmemory=settings.valkey_maxmemory).start()
             env["UNGGAH_REDIS_URL"] = valkey.url
+            # So `unggah tenants`, `unggah dead`, ... run beside the stack find its Valkey.
+            running_url_file(settings).write_text(valkey.url)
         env["UNGGAH_STATE_DIR"] = settings.state_dir
         specs = {"gateway": ["serve", "--port", str(port)]}
         # Each ingester serves its own /metrics on a free port, kept across its restarts.
@@ -110,4 +117,5 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
                         children[name].wait()
         if valkey:
             valkey.stop()
+            running_url_file(settings).unlink(missing_ok=True)
         print("unggah stopped", flush=True)
