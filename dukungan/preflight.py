@@ -19,7 +19,8 @@ from .progress import Progress, progress_of
 from .reasons import BMS, MS, REASONS, TMS
 from .rules import RowVerdict, RuleContext, Verdicts, prepare, validate
 from .scans import ScanSets, scan_directory
-from .template import TemplateError, read_table
+from . import fast
+from .template import TemplateError, parse_csv_bytes, read_table
 
 EXAMPLE_ROWS = 5
 
@@ -49,7 +50,18 @@ class Report(msgspec.Struct):
 
 def validate_file(path: str | Path, ctx: RuleContext, scans: ScanSets | None = None,
                   other_pairs: Collection[str] = frozenset()) -> Verdicts:
-    """Parse and judge a stored file: the entry point the ingest worker calls. Raises TemplateError."""
+    """Parse and judge a stored file: the entry point the ingest worker calls. Raises TemplateError.
+
+    CSV goes through the numpy path (fast.py) when numpy is importable; it gives the same verdicts
+    and hands anything outside its scope (quoted cells, rejected files...) back to the reference
+    parser and rules used here for XLSX.
+    """
+    data = fast.csv_bytes(path) if fast.available() else None
+    if data is not None:
+        v = fast.validate_csv_bytes(data, ctx, scans=scans, other_pairs=other_pairs)
+        if v is not None:
+            return v
+        return validate(parse_csv_bytes(data), ctx, scans=scans, other_pairs=other_pairs)
     return validate(read_table(path), ctx, scans=scans, other_pairs=other_pairs)
 
 

@@ -1,18 +1,26 @@
-"""Benchmark: rows validated per second on one core, our columnar validator vs a per-row loop.
+"""Benchmark: rows validated per second on one core, our validator vs a per-row loop.
 
     python -m loadtest.bench_validate [--rows 1200000] [--runs 3]
 
 Generates a supporter list (duplicates and trap rows included) as CSV in a
-temporary directory, then times on the same file:
+temporary directory, then times on the same file, in the same process:
 
-  (a) dukungan: read + parse + every row rule (preflight.validate_file)
+  (a) dukungan: read + parse + every row rule (preflight.validate_file), which
+      takes the numpy path (dukungan/fast.py) when numpy is installed
+  (a2) the same plus building every column of the result's table as Python
+      strings (the table is lazy: a caller that reads columns pays this)
+  (r) the reference path: template.parse_csv_bytes + rules.validate (pure
+      Python, what validate_file runs without numpy and for XLSX)
   (b) a straightforward per-row loop: csv.DictReader, python-stdnum's
       stdnum.id.nik.is_valid, strptime, the same region/age/occupation/
       duplicate/phone/scan checks, one row at a time
   (c) the bare stdnum loop: csv.reader + stdnum.id.nik.is_valid only (a floor
       for any per-row design that checks NIKs with stdnum)
 
-Reports the median of --runs runs each, and the ratios. A benchmark, not a test.
+Runs are interleaved (a, a2, r, b, c, then again) so that load from other
+processes falls on all of them alike; reports the median of --runs runs each
+and the ratios, and checks that (a) and (r) give identical verdicts. A
+benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -28,12 +36,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from dukungan import fast
 from dukungan.election import parse_election
 from dukungan.generate import generate, write_csv
 from dukungan.occupation import is_prohibited
 from dukungan.preflight import validate_file
 from dukungan.region import parse_code_list, synthetic_code_list_text
-from dukungan.rules import normalize_phone, prepare
+from dukungan.rules import normalize_phone, prepare, validate
 from dukungan.template import parse_csv_bytes
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wilayah-kepmendagri-2022.csv"
@@ -114,14 +123,16 @@ def bare_stdnum_loop(path: Path) -> int:
     return ok
 
 
-def timed(fn, runs: int) -> tuple[float, list[float]]:
-    times = []
+def interleaved(fns: dict, runs: int) -> dict[str, list[float]]:
+    """Time every function once per round, round after round; returns all times per name."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(runs):
-        gc.collect()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+        for name, fn in fns.items():
+            gc.collect()
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def main(argv=None) -> int:
@@ -129,7 +140,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=1_200_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--dup-rate", type=float, default=0.02)
-    ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--skip-baseline", action="store_true", help="skip (b) and (c)")
+    ap.add_argument("--skip-reference", action="store_true", help="skip (r) and the verdict comparison")
     args = ap.parse_args(argv)
 
     if SHARED.exists():
@@ -152,30 +164,59 @@ def main(argv=None) -> int:
         print(f"rows: {nrows:,} ({args.dup_rate:.0%} duplicates + trap rows), file {size / 1e6:.1f} MB, "
               f"code list {codes.version}, region {region}; generated in {gen_s:.1f} s")
         print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs visible, "
-              f"single-threaded runs, median of {args.runs}")
+              f"numpy {fast.np.__version__ if fast.available() else 'not used'}, single-threaded runs, "
+              f"interleaved, median of {args.runs}")
+        if fast.available():
+            t0 = time.perf_counter()
+            fast.warm(ctx)
+            print(f"numpy path: per-election lookup arrays built once per RuleContext in "
+                  f"{time.perf_counter() - t0:.2f} s (not in the timings, like rules.prepare)")
 
-        data = path.read_bytes()
-        parse_s, _ = timed(lambda: parse_csv_bytes(data), args.runs)
-        table = parse_csv_bytes(data)
-        from dukungan.rules import validate
-        rules_s, _ = timed(lambda: validate(table, ctx, g.scans, g.other_pairs), args.runs)
-        del table
-        ours_s, ours_all = timed(lambda: validate_file(path, ctx, g.scans, g.other_pairs), args.runs)
-        rows_table = [("dukungan end-to-end (read+parse+rules)", ours_s),
-                      ("  of which: parse CSV to columns", parse_s), ("  of which: rules on columns", rules_s)]
+        last: dict[str, object] = {}
+
+        def ours():
+            last["ours"] = validate_file(path, ctx, g.scans, g.other_pairs)
+
+        def ours_strings():
+            v = validate_file(path, ctx, g.scans, g.other_pairs)
+            if isinstance(v.table, fast.LazyTable):
+                v.table.materialize()
+
+        def reference():
+            last["ref"] = validate(parse_csv_bytes(path.read_bytes()), ctx, g.scans, g.other_pairs)
+
+        fns = {"ours": ours, "ours+strings": ours_strings}
+        if not args.skip_reference:
+            fns["reference"] = reference
         if not args.skip_baseline:
-            loop_s, _ = timed(lambda: per_row_loop(path, ctx, g.scans, g.other_pairs), args.runs)
-            bare_s, _ = timed(lambda: bare_stdnum_loop(path), args.runs)
-            rows_table += [("per-row loop with stdnum.id.nik (same rules)", loop_s),
-                           ("bare loop: csv.reader + stdnum.id.nik.is_valid", bare_s)]
+            fns["loop"] = lambda: per_row_loop(path, ctx, g.scans, g.other_pairs)
+            fns["bare"] = lambda: bare_stdnum_loop(path)
+        times = interleaved(fns, args.runs)
+        med = {name: statistics.median(ts) for name, ts in times.items()}
+        labels = {
+            "ours": "dukungan.validate_file (numpy CSV path)" if fast.available()
+            else "dukungan.validate_file (no numpy: reference)",
+            "ours+strings": "  the same + every column as Python strings",
+            "reference": "reference path: parse_csv_bytes + rules.validate",
+            "loop": "per-row loop with stdnum.id.nik (same rules)",
+            "bare": "bare loop: csv.reader + stdnum.id.nik.is_valid",
+        }
+        ours_s = med["ours"]
         print()
-        print(f"{'what':50s} {'median s':>9s} {'rows/s':>12s} {'vs ours':>8s}")
-        for name, s in rows_table:
-            print(f"{name:50s} {s:9.3f} {nrows / s:12,.0f} {s / ours_s:7.1f}x")
-        print(f"\nours, all runs (s): {', '.join(f'{t:.3f}' for t in ours_all)}")
+        print(f"{'what':52s} {'median s':>9s} {'rows/s':>12s} {'vs ours':>8s}")
+        for name, s in med.items():
+            print(f"{labels[name]:52s} {s:9.3f} {nrows / s:12,.0f} {s / ours_s:7.1f}x")
+        print()
+        for name, ts in times.items():
+            print(f"{name:13s} all runs (s): {', '.join(f'{t:.3f}' for t in ts)}")
+        if "reference" in fns:
+            a, b = last["ours"], last["ref"]
+            same = a.status == b.status and a.reasons == b.reasons  # type: ignore[attr-defined]
+            print(f"verdicts identical to the reference path, row by row: {'yes' if same else 'NO'}")
         print(f"target >= 500,000 rows/s: {'met' if nrows / ours_s >= 500_000 else 'MISSED'}"
               + ("" if args.skip_baseline else
-                 f"; >= 10x per-row loop: {'met' if rows_table[3][1] / ours_s >= 10 else 'MISSED'}"))
+                 f"; >= 10x per-row loop: {'met' if med['loop'] / ours_s >= 10 else 'MISSED'} "
+                 f"({med['loop'] / ours_s:.1f}x)"))
     return 0
 
 
