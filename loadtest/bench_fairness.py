@@ -14,28 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import statistics
 import sys
-import tempfile
-from pathlib import Path
 
-from loadtest.bench_gateway import empty_buffer, log, machine, start_gateway
-from unggah.valkey import EmbeddedValkey, free_port
-
-
-async def tokens(url: str) -> dict[str, str]:
-    import redis.asyncio as aioredis
-
-    from buffer.tenants import TenantStore
-    r = aioredis.Redis.from_url(url)
-    store = TenantStore(r)
-    out = {}
-    for pair in ("pair-a", "pair-b"):
-        await store.add(pair, pair)
-        out[pair] = (await store.issue(pair, "operator"))[0]
-    await r.aclose()
-    return out
+from loadtest.benchstack import empty_buffer, gateway_stack, log, machine
 
 
 async def load(files: str, token: str, concurrency: int, seconds: float) -> dict:
@@ -53,34 +35,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=6.0)
     a = p.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="bench-fair-"))
-    vk = EmbeddedValkey(work / "valkey", appendfsync="everysec", maxmemory="8gb").start()
-    port = free_port()
-    gw = None
     rows = []
-    try:
-        tok = asyncio.run(tokens(vk.url))
-        gw = start_gateway(vk.url, work, port, {})
-        files = f"http://127.0.0.1:{port}/files/"
+    with gateway_stack(pairs=("pair-a", "pair-b")) as st:
+        tok, files = st.tokens, st.files
         for rnd in range(a.rounds):
             alone = asyncio.run(load(files, tok["pair-b"], 1, a.duration))
-            empty_buffer(vk.url)
+            empty_buffer(st.redis_url)
 
             async def both():
                 return await asyncio.gather(load(files, tok["pair-a"], 8, a.duration),
                                             load(files, tok["pair-b"], 1, a.duration))
             many, one = asyncio.run(both())
-            empty_buffer(vk.url)
+            empty_buffer(st.redis_url)
             share = one["chunks_per_s"] / (one["chunks_per_s"] + many["chunks_per_s"])
             rows.append((alone, many, one, share))
             log(f"round {rnd + 1}: B alone {alone['chunks_per_s']:.0f}/s; A(8) {many['chunks_per_s']:.0f}/s, "
                 f"B(1) {one['chunks_per_s']:.0f}/s: B's share {share:.0%}")
-    finally:
-        if gw:
-            gw.terminate()
-            gw.wait(20)
-        vk.stop()
-        shutil.rmtree(work, ignore_errors=True)
     med = statistics.median
     print(f"\nMachine: {machine()}; {a.rounds} rounds of {a.duration:g} s, medians; 128 KiB crc32c chunks\n")
     print("| pair B alone (1 operator) | pair A (8 operators) | pair B (1 operator) at the same time | B's share |")

@@ -15,74 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
-
-import redis as sync_redis
 
 from loadtest.bench_xadd import run_xadd
+from loadtest.benchstack import empty_buffer, gateway_stack, log, machine
 from loadtest.tusload import KiB, LoadConfig, Result, run_load
-from unggah.valkey import EmbeddedValkey, free_port
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-async def _issue_token(url: str) -> str:
-    import redis.asyncio as aioredis
-
-    from buffer.tenants import TenantStore
-    r = aioredis.Redis.from_url(url)
-    store = TenantStore(r)
-    await store.add("bench", "benchmark pair")
-    token, _ = await store.issue("bench", "load generator")
-    await r.aclose()
-    return token
-
-
-def empty_buffer(url: str) -> None:
-    """Drop buffered uploads between runs (tenants and tokens stay)."""
-    r = sync_redis.Redis.from_url(url)
-    for key in r.scan_iter("unggah:{p*", count=1000):
-        r.delete(key)
-    r.close()
-
-
-def start_gateway(url: str, state: Path, port: int, extra_env: dict[str, str]) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UNGGAH_")}
-    env.update({"UNGGAH_REDIS_URL": url, "UNGGAH_STATE_DIR": str(state), "UNGGAH_PORT": str(port),
-                "UNGGAH_VALKEY_MAXMEMORY": "8gb", "UNGGAH_LOG_LEVEL": "WARNING", **extra_env})
-    proc = subprocess.Popen([sys.executable, "-m", "unggah.cli", "serve"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(state / "gateway.log", "ab"))
-    import urllib.request
-    for _ in range(200):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("gateway did not start; see " + str(state / "gateway.log"))
-
-
-def machine() -> str:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
 def med(results: list[Result], attr: str) -> float:
@@ -101,15 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     concurrencies = [int(c) for c in a.concurrency.split(",")]
 
-    work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
-    vk = EmbeddedValkey(work / "valkey", appendfsync=a.fsync, maxmemory="8gb").start()
-    port = free_port()
-    gw = None
-    try:
-        token = asyncio.run(_issue_token(vk.url))
-        gw = start_gateway(vk.url, work, port, {})
-        files = f"http://127.0.0.1:{port}/files/"
-        headers = {"Authorization": f"Bearer {token}"}
+    with gateway_stack(fsync=a.fsync) as st:
+        files = st.files
+        headers = {"Authorization": f"Bearer {st.tokens['bench']}"}
         xadd: list[Result] = []
         tus: dict[int, list[Result]] = {c: [] for c in concurrencies}
         for rnd in range(a.rounds):
@@ -117,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             order = order[rnd % len(order):] + order[:rnd % len(order)]
             for what in order:
                 if what == "xadd":
-                    r = asyncio.run(run_xadd(vk.url, payload_size=a.chunk, seconds=a.duration, depth=16,
+                    r = asyncio.run(run_xadd(st.redis_url, payload_size=a.chunk, seconds=a.duration, depth=16,
                                              warmup=a.warmup, label="raw XADD"))
                     xadd.append(r)
                 else:
@@ -126,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                                      label=f"gateway c{what}")
                     r = asyncio.run(run_load(cfg))
                     tus[what].append(r)
-                empty_buffer(vk.url)
+                empty_buffer(st.redis_url)
                 log(f"round {rnd + 1}: {r.row()}")
         # Open loop at a share of the capacity measured at the highest concurrency.
         top = max(concurrencies)
@@ -135,13 +67,6 @@ def main(argv: list[str] | None = None) -> int:
                          warmup=a.warmup, checksum="crc32c", headers=headers, rate=rate,
                          label=f"open loop {a.open_loop_share:.0%}")
         open_loop = asyncio.run(run_load(cfg))
-        empty_buffer(vk.url)
-    finally:
-        if gw:
-            gw.terminate()
-            gw.wait(20)
-        vk.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
     x_cps = med(xadd, "chunks_per_s")
     print(f"\nMachine: {machine()}; Valkey {a.fsync}; {a.rounds} rounds of {a.duration:g} s, medians; "
@@ -157,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| gateway open loop at {a.open_loop_share:.0%} ({rate:.0f} chunks/s offered) | {top} | "
           f"{open_loop.chunks_per_s:.0f} | {open_loop.mb_per_s:.0f} | {open_loop.p50_ms:.1f} | "
           f"{open_loop.p99_ms:.1f} | |")
-    print(f"\nTargets: gateway >= 70% of raw XADD: "
+    print("\nTargets: gateway >= 70% of raw XADD: "
           + ", ".join(f"c{c} {med(tus[c], 'chunks_per_s') / x_cps:.0%}" for c in concurrencies)
-          + f"; open-loop p99 <= 50 ms: {open_loop.p99_ms:.1f} ms (backlog {getattr(open_loop, 'backlog', 0)})")
+          + f"; open-loop p99 <= 50 ms: {open_loop.p99_ms:.1f} ms (backlog {open_loop.backlog})")
     print("Per-round rows: " + "; ".join(f"{r.label} {r.chunks_per_s:.0f}" for r in xadd + sum(tus.values(), [])))
     return 0
 

@@ -14,42 +14,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import redis as sync_redis
 
-from loadtest.bench_gateway import _issue_token, empty_buffer, log, machine, start_gateway
+from loadtest.benchstack import empty_buffer, gateway_stack, log, machine, start_process, stop
 from loadtest.tusload import KiB, LoadConfig, run_load
-from unggah.valkey import EmbeddedValkey, free_port
 
 
 def backlog(r: sync_redis.Redis, partitions: int) -> tuple[int, int]:
     entries = sum(r.xlen(f"unggah:{{p{p}}}:stream") for p in range(partitions))
     data = sum(int(r.get(f"unggah:{{p{p}}}:bytes") or 0) for p in range(partitions))
     return entries, data
-
-
-def start_ingester(url: str, state: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UNGGAH_")}
-    env.update({"UNGGAH_REDIS_URL": url, "UNGGAH_STATE_DIR": str(state), "UNGGAH_LOG_LEVEL": "WARNING"})
-    return subprocess.Popen([sys.executable, "-m", "unggah.cli", "ingest", "--name", "bench.ingest-0"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(state / "ingest.log", "ab"))
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,23 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk", type=int, default=256 * KiB)
     a = p.parse_args(argv)
     partitions = 8
-    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    vk = EmbeddedValkey(work / "valkey", appendfsync="everysec", maxmemory="8gb").start()
-    r = sync_redis.Redis.from_url(vk.url)
-    gw = None
     rows = []
-    try:
-        token = asyncio.run(_issue_token(vk.url))
-        port = free_port()
-        gw = start_gateway(vk.url, work, port, {})
-        cfg = LoadConfig(url=f"http://127.0.0.1:{port}/files/", concurrency=a.concurrency, chunk=a.chunk,
-                         upload_size=32 * a.chunk, duration=a.duration, warmup=0.0, checksum="crc32c",
-                         headers={"Authorization": f"Bearer {token}"}, label="accept")
+    with gateway_stack() as st:
+        r = sync_redis.Redis.from_url(st.redis_url)
+        cfg = LoadConfig(url=st.files, concurrency=a.concurrency, chunk=a.chunk, upload_size=32 * a.chunk,
+                         duration=a.duration, warmup=0.0, checksum="crc32c",
+                         headers={"Authorization": f"Bearer {st.tokens['bench']}"}, label="accept")
         for rnd in range(a.rounds):
             accepted = asyncio.run(run_load(cfg))
             entries, data = backlog(r, partitions)
             t0 = time.perf_counter()
-            ing = start_ingester(vk.url, work)
+            ing = start_process(["ingest", "--name", "bench.ingest-0"], st.redis_url, st.work, "ingest.log")
             while backlog(r, partitions)[0] > 0:
                 time.sleep(0.05)
             drain_s = time.perf_counter() - t0  # includes the ingester's start-up (~0.5 s)
@@ -87,18 +60,12 @@ def main(argv: list[str] | None = None) -> int:
                 after = backlog(r, partitions)[1]
                 both = (both, before, after)
             stop(ing)
-            empty_buffer(vk.url)
-            shutil.rmtree(work / "blobs", ignore_errors=True)
+            empty_buffer(st.redis_url)
+            shutil.rmtree(st.work / "blobs", ignore_errors=True)
             rows.append((accepted, entries, data, drain_s, both))
             log(f"round {rnd + 1}: accepted {accepted.chunks_per_s:.0f} chunks/s; drained {entries} entries "
                 f"({data / 1e6:.0f} MB) in {drain_s:.1f} s = {entries / drain_s:.0f} entries/s")
-    finally:
-        if gw:
-            gw.terminate()
-            gw.wait(20)
         r.close()
-        vk.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
     med = statistics.median
     acc = med(x[0].chunks_per_s for x in rows)

@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import sys
-import tempfile
-from pathlib import Path
 
-from loadtest.bench_gateway import _issue_token, empty_buffer, log, machine, start_gateway
+from loadtest.benchstack import empty_buffer, gateway_stack, log, machine
 from loadtest.tusload import KiB, LoadConfig, run_load
-from unggah.valkey import EmbeddedValkey, free_port
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,34 +27,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--factor", type=float, default=3.0)
     p.add_argument("--chunk", type=int, default=256 * KiB)
     a = p.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="bench-overload-"))
-    vk = EmbeddedValkey(work / "valkey", appendfsync="everysec", maxmemory="8gb").start()
-    port = free_port()
-    gw = None
     rows = []
-    try:
-        token = asyncio.run(_issue_token(vk.url))
-        gw = start_gateway(vk.url, work, port, {})
-        base = dict(url=f"http://127.0.0.1:{port}/files/", chunk=a.chunk, upload_size=16 * a.chunk,
-                    duration=a.duration, warmup=1.5, checksum="crc32c",
-                    headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    with gateway_stack() as st:
+        base = dict(url=st.files, chunk=a.chunk, upload_size=16 * a.chunk, duration=a.duration, warmup=1.5,
+                    checksum="crc32c", headers={"Authorization": f"Bearer {st.tokens['bench']}"}, timeout=30)
         for rnd in range(a.rounds):
             cap = asyncio.run(run_load(LoadConfig(concurrency=64, label="capacity", **base)))
-            empty_buffer(vk.url)
+            empty_buffer(st.redis_url)
             over = asyncio.run(run_load(LoadConfig(concurrency=256, rate=a.factor * cap.chunks_per_s,
                                                    label=f"{a.factor:g}x offered", **base)))
-            empty_buffer(vk.url)
+            empty_buffer(st.redis_url)
             timeouts = over.errors.get("timeout", 0)
             rows.append((cap, over, timeouts))
             log(f"round {rnd + 1}: capacity {cap.chunks_per_s:.0f}/s; offered {a.factor * cap.chunks_per_s:.0f}/s: "
                 f"goodput {over.chunks_per_s:.0f}/s, refusals {over.refusals} (p99 {over.refusal_p99_ms:.1f} ms), "
                 f"timeouts {timeouts}, errors {over.errors}")
-    finally:
-        if gw:
-            gw.terminate()
-            gw.wait(20)
-        vk.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
     med = statistics.median
     capacity = med(c.chunks_per_s for c, _, _ in rows)

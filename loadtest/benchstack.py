@@ -1,0 +1,109 @@
+"""What every benchmark here starts: an embedded Valkey, pairs with tokens, and one
+`unggah serve` process, all in a temp folder, stopped by PID at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import msgspec
+import redis as sync_redis
+
+from unggah.valkey import EmbeddedValkey, free_port
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Stack(msgspec.Struct):
+    redis_url: str
+    files: str  # the tus endpoint
+    tokens: dict[str, str]  # pair -> bearer token
+    work: Path
+
+
+async def _issue_tokens(url: str, pairs: tuple[str, ...]) -> dict[str, str]:
+    import redis.asyncio as aioredis
+
+    from buffer.tenants import TenantStore
+    r = aioredis.Redis.from_url(url)
+    store = TenantStore(r)
+    out = {}
+    for pair in pairs:
+        await store.add(pair, pair)
+        out[pair] = (await store.issue(pair, "load generator"))[0]
+    await r.aclose()
+    return out
+
+
+def start_process(args: list[str], url: str, state: Path, log_name: str, **env_extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UNGGAH_")}
+    env.update({"UNGGAH_REDIS_URL": url, "UNGGAH_STATE_DIR": str(state), "UNGGAH_VALKEY_MAXMEMORY": "8gb",
+                "UNGGAH_LOG_LEVEL": "WARNING", **env_extra})
+    return subprocess.Popen([sys.executable, "-m", "unggah.cli", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(state / log_name, "ab"))
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def gateway_stack(pairs: tuple[str, ...] = ("bench",), fsync: str = "everysec"):
+    work = Path(tempfile.mkdtemp(prefix="unggah-bench-"))
+    vk = EmbeddedValkey(work / "valkey", appendfsync=fsync, maxmemory="8gb").start()
+    port = free_port()
+    gw = None
+    try:
+        tokens = asyncio.run(_issue_tokens(vk.url, pairs))
+        gw = start_process(["serve"], vk.url, work, "gateway.log", UNGGAH_PORT=str(port))
+        for _ in range(200):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(f"gateway did not start; see {work / 'gateway.log'}")
+        yield Stack(redis_url=vk.url, files=f"http://127.0.0.1:{port}/files/", tokens=tokens, work=work)
+    finally:
+        if gw:
+            stop(gw)
+        vk.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def empty_buffer(url: str) -> None:
+    """Drop buffered uploads between runs (tenants and tokens stay)."""
+    r = sync_redis.Redis.from_url(url)
+    for key in r.scan_iter("unggah:{p*", count=1000):
+        r.delete(key)
+    r.close()
+
+
+def machine() -> str:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python {platform.python_version()}"
