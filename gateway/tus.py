@@ -361,6 +361,12 @@ class TusHandler:
         return self.refusal(res, upload_id) if res.outcome != "ok" else res.offset
 
     async def _read_whole(self, request, upload_id, cap) -> bytes | web.Response:
+        if request.content_length is not None:
+            try:  # the usual case: one join, no intermediate buffer
+                return await request.content.readexactly(request.content_length)
+            except (ConnectionError, asyncio.IncompleteReadError, OSError, ValueError, RuntimeError) as e:
+                log.debug("checksummed PATCH interrupted", extra={"upload": upload_id, "error": repr(e)})
+                return problem(400, "body-incomplete", "the body ended early; nothing was stored, resume from HEAD")
         buf = bytearray()
         try:
             while True:
@@ -376,8 +382,6 @@ class TusHandler:
             # debug: the refusal itself is logged once, at info, by the errors middleware
             log.debug("checksummed PATCH interrupted", extra={"upload": upload_id, "error": repr(e)})
             return problem(400, "body-incomplete", "the body ended early; nothing was stored, resume from HEAD")
-        if request.content_length is not None and len(buf) != request.content_length:
-            return problem(400, "body-incomplete", "the body is shorter than Content-Length; nothing was stored")
         return bytes(buf)
 
     async def _receive_streamed(self, request, upload_id, offset, new_length):
