@@ -170,9 +170,16 @@ def _sorted_unique(a: "np.ndarray") -> "np.ndarray":
 
 
 def _repeated(a: "np.ndarray") -> "np.ndarray":
-    """Sorted distinct values that occur more than once in a."""
+    """Sorted distinct values that occur more than once in a (int64)."""
     if a.size < 2:
         return a[:0]
+    if a.size > 100_000:  # sort 32-bit hashes first (faster), then the few candidates exactly
+        h = ((np.ascontiguousarray(a).view(np.uint64) * _GOLDEN) >> np.uint64(32)).astype(np.int64)
+        hs = np.sort(h.astype(np.uint32)).astype(np.int64)
+        twice = _sorted_unique(hs[1:][hs[1:] == hs[:-1]])
+        if twice.size == 0:
+            return a[:0]
+        a = a[_member(h, twice)]
     s = np.sort(a)
     return _sorted_unique(s[1:][s[1:] == s[:-1]])
 
@@ -182,13 +189,24 @@ def _set_keys(values: Collection[str]) -> "np.ndarray":
     empty = np.zeros(0, dtype=np.int64)
     if not values:
         return empty
-    joined = "\n".join(values)
-    if joined.count("\n") != len(values) - 1 or not joined.isascii():
-        kept = [v for v in values if "\n" not in v and v.isascii()]
-        if not kept:
+    members = list(values)  # join() on a list is faster than on a set
+    try:
+        joined = "\n".join(members)
+    except TypeError:  # a member that is not a str can equal no NIK
+        joined = None
+    if joined is None or joined.count("\n") != len(members) - 1 or not joined.isascii():
+        members = [v for v in members if isinstance(v, str) and "\n" not in v and v.isascii()]
+        if not members:
             return empty
-        joined = "\n".join(kept)
-    a = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+        joined = "\n".join(members)
+    a = np.frombuffer(joined.encode("ascii") + b"\n", dtype=np.uint8)
+    del joined
+    rows = a.reshape(-1, 17) if a.size == 17 * len(members) else None
+    if rows is not None and (rows[:, 16] == 10).all():  # every member is 16 characters
+        w = np.ascontiguousarray(rows[:, :16]).view(np.uint64)
+        ok = _all_digits(w[:, 0]) & _all_digits(w[:, 1])
+        return np.sort(_parse8(w[ok, 0]) * 100_000_000 + _parse8(w[ok, 1]))
+    a = a[:-1]
     if a.size < 16:
         return empty
     seps = np.flatnonzero(a == 10)
@@ -313,7 +331,7 @@ class _Cells:
         self.arr = arr
         self.N = arr.size
         self.b0, self.b1 = b0, b1
-        self.pos = pos  # offsets of the 13n - 1 separators (12 delimiters per line, n - 1 newlines)
+        self.pos = pos  # offsets from b0 of the 13n - 1 separators (12 delimiters per line, n - 1 newlines)
         self.n = n
         self.ascii = ascii_only
         self.strip = strip
@@ -324,11 +342,20 @@ class _Cells:
         self._na_cells = None
 
     # -- offsets
+    def release(self) -> None:
+        """Drop the per-column arrays (about 30 bytes per row each); they are rebuilt on demand."""
+        line_end = self._sep.get(NCOLS - 1)
+        self._bounds.clear()
+        self._sep = {NCOLS - 1: line_end}
+        self._na.clear()
+
     def sep(self, k: int):
         """Offsets of the k-th separator of every line (k = 12: the line end)."""
         got = self._sep.get(k)
         if got is None:
-            got = self._sep[k] = self.pos[k::NCOLS].copy()
+            got = self.pos[k::NCOLS].astype(np.int64)
+            got += self.b0
+            self._sep[k] = got
         return got
 
     def bounds(self, c: int):
@@ -379,7 +406,6 @@ class _Cells:
         if self._na_cells is None:
             body = self.arr[self.b0:self.b1]
             at = np.flatnonzero(body >= 128)
-            at += self.b0
             self._na_cells = np.unique(np.searchsorted(self.pos, at))
         if c not in self._na:
             k = self._na_cells
@@ -440,43 +466,51 @@ class _Cells:
         return [b.decode("utf-8") for b in fixed.tolist()]
 
     # -- grouping by exact content
-    def distinct_apply(self, c: int, rows, fn, dtype, default):
-        """fn(cell text) for the cells of column c at `rows`, called once per distinct content."""
+    def distinct_apply(self, c: int, rows, fn, dtype, default, chunk: int = 1 << 18):
+        """fn(cell text) for the cells of column c at `rows`, called once per distinct content.
+
+        Cells are grouped by a hash of their bytes, and every cell is compared with its group's
+        representative byte for byte, so a hash collision can never merge two values.
+        """
         out = np.full(rows.size, default, dtype=dtype)
         if rows.size == 0:
             return out
+        cache: dict[str, object] = {}
+
+        def call(text: str):
+            if text not in cache:
+                cache[text] = fn(text)
+            return cache[text]
+
         S, E, L = self.bounds(c)
-        Sr, Lr = S[rows], L[rows]
-        short = np.flatnonzero(Lr <= 64)
-        if short.size:
-            nw = max(1, -(-int(Lr[short].max()) // 8))
-            W = self.words(Sr[short], Lr[short], nw)
-            h = Lr[short].astype(np.uint64)
-            for j in range(nw):
-                h = (h ^ W[:, j]) * np.uint64(0x9E3779B97F4A7C15)
-                h ^= h >> np.uint64(31)
-            uniq = _sorted_unique(h)
-            gid = _index_in(uniq, h)
-            rep = np.empty(uniq.size, dtype=np.int64)
-            rep[gid] = np.arange(short.size)
-            same = Lr[short][rep][gid] == Lr[short]
-            for j in range(nw):
-                same &= W[rep, j][gid] == W[:, j]
-            results = np.array([fn(t) for t in self.texts(c, rows[short][rep])], dtype=dtype)
-            res = results[gid]
-            if not same.all():  # a hash collision: judge those cells one by one
-                for k in np.flatnonzero(~same).tolist():
-                    res[k] = fn(self.text(c, int(rows[short][k])))
-            out[short] = res
-        long_ = np.flatnonzero(Lr > 64)
-        if long_.size:
-            cache: dict[str, object] = {}
-            vals = []
-            for t in self.texts(c, rows[long_]):
-                if t not in cache:
-                    cache[t] = fn(t)
-                vals.append(cache[t])
-            out[long_] = np.array(vals, dtype=dtype)
+        for c0 in range(0, rows.size, chunk):
+            part = rows[c0:c0 + chunk]
+            Sr, Lr = S[part], L[part]
+            short = np.flatnonzero(Lr <= 64)
+            if short.size:
+                Ls = Lr[short]
+                nw = max(1, -(-int(Ls.max()) // 8))
+                W = self.words(Sr[short], Ls, nw)
+                h = Ls.astype(np.uint64)
+                for j in range(nw):
+                    h = (h ^ W[:, j]) * _GOLDEN
+                    h ^= h >> np.uint64(31)
+                uniq = _sorted_unique(h)
+                gid = _index_in(uniq, h)
+                rep = np.empty(uniq.size, dtype=np.int64)
+                rep[gid] = np.arange(short.size)
+                same = Ls[rep][gid] == Ls
+                for j in range(nw):
+                    same &= W[rep, j][gid] == W[:, j]
+                results = np.array([call(t) for t in self.texts(c, part[short][rep])], dtype=dtype)
+                res = results[gid]
+                if not same.all():  # a hash collision: judge those cells one by one
+                    for k in np.flatnonzero(~same).tolist():
+                        res[k] = call(self.text(c, int(part[short][k])))
+                out[c0 + short] = res
+            long_ = np.flatnonzero(Lr > 64)
+            if long_.size:
+                out[c0 + long_] = np.array([call(t) for t in self.texts(c, part[long_])], dtype=dtype)
         return out
 
 
@@ -512,18 +546,39 @@ def split_csv(data: bytes) -> _Cells | None:
         return None
     arr = np.frombuffer(data, dtype=np.uint8)
     body = arr[b0:b1]
-    m = body == 10
-    newlines = int(np.count_nonzero(m))
-    m |= body == ord(delim)
-    pos = np.flatnonzero(m)  # relative to b0 until the checks below are done
-    del m
+    size = body.size
+    # Separator offsets (relative to b0, int32 when they fit), found chunk by chunk so that no
+    # file-sized temporary is allocated. The reference strips every cell when a space touches a
+    # separator, a tab appears, or the body starts or ends with a space: look at the bytes around
+    # each separator while they are in cache.
+    before, after = arr[b0 - 1:], arr[b0 + 1:]  # before[p] is the byte before body[p] (b0 >= 1)
+    strip = arr[b0] == 32 or arr[b1 - 1] == 32 or data.find(b"\t", b0, b1) >= 0
+    itype = np.int32 if size < 2**31 - 1 else np.int64
+    step = 1 << 22
+    m, t = np.empty(min(step, size), dtype=bool), np.empty(min(step, size), dtype=bool)
+    parts, newlines = [], 0
+    for s0 in range(0, size, step):
+        chunk = body[s0:s0 + step]
+        mc, tc = m[:chunk.size], t[:chunk.size]
+        np.equal(chunk, 10, out=mc)
+        newlines += int(np.count_nonzero(mc))
+        np.equal(chunk, ord(delim), out=tc)
+        mc |= tc
+        p = np.flatnonzero(mc)
+        p += s0
+        if not strip and p.size:
+            strip = bool((before[p] == 32).any()) or bool((np.take(after, p, mode="clip") == 32).any())
+        parts.append(p.astype(itype))
+    del m, t
+    pos = np.concatenate(parts) if parts else np.zeros(0, dtype=itype)
+    del parts
     if pos.size % NCOLS != NCOLS - 1:
         return None
     n = (pos.size + 1) // NCOLS
     # n - 1 newlines in all, each where the 13th separator of a line must be: every line has 12 delimiters.
     line_end = np.empty(n, dtype=np.int64)
     line_end[:-1] = pos[NCOLS - 1::NCOLS]
-    line_end[-1] = b1 - b0
+    line_end[-1] = size
     if newlines != n - 1 or not (body[line_end[:-1]] == 10).all():
         return None
     # Line lengths in bytes bound lengths in characters: no line over the cell limit, no cell over it.
@@ -532,12 +587,6 @@ def split_csv(data: bytes) -> _Cells | None:
     line_start[1:] = line_end[:-1] + 1
     if int((line_end - line_start).max()) > MAX_CELL_CHARS:
         return None
-    # The reference strips every cell when a space touches a separator, a tab appears, or the body
-    # starts or ends with a space.
-    strip = (arr[b0] == 32 or arr[b1 - 1] == 32 or data.find(b"\t", b0, b1) >= 0
-             or bool((arr[b0 - 1:][pos] == 32).any())  # the byte before each separator (b0 >= 1)
-             or bool((np.take(arr[b0 + 1:], pos, mode="clip") == 32).any()))  # the byte after
-    pos += b0
     line_end += b0
     line_start += b0
     cells = _Cells(data, arr, b0, b1, pos, n, ascii_only, bool(strip))
@@ -851,6 +900,9 @@ def _judge(cells: _Cells, ctx: RuleContext, prep: _Prep, scans: ScanSets | None,
                 has_bad = np.array([s in have for s in bad_strs], dtype=bool)
                 flag(code, bad[~has_bad[bid]])
 
+    # The result keeps the raw bytes and separator offsets for its lazy table; the per-column
+    # arrays are rebuilt if a column is ever read.
+    cells.release()
     return _assemble(cells, bits)
 
 
