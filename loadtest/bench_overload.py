@@ -20,6 +20,18 @@ from loadtest.benchstack import empty_buffer, gateway_stack, log, machine
 from loadtest.tusload import KiB, LoadConfig, run_load
 
 
+def refusal_reasons(metrics_url: str) -> dict[str, float]:
+    """The gateway's own count of refusals by reason (cumulative over the run)."""
+    import urllib.request
+    out: dict[str, float] = {}
+    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("unggah_refusals_total{"):
+                reason = line.split('reason="', 1)[1].split('"', 1)[0]
+                out[reason] = out.get(reason, 0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtest.bench_overload", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3)
@@ -39,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
             empty_buffer(st.redis_url)
             timeouts = over.errors.get("timeout", 0)
             rows.append((cap, over, timeouts))
+            reasons = refusal_reasons(st.files.replace("/files/", "/metrics"))
             log(f"round {rnd + 1}: capacity {cap.chunks_per_s:.0f}/s; offered {a.factor * cap.chunks_per_s:.0f}/s: "
                 f"goodput {over.chunks_per_s:.0f}/s, refusals {over.refusals} (p99 {over.refusal_p99_ms:.1f} ms), "
-                f"timeouts {timeouts}, errors {over.errors}")
+                f"timeouts {timeouts}, errors {over.errors}; refusals so far by reason {reasons}")
 
     med = statistics.median
     capacity = med(c.chunks_per_s for c, _, _ in rows)

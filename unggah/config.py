@@ -76,8 +76,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     append_slots: int = 16
     # While several tenants are active, pieces each tenant may have in progress at once.
     append_tenant_slots: int = 1
-    # Waiting appends per process before new ones are refused (503 + Retry-After).
-    append_queue: int = 256
+    # Waiting pieces per process, a memory bound on waiters; refusals are normally decided
+    # earlier, by the predicted wait (see append_max_wait_ms).
+    append_queue: int = 2048
     # An append that waited this long is refused rather than left to time out at the client.
     append_max_wait_ms: int = 2000
     # Buffered bytes (all partitions) the gateway lets the stream hold. Above high_ratio of it
