@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -64,7 +63,6 @@ class FairGate:
         self.turns: collections.deque[str] = collections.deque()
         self.last_seen: dict[str, float] = {}
         self.n_waiting = 0
-        self._seq = itertools.count()
         self.last_granted = ""
         self.hold_until = 0.0
         # Mean time between two releases: how fast the queue drains, to predict a newcomer's wait.
@@ -119,14 +117,19 @@ class FairGate:
         # longest wait), one nearly done all of it. A request that would wait longer than
         # that is refused now, in a millisecond, not after it has waited.
         share = 0.5 + 0.5 * progress
-        expected_wait = (self.n_waiting + 1) * self.release_interval
-        if not in_progress and (self.n_waiting >= self.queue_limit * share or expected_wait > self.max_wait * share):
+        limit = self.max_wait * share
+        if not in_progress and (self.n_waiting + 1) * self.release_interval > limit:
+            # Only the waiters that go first count (completion first); count them only when it matters.
+            ahead = sum(1 for q in self.waiting.values() for item in q if item[0] >= progress)
+            expected_wait = (ahead + 1) * self.release_interval
+        else:
+            expected_wait = 0.0
+        if not in_progress and (self.n_waiting >= self.queue_limit * share or expected_wait > limit):
             raise Refused("gateway-busy", "the gateway is at capacity; your bytes so far are safe, "
                           "retry after the pause", retry_after=1)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         queue = self.waiting.setdefault(tenant, [])
-        queue.append((-progress, next(self._seq), fut))
-        queue.sort()
+        queue.append((progress, self.clock(), fut))
         if tenant not in self.turns:
             self.turns.append(tenant)
         self.n_waiting += 1
@@ -145,6 +148,18 @@ class FairGate:
             else:
                 self._forget(tenant, fut)
             raise
+
+    def _most_urgent(self, queue: list) -> int:
+        """Completion first, with ageing: a waiter gains one full unit of priority per
+        max_wait spent waiting, so an upload that just started is still served before it
+        would time out, while uploads nearly done keep going first."""
+        now = self.clock()
+        best, best_score = 0, -1.0
+        for i, (progress, since, _) in enumerate(queue):
+            score = progress + (now - since) / self.max_wait
+            if score > best_score:
+                best, best_score = i, score
+        return best
 
     def _forget(self, tenant: str, fut: asyncio.Future) -> None:
         queue = self.waiting.get(tenant, [])
@@ -179,7 +194,7 @@ class FairGate:
             if self.per_tenant[tenant] >= cap or self._holding(tenant):
                 idle_turns += 1
                 continue
-            _, _, fut = queue.pop(0)
+            _, _, fut = queue.pop(self._most_urgent(queue))
             self.n_waiting -= 1
             if not queue:
                 self.turns.remove(tenant)
