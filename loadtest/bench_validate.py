@@ -31,6 +31,7 @@ import datetime as dt
 import gc
 import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
@@ -123,16 +124,20 @@ def bare_stdnum_loop(path: Path) -> int:
     return ok
 
 
-def interleaved(fns: dict, runs: int) -> dict[str, list[float]]:
-    """Time every function once per round, round after round; returns all times per name."""
+def interleaved(fns: dict, runs: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Time every function once per round, round after round; returns wall and CPU (user+sys) times per name."""
     times: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(runs):
         for name, fn in fns.items():
             gc.collect()
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return times
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            cpu[name].append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+    return times, cpu
 
 
 def main(argv=None) -> int:
@@ -191,7 +196,7 @@ def main(argv=None) -> int:
         if not args.skip_baseline:
             fns["loop"] = lambda: per_row_loop(path, ctx, g.scans, g.other_pairs)
             fns["bare"] = lambda: bare_stdnum_loop(path)
-        times = interleaved(fns, args.runs)
+        times, cpu = interleaved(fns, args.runs)
         med = {name: statistics.median(ts) for name, ts in times.items()}
         labels = {
             "ours": "dukungan.validate_file (numpy CSV path)" if fast.available()
@@ -203,12 +208,16 @@ def main(argv=None) -> int:
         }
         ours_s = med["ours"]
         print()
-        print(f"{'what':52s} {'median s':>9s} {'rows/s':>12s} {'vs ours':>8s}")
+        print(f"{'what':52s} {'median s':>9s} {'rows/s':>12s} {'vs ours':>8s} {'CPU s':>7s}")
         for name, s in med.items():
-            print(f"{labels[name]:52s} {s:9.3f} {nrows / s:12,.0f} {s / ours_s:7.1f}x")
+            print(f"{labels[name]:52s} {s:9.3f} {nrows / s:12,.0f} {s / ours_s:7.1f}x "
+                  f"{statistics.median(cpu[name]):7.3f}")
+        print("(CPU s: median user+sys time of the process during the run; below the wall time when other "
+              "jobs take the core)")
         print()
         for name, ts in times.items():
-            print(f"{name:13s} all runs (s): {', '.join(f'{t:.3f}' for t in ts)}")
+            print(f"{name:13s} all runs (s): {', '.join(f'{t:.3f}' for t in ts)}; "
+                  f"CPU: {', '.join(f'{t:.3f}' for t in cpu[name])}")
         if "reference" in fns:
             a, b = last["ours"], last["ref"]
             same = a.status == b.status and a.reasons == b.reasons  # type: ignore[attr-defined]
