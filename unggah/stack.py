@@ -27,7 +27,9 @@ def running_url_file(settings: Settings) -> Path:
 
 
 def _child(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "unggah.cli", *args], env=env)
+    # Its own session: Ctrl-C (SIGINT to the terminal's process group) reaches only `unggah up`,
+    # which then stops the children in order (gateway, workers, Valkey last).
+    return subprocess.Popen([sys.executable, "-m", "unggah.cli", *args], env=env, start_new_session=True)
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:

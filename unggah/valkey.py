@@ -78,8 +78,10 @@ class EmbeddedValkey:
 
     def start(self, timeout: float = 15.0) -> "EmbeddedValkey":
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(self._args(), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Its own session, so a terminal's Ctrl-C stops it only when its owner does, after the
+        # processes that still write to it.
+        self.proc = subprocess.Popen(self._args(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + timeout
         client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
         try:
