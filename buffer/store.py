@@ -12,7 +12,7 @@ import msgspec
 import redis.asyncio as redis
 
 from buffer import keys
-from buffer.messages import CONCAT, RECEIVING, STORED, UploadState, from_fields
+from buffer.messages import CONCAT, STORED, UploadState, from_fields
 from buffer.scripts import Scripts
 
 
@@ -160,5 +160,3 @@ class UploadStore:
 class DurabilityError(RuntimeError):
     """The write happened but the requested durability was not confirmed in time."""
 
-
-__all__ = ["UploadStore", "Created", "Appended", "DurabilityError", "RECEIVING"]

@@ -21,6 +21,7 @@ from gateway import auditing, auth
 from gateway.context import REQUEST_ID
 from gateway.problems import problem
 from gateway.admission import Admission
+from gateway.progress import add_routes as add_result_routes
 from gateway.tus import TusHandler, receipt_payload, status_body
 from gateway.windows import Windows
 from unggah import receipts
@@ -130,7 +131,6 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/receipts/public-key", public_key)
     # Validation results: /progress, /progress/all, /verdicts.csv, /files/{id}/verdicts
-    from gateway.progress import add_routes as add_result_routes
     add_result_routes(app, settings, clock, tenants)
 
     async def start_watch(app: web.Application) -> None:

@@ -65,9 +65,20 @@ def load_or_create_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     p.parent.mkdir(parents=True, exist_ok=True)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Written whole under a temporary name, then linked into place: several gateways starting at
+    # once on an empty state dir all end up with the one key that won, never a half-written file.
+    tmp = p.with_name(f".{p.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, p)
+    except FileExistsError:
+        return load_or_create_key(p)
+    finally:
+        tmp.unlink()
     return key
 
 
