@@ -59,7 +59,8 @@ class FairGate:
         self.clock = clock
         self.inflight = 0
         self.per_tenant: collections.Counter[str] = collections.Counter()
-        self.waiting: dict[str, list[tuple[float, int, asyncio.Future]]] = {}
+        # Per tenant: (progress, enqueued at, future) of each waiting piece.
+        self.waiting: dict[str, list[tuple[float, float, asyncio.Future]]] = {}
         self.turns: collections.deque[str] = collections.deque()
         self.last_seen: dict[str, float] = {}
         self.n_waiting = 0
@@ -68,7 +69,6 @@ class FairGate:
         # Mean time between two releases: how fast the queue drains, to predict a newcomer's wait.
         self.release_interval = 0.0
         self._last_release = 0.0
-        self._hold_timer: asyncio.TimerHandle | None = None
 
     def _active(self, now: float) -> int:
         for t, seen in list(self.last_seen.items()):
@@ -100,7 +100,7 @@ class FairGate:
             return False
         if not self.hold_until:
             self.hold_until = now + ANTICIPATE
-            self._hold_timer = asyncio.get_running_loop().call_later(ANTICIPATE, self._dispatch)
+            asyncio.get_running_loop().call_later(ANTICIPATE, self._dispatch)
         if now < self.hold_until:
             return True
         self.hold_until = 0.0  # waited long enough: the turn passes on
@@ -115,7 +115,7 @@ class FairGate:
             return
         # Completion first: a request just starting may use half the queue (and half the
         # longest wait), one nearly done all of it. A request that would wait longer than
-        # that is refused now, in a millisecond, not after it has waited.
+        # that is refused at once, not after it has waited.
         share = 0.5 + 0.5 * progress
         limit = self.max_wait * share
         if not in_progress and (self.n_waiting + 1) * self.release_interval > limit:
