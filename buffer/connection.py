@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from typing import Awaitable, Callable, Iterable
+
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -28,3 +32,33 @@ def connect(url: str, *, max_connections: int = 64) -> redis.Redis:
         retry_on_error=[ConnectionError, TimeoutError],
     )
     return redis.Redis(connection_pool=pool)
+
+
+log = logging.getLogger("unggah.buffer")
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+async def ensure_groups(client: redis.Redis, streams: Iterable[str], group: str) -> None:
+    """Create a consumer group on each stream (and the stream), from its first entry."""
+    for stream in streams:
+        try:
+            await client.xgroup_create(stream, group, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+
+async def until_available(setup: Callable[[], Awaitable[None]], stopping: asyncio.Event) -> bool:
+    """Run `setup` until Redis answers (it may still be starting, or restarting): a worker
+    waits for it rather than dies. False if asked to stop first."""
+    while True:
+        try:
+            await setup()
+            return True
+        except UNAVAILABLE as e:
+            log.warning("waiting for redis", extra={"error": str(e)})
+            try:
+                await asyncio.wait_for(stopping.wait(), 0.5)
+                return False
+            except asyncio.TimeoutError:
+                pass

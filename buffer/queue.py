@@ -12,6 +12,7 @@ import msgspec
 import redis.asyncio as redis
 
 from buffer import keys
+from buffer.connection import ensure_groups
 from buffer.messages import DATA, DeadLetter, Entry, UploadState, from_fields
 from buffer.scripts import Scripts
 from buffer.store import now_ms
@@ -36,12 +37,7 @@ class Queue:
         self._cursor = ["0-0"] * partitions
 
     async def ensure_groups(self) -> None:
-        for p in range(self.partitions):
-            try:
-                await self.r.xgroup_create(keys.stream(p), self.group, id="0", mkstream=True)
-            except redis.ResponseError as e:
-                if "BUSYGROUP" not in str(e):
-                    raise
+        await ensure_groups(self.r, [keys.stream(p) for p in range(self.partitions)], self.group)
 
     async def read(self, p: int, consumer: str, count: int, block_ms: int, *, own_pending: bool = False):
         """New entries (or, after a restart, this consumer's own pending ones)."""

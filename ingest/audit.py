@@ -16,7 +16,7 @@ from pathlib import Path
 import redis.asyncio as redis
 
 from buffer import keys
-from buffer.connection import connect
+from buffer.connection import connect, ensure_groups
 from unggah.auditlog import Chain, chain_path
 from unggah.config import Settings
 
@@ -49,12 +49,7 @@ class Auditor:
         return bool(await self.r.eval(script, 1, LEASE, self.token, LEASE_MS))
 
     async def ensure_groups(self) -> None:
-        for p in range(self.s.partitions):
-            try:
-                await self.r.xgroup_create(keys.audit(p), GROUP, id="0", mkstream=True)
-            except redis.ResponseError as e:
-                if "BUSYGROUP" not in str(e):
-                    raise
+        await ensure_groups(self.r, [keys.audit(p) for p in range(self.s.partitions)], GROUP)
 
     async def drain_once(self) -> int:
         """Move what is waiting on every partition; the number of records chained.

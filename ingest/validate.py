@@ -39,7 +39,7 @@ import msgspec
 import redis.asyncio as redis
 
 from buffer import keys
-from buffer.connection import connect
+from buffer.connection import connect, ensure_groups, until_available
 from buffer.messages import STORED, CompletedEvent, UploadState, decode_metadata, from_fields
 from buffer.queue import Queue
 from dukungan.election import Election, ScanLimits, load_election
@@ -128,25 +128,11 @@ class Validator:
     # ---- the loops
 
     async def ensure_groups(self) -> None:
-        for p in range(self.s.partitions):
-            try:
-                await self.r.xgroup_create(keys.completed(p), GROUP, id="0", mkstream=True)
-            except redis.ResponseError as e:
-                if "BUSYGROUP" not in str(e):
-                    raise
+        await ensure_groups(self.r, [keys.completed(p) for p in range(self.s.partitions)], GROUP)
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.ensure_groups()
-                break
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as e:
-                log.warning("waiting for redis", extra={"error": str(e)})
-                try:
-                    await asyncio.wait_for(self.stopping.wait(), 0.5)
-                    return
-                except asyncio.TimeoutError:
-                    pass
+        if not await until_available(self.ensure_groups, self.stopping):
+            return
         if self.ctx is not None:
             await asyncio.to_thread(self._write_meta)
         loops = [asyncio.create_task(self.partition_loop(p)) for p in range(self.s.partitions)]

@@ -23,7 +23,7 @@ import crc32c
 import redis.asyncio as redis
 
 from buffer import keys
-from buffer.connection import connect
+from buffer.connection import connect, until_available
 from buffer.messages import CONCAT, DATA, DROP, FIN, FAILED, RECEIVING, STORED, Entry, decode_metadata
 from buffer.queue import Queue, parse_entry
 from buffer.store import UploadStore
@@ -70,17 +70,8 @@ class Ingester:
         ingest_metrics.instrument(self)  # counts acks, finishes, dead letters, errors; times batches
 
     async def run(self) -> None:
-        while True:  # Redis may still be starting (or restarting): wait for it, do not die
-            try:
-                await self.q.ensure_groups()
-                break
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as e:
-                log.warning("waiting for redis", extra={"error": str(e)})
-                try:
-                    await asyncio.wait_for(self.stopping.wait(), 0.5)
-                    return
-                except asyncio.TimeoutError:
-                    pass
+        if not await until_available(self.q.ensure_groups, self.stopping):
+            return
         loops = [asyncio.create_task(self.partition_loop(p)) for p in range(self.s.partitions)]
         loops.append(asyncio.create_task(self.reclaim_loop()))
         log.info("ingester started", extra={"consumer": self.name, "partitions": self.s.partitions})
