@@ -261,8 +261,10 @@ class BufferWatch:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        # Wait for the task to be gone before the connection pool closes under it.
         if self._task:
             self._task.cancel()
+            await asyncio.wait({self._task}, timeout=5)
 
     def check_create(self) -> None:
         if self.fill >= self.high:

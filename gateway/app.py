@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -143,7 +144,10 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
     app.on_cleanup.append(stop_watch)
 
     async def close_redis(app: web.Application) -> None:
-        await client.aclose()
+        try:  # bounded: shutting down must never hang on a connection stuck mid-command
+            await asyncio.wait_for(client.aclose(), 5)
+        except (asyncio.TimeoutError, redis.RedisError, OSError) as e:
+            log.warning("redis connections not closed cleanly", extra={"error": repr(e)})
 
     app.on_cleanup.append(close_redis)
     return app
