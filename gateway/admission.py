@@ -64,7 +64,9 @@ class FairGate:
         self.turns: collections.deque[str] = collections.deque()
         self.last_seen: dict[str, float] = {}
         self.n_waiting = 0
-        self.last_granted = ""
+        # Pieces granted per active tenant: no tenant may run more than one ahead of another
+        # active one (for at most ANTICIPATE while that one is between requests).
+        self.served: collections.Counter[str] = collections.Counter()
         self.hold_until = 0.0
         # Mean time between two releases: how fast the queue drains, to predict a newcomer's wait.
         self.release_interval = 0.0
@@ -74,7 +76,14 @@ class FairGate:
         for t, seen in list(self.last_seen.items()):
             if now - seen > ACTIVE_WINDOW and not self.per_tenant[t] and not self.waiting.get(t):
                 del self.last_seen[t]
+                del self.served[t]
         return max(1, len(self.last_seen))
+
+    def _arrive(self, tenant: str) -> None:
+        if tenant not in self.last_seen:
+            # A newcomer starts level with the least served, not with a head start of credit.
+            self.served[tenant] = min((self.served[t] for t in self.last_seen), default=0)
+        self.last_seen[tenant] = self.clock()
 
     def cap(self) -> int:
         active = self._active(self.clock())
@@ -83,32 +92,37 @@ class FairGate:
     def _grant(self, tenant: str) -> None:
         self.inflight += 1
         self.per_tenant[tenant] += 1
-        if tenant != self.last_granted:
-            self.hold_until = 0.0
-        self.last_granted = tenant
+        self.served[tenant] += 1
+
+    def _behind(self, tenant: str, now: float) -> list[str]:
+        """Active tenants with nothing waiting that `tenant` is already ahead of: their next
+        request is owed the turn `tenant` would take."""
+        mine = self.served[tenant]
+        return [t for t, seen in self.last_seen.items()
+                if t != tenant and self.served[t] < mine and not self.waiting.get(t) and now - seen <= ACTIVE_WINDOW]
 
     def _owed(self, tenant: str, now: float) -> bool:
-        """Is another active tenant, idle right now, owed the turn `tenant` would take?"""
-        if tenant != self.last_granted:
-            return False
-        return any(t != tenant and not self.per_tenant[t] and not self.waiting.get(t)
-                   and now - seen <= ACTIVE_WINDOW for t, seen in self.last_seen.items())
+        return bool(self._behind(tenant, now))
 
     def _holding(self, tenant: str) -> bool:
         now = self.clock()
-        if not self._owed(tenant, now):
+        behind = self._behind(tenant, now)
+        if not behind:
             return False
         if not self.hold_until:
             self.hold_until = now + ANTICIPATE
             asyncio.get_running_loop().call_later(ANTICIPATE, self._dispatch)
         if now < self.hold_until:
             return True
-        self.hold_until = 0.0  # waited long enough: the turn passes on
+        # Waited long enough: the turn passes on, and the absent tenants lose the turns they missed.
+        self.hold_until = 0.0
+        for t in behind:
+            self.served[t] = self.served[tenant]
         return False
 
     async def acquire(self, tenant: str, progress: float, in_progress: bool) -> None:
         """Wait for a commit slot; raise Refused for a new request that should come back later."""
-        self.last_seen[tenant] = self.clock()
+        self._arrive(tenant)
         if (self.inflight < self.slots and not self.n_waiting and self.per_tenant[tenant] < self.cap()
                 and not self._owed(tenant, self.last_seen[tenant])):
             self._grant(tenant)
