@@ -21,13 +21,16 @@ import time
 
 import redis as sync_redis
 
+from buffer import keys
+
 from loadtest.benchstack import empty_buffer, gateway_stack, log, machine, start_process, stop
 from loadtest.tusload import KiB, LoadConfig, run_load
+from unggah.config import Settings
 
 
 def backlog(r: sync_redis.Redis, partitions: int) -> tuple[int, int]:
-    entries = sum(r.xlen(f"unggah:{{p{p}}}:stream") for p in range(partitions))
-    data = sum(int(r.get(f"unggah:{{p{p}}}:bytes") or 0) for p in range(partitions))
+    entries = sum(r.xlen(keys.stream(p)) for p in range(partitions))
+    data = sum(int(r.get(keys.buffered_bytes(p)) or 0) for p in range(partitions))
     return entries, data
 
 
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--chunk", type=int, default=256 * KiB)
     a = p.parse_args(argv)
-    partitions = 8
+    partitions = Settings().partitions  # the stack runs with the default
     rows = []
     with gateway_stack() as st:
         r = sync_redis.Redis.from_url(st.redis_url)

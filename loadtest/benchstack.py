@@ -18,6 +18,7 @@ from pathlib import Path
 import msgspec
 import redis as sync_redis
 
+from buffer import keys
 from unggah.valkey import EmbeddedValkey, free_port
 
 
@@ -92,7 +93,7 @@ def gateway_stack(pairs: tuple[str, ...] = ("bench",), fsync: str = "everysec"):
 def empty_buffer(url: str) -> None:
     """Drop buffered uploads between runs (tenants and tokens stay)."""
     r = sync_redis.Redis.from_url(url)
-    for key in r.scan_iter("unggah:{p*", count=1000):
+    for key in r.scan_iter(f"{keys.PREFIX}:{{p*", count=1000):  # every partition-tagged key
         r.delete(key)
     r.close()
 

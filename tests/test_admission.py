@@ -67,7 +67,7 @@ async def test_tenants_take_turns_whatever_their_number_of_waiters():
         t.cancel()
 
 
-async def test_one_operator_gets_half_the_slots_against_eight():
+async def test_one_operator_gets_a_fair_share_of_slots_against_eight():
     """The gate's share under contention: every piece costs the same slot time here, so the
     single operator's share of grants is its share of append capacity."""
     gate = FairGate(slots=16, queue_limit=1000, max_wait=10)

@@ -24,6 +24,17 @@ def _settings(args: argparse.Namespace) -> config.Settings:
     return s
 
 
+def _process_settings(args: argparse.Namespace, what: str) -> config.Settings | None:
+    """Settings for a process that runs against a configured Redis (serve, ingest, validate)."""
+    s = _settings(args)
+    logs.setup(s.log_level)
+    if s.embedded:
+        print(f"unggah {what} needs UNGGAH_REDIS_URL; use 'unggah up' for the whole stack "
+              "on the embedded Valkey", file=sys.stderr)
+        return None
+    return s
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from unggah.stack import up
 
@@ -38,11 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.app import make_app
     from metrics.lifecycle import serve
 
-    s = _settings(args)
-    logs.setup(s.log_level)
-    if s.embedded:
-        print("unggah serve runs the gateway alone and needs UNGGAH_REDIS_URL; "
-              "use 'unggah up' for the whole stack on the embedded Valkey", file=sys.stderr)
+    s = _process_settings(args, "serve")
+    if s is None:
         return 2
     return uvloop.run(serve(make_app, s))  # SIGTERM: unready, refuse new uploads, drain, exit 0
 
@@ -52,10 +60,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     from ingest.worker import run
 
-    s = _settings(args)
-    logs.setup(s.log_level)
-    if s.embedded:
-        print("unggah ingest needs UNGGAH_REDIS_URL; use 'unggah up' for the whole stack", file=sys.stderr)
+    s = _process_settings(args, "ingest")
+    if s is None:
         return 2
     return uvloop.run(run(s, args.name, metrics_port=args.metrics_port))
 
@@ -65,10 +71,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     from ingest.validate import run
 
-    s = _settings(args)
-    logs.setup(s.log_level)
-    if s.embedded:
-        print("unggah validate needs UNGGAH_REDIS_URL; use 'unggah up' for the whole stack", file=sys.stderr)
+    s = _process_settings(args, "validate")
+    if s is None:
         return 2
     return uvloop.run(run(s, args.name))
 
