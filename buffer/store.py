@@ -133,10 +133,16 @@ class UploadStore:
         await self.r.xadd(keys.stream(p), {"k": CONCAT, "u": final_id})
         return True
 
-    async def audit(self, partition: int, event: str, **fields: object) -> None:
-        """An audit event the scripts do not write themselves (refusals, token events)."""
-        await self.r.xadd(keys.audit(partition), {"ev": event, "at": int(self.clock() * 1000),
-                                                  **{k: str(v) for k, v in fields.items()}})
+    def audit_fields(self, event: str, fields: dict[str, object]) -> dict[str, str]:
+        """An audit record the scripts do not write themselves (refusals), stamped now."""
+        return {"ev": event, "at": str(int(self.clock() * 1000)), **{k: str(v) for k, v in fields.items()}}
+
+    async def audit_many(self, records: list[tuple[int, dict[str, str]]]) -> None:
+        """Append (partition, record) pairs to the audit streams, in order, in one round trip."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            for partition, record in records:
+                pipe.xadd(keys.audit(partition), record)
+            await pipe.execute()
 
     async def buffered(self) -> int:
         vals = await self.r.mget([keys.buffered_bytes(p) for p in range(self.partitions)])

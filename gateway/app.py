@@ -78,7 +78,9 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
     tenants = TenantStore(client) if settings.auth == "tokens" else None
     store = UploadStore(client, partitions=settings.partitions, clock=clock,
                         waitaof=(settings.waitaof_local, settings.waitaof_replicas, settings.waitaof_timeout_ms))
-    app = web.Application(middlewares=[observe_requests, errors, auditing.middleware(store), auth.middleware(tenants),
+    refusals = auditing.RefusalLog(store)
+    app = web.Application(middlewares=[observe_requests, errors, auditing.middleware(store, refusals),
+                                       auth.middleware(tenants),
                                        refuse_when_draining],
                           client_max_size=1 << 20,
                           # A connection waiting for its turn buffers at most 2x this before aiohttp
@@ -139,6 +141,10 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
 
     async def stop_watch(app: web.Application) -> None:
         await admission.buffer.stop()
+        try:
+            await refusals.flush()
+        except (asyncio.TimeoutError, redis.RedisError, OSError) as e:
+            log.warning("refusal records not written", extra={"error": repr(e), "pending": len(refusals.pending)})
 
     app.on_startup.append(start_watch)
     app.on_cleanup.append(stop_watch)

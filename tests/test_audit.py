@@ -3,6 +3,7 @@ hash-chained on disk; `unggah audit verify` detects altered, removed or reordere
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import msgspec
 import orjson
 import pytest
 
+from buffer import keys
 from buffer.connection import connect
 from buffer.tenants import TenantStore
 from ingest.audit import Auditor, audit_dir
@@ -111,3 +113,26 @@ async def test_auditor_restart_does_not_duplicate(trail, r):
     await client.aclose()
     assert len(events(settings)) == before
     assert cli(settings, "verify").returncode == 0
+
+
+async def test_a_refusal_is_answered_first_and_recorded_while_the_gateway_runs(valkey, r, tmp_path):
+    """Refusals are written in batches after their answer, not at shutdown only."""
+    import aiohttp
+    settings = make_settings(tmp_path, valkey.url)
+    gw = await Gateway(settings).start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(gw.files, headers=dict(TUS, **{"Upload-Length": "3"})) as resp:
+                url = resp.headers["Location"]
+            async with http.patch(url, data=b"abc", headers=dict(OCTET, **{"Upload-Offset": "2"})) as resp:
+                assert resp.status == 409
+        upload = url.rsplit("/", 1)[1]
+        for _ in range(100):
+            found = [fields for p in range(settings.partitions) for _, fields in await r.xrange(keys.audit(p))
+                     if fields.get(b"ev") == b"refused" and fields.get(b"u") == upload.encode()]
+            if found:
+                break
+            await asyncio.sleep(0.02)
+        assert found and found[0][b"reason"] == b"offset-mismatch" and found[0][b"method"] == b"PATCH"
+    finally:
+        await gw.stop()
