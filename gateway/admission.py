@@ -5,16 +5,19 @@ Three guards, each answering a different question:
 - BufferWatch: is the buffer filling faster than the ingesters drain it? Above the
   high watermark new uploads are refused; at the budget appends are refused too
   (the APPEND script enforces the per-partition share atomically).
-- ByteBudget: how much request body may this process hold in memory? Each piece
-  is reserved before it is read, so memory stays bounded whatever the number of
-  connections (a waiting connection's bytes stay in the kernel, under TCP flow control).
 - FairGate: whose piece is read and committed next? Up to `append_slots` at once;
   the rest wait in per-tenant queues served in turn. While several tenants are
   active, each may have only `append_tenant_slots` pieces in progress whatever its
   number of operators, so eight connections cannot outrun one; within a tenant the
-  upload nearest completion goes first. A new request that would wait too long is refused
-  at once (with Retry-After) rather than left to time out; pieces of a request
+  upload nearest completion goes first. A new request whose predicted wait is above
+  the target (`append_target_wait_ms`) is refused the moment it arrives, with
+  Retry-After, rather than queued: under overload the queue stays short, so what is
+  admitted is served promptly and what is not is told so at once. Pieces of a request
   already in progress are never refused, they wait.
+- ByteBudget: how much request body may this process hold in memory? A piece reserves
+  its bytes once it has its turn, just before its body is read, so memory stays bounded
+  whatever the number of connections (a waiting connection's bytes stay in the kernel,
+  under TCP flow control). A new request finding no room is refused at once.
 
 Refusals use 503 + Retry-After: every standard tus client retries 5xx (tus-js-client
 does not retry 429).
@@ -49,8 +52,11 @@ class Refused(Exception):
 
 class FairGate:
     def __init__(self, slots: int, queue_limit: int, max_wait: float, clock=time.monotonic,
-                 contended_slots: int = 1) -> None:
+                 contended_slots: int = 1, target_wait: float | None = None) -> None:
         self.slots = slots
+        # A new request predicted to wait longer than this (scaled by completion first) is
+        # refused on arrival; max_wait bounds how long any admitted request may wait.
+        self.target_wait = max_wait if target_wait is None else target_wait
         # With several tenants active, each may have this many pieces in progress: per-tenant
         # concurrency, not slot count, is what lets eight connections outrun one.
         self.contended_slots = contended_slots
@@ -128,10 +134,10 @@ class FairGate:
             self._grant(tenant)
             return
         # Completion first: a request just starting may use half the queue (and half the
-        # longest wait), one nearly done all of it. A request that would wait longer than
+        # target wait), one nearly done all of it. A request that would wait longer than
         # that is refused at once, not after it has waited.
         share = 0.5 + 0.5 * progress
-        limit = self.max_wait * share
+        limit = self.target_wait * share
         if not in_progress and (self.n_waiting + 1) * self.release_interval > limit:
             # Only the waiters that go first count (completion first); count them only when it matters.
             ahead = sum(1 for q in self.waiting.values() for item in q if item[0] >= progress)
@@ -218,28 +224,49 @@ class FairGate:
 
 
 class ByteBudget:
-    """Bytes of request bodies this process may hold at once."""
+    """Bytes of request bodies this process may hold at once; waiters are served in order."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
-        self._cond = asyncio.Condition()
+        self._waiters: collections.deque[tuple[int, asyncio.Future]] = collections.deque()
 
     async def reserve(self, n: int, timeout: float) -> bool:
+        """Reserve `n` bytes, waiting at most `timeout` seconds (0: only if there is room now)."""
         n = min(n, self.limit)
-        async with self._cond:
-            try:
-                await asyncio.wait_for(self._cond.wait_for(lambda: self.used + n <= self.limit), timeout)
-            except asyncio.TimeoutError:
-                return False
+        if not self._waiters and self.used + n <= self.limit:
             self.used += n
             return True
+        if timeout <= 0:
+            return False
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._waiters.append((n, fut))
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            return True
+        except asyncio.TimeoutError:
+            if fut.done():  # granted at the last moment
+                return True
+            fut.cancel()
+            return False
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.free(n)
+            fut.cancel()
+            raise
 
-    async def free(self, n: int) -> None:
-        n = min(n, self.limit)
-        async with self._cond:
-            self.used -= n
-            self._cond.notify_all()
+    def free(self, n: int) -> None:
+        self.used -= min(n, self.limit)
+        while self._waiters:
+            want, fut = self._waiters[0]
+            if fut.done():  # gave up waiting
+                self._waiters.popleft()
+                continue
+            if self.used + want > self.limit:
+                break
+            self._waiters.popleft()
+            self.used += want
+            fut.set_result(True)
 
 
 class BufferWatch:
@@ -294,30 +321,31 @@ class BufferWatch:
 class Admission:
     def __init__(self, settings, store) -> None:
         self.gate = FairGate(settings.append_slots, settings.append_queue, settings.append_max_wait_ms / 1000,
-                             contended_slots=settings.append_tenant_slots)
-        # Bounds the request bodies held in memory; a slot waits for room rather than overcommit.
+                             contended_slots=settings.append_tenant_slots,
+                             target_wait=settings.append_target_wait_ms / 1000)
         self.bytes = ByteBudget(max(4 * settings.checksum_patch_max_bytes, 64 * settings.entry_bytes))
         self.buffer = BufferWatch(store, settings.buffer_budget, settings.buffer_high_ratio, settings.partitions)
         self.max_wait = settings.append_max_wait_ms / 1000
 
     @asynccontextmanager
     async def turn(self, n: int, tenant: str, progress: float, in_progress: bool):
-        """One piece's turn: `n` bytes of memory and a slot, held while the piece is read
+        """One piece's turn: a slot, then `n` bytes of memory, held while the piece is read
         and committed. Reading a fast client's body is most of a request's cost, so it
         happens inside the slot; see Turn.read for slow clients."""
-        if not await self.bytes.reserve(n, self.max_wait * (5 if in_progress else 1)):
-            raise Refused("gateway-memory", "the gateway is holding as many request bytes as it may; "
-                          "retry after the pause", retry_after=1)
+        await self.gate.acquire(tenant, progress, in_progress)
+        turn = Turn(self.gate, tenant, progress)
         try:
-            await self.gate.acquire(tenant, progress, in_progress)
-            turn = Turn(self.gate, tenant, progress)
+            # Only pieces already under way wait for memory; a new request is told at once.
+            if not await self.bytes.reserve(n, self.max_wait * 5 if in_progress else 0):
+                raise Refused("gateway-memory", "the gateway is holding as many request bytes as it may; "
+                              "retry after the pause", retry_after=1)
             try:
                 yield turn
             finally:
-                if turn.held:
-                    self.gate.release(tenant)
+                self.bytes.free(n)
         finally:
-            await self.bytes.free(n)
+            if turn.held:
+                self.gate.release(tenant)
 
 
 # A body read slower than this is a slow client, not CPU: it gives its slot back while it waits.

@@ -10,7 +10,7 @@ import time
 import aiohttp
 import pytest
 
-from gateway.admission import FairGate, Refused
+from gateway.admission import ByteBudget, FairGate, Refused
 from tests.conftest import OCTET, TUS, Gateway, make_settings
 
 
@@ -46,6 +46,38 @@ async def test_when_the_queue_is_long_new_uploads_are_refused_before_nearly_done
     assert not near_done.done()
     for t in waiters + [near_done]:
         t.cancel()
+
+
+async def test_a_new_request_predicted_to_wait_past_the_target_is_refused_on_arrival():
+    """Refusal is decided from the predicted wait before queueing: it takes no time, while a
+    request already under way with the same queue ahead of it waits for its turn."""
+    gate = FairGate(slots=1, queue_limit=1000, max_wait=5, target_wait=0.05)
+    await gate.acquire("a", 0.0, in_progress=False)
+    gate.release_interval = 0.02  # the queue drains a piece every 20 ms
+    waiters = [asyncio.create_task(gate.acquire("a", 0.5, in_progress=False)) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    t0 = time.perf_counter()
+    with pytest.raises(Refused) as refused:  # 3 x 20 ms > 25 ms, half the target for a new upload
+        await gate.acquire("a", 0.0, in_progress=False)
+    assert time.perf_counter() - t0 < 0.005 and refused.value.reason == "gateway-busy"
+    under_way = asyncio.create_task(gate.acquire("a", 0.0, in_progress=True))
+    await asyncio.sleep(0.01)
+    assert not under_way.done(), "a piece of a request under way is never refused: it waits"
+    for t in waiters + [under_way]:
+        t.cancel()
+
+
+async def test_byte_budget_answers_new_requests_at_once_and_lets_pieces_under_way_wait():
+    budget = ByteBudget(100)
+    assert await budget.reserve(80, timeout=0)
+    assert not await budget.reserve(30, timeout=0), "no room now: a new request is told at once"
+    waiting = asyncio.create_task(budget.reserve(30, timeout=5))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    budget.free(80)
+    assert await waiting and budget.used == 30
+    assert not await budget.reserve(90, timeout=0.01), "a wait that runs out leaves nothing reserved"
+    assert budget.used == 30 and not [w for w in budget._waiters if not w[1].done()]
 
 
 async def test_tenants_take_turns_whatever_their_number_of_waiters():

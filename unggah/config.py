@@ -77,10 +77,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # While several tenants are active, pieces each tenant may have in progress at once.
     append_tenant_slots: int = 1
     # Waiting pieces per process, a memory bound on waiters; refusals are normally decided
-    # earlier, by the predicted wait (see append_max_wait_ms).
+    # earlier, by the predicted wait (see append_target_wait_ms).
     append_queue: int = 2048
     # An append that waited this long is refused rather than left to time out at the client.
     append_max_wait_ms: int = 2000
+    # A new request predicted to wait longer than this is refused on arrival (half of it for
+    # an upload just starting: completion first), so under overload refusals are immediate
+    # and what is admitted is served promptly. Pieces already under way are never refused.
+    append_target_wait_ms: int = 250
     # Buffered bytes (all partitions) the gateway lets the stream hold. Above high_ratio of it
     # new uploads are refused; at the budget appends are refused too. 0: 75% of valkey_maxmemory.
     buffer_budget_bytes: int = 0
@@ -179,6 +183,8 @@ def _check(s: Settings) -> None:
         raise ConfigError("buffer_high_ratio must be in (0, 1]")
     if s.append_slots < 1 or s.append_queue < 0:
         raise ConfigError("append_slots must be >= 1 and append_queue >= 0")
+    if not 0 < s.append_target_wait_ms <= s.append_max_wait_ms:
+        raise ConfigError("append_target_wait_ms must be above 0 and at most append_max_wait_ms")
     try:
         parse_bytes(s.valkey_maxmemory)
     except ValueError:
