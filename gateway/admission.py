@@ -126,27 +126,45 @@ class FairGate:
             self.served[t] = self.served[tenant]
         return False
 
-    async def acquire(self, tenant: str, progress: float, in_progress: bool) -> None:
-        """Wait for a commit slot; raise Refused for a new request that should come back later."""
-        self._arrive(tenant)
-        if (self.inflight < self.slots and not self.n_waiting and self.per_tenant[tenant] < self.cap()
-                and not self._owed(tenant, self.last_seen[tenant])):
-            self._grant(tenant)
-            return
+    def _free_for(self, tenant: str) -> bool:
+        return (self.inflight < self.slots and not self.n_waiting and self.per_tenant[tenant] < self.cap()
+                and not self._owed(tenant, self.last_seen[tenant]))
+
+    def _refusal(self, progress: float) -> Refused | None:
+        """Whether a new request at `progress` would wait too long: decided before it queues."""
         # Completion first: a request just starting may use half the queue (and half the
         # target wait), one nearly done all of it. A request that would wait longer than
         # that is refused at once, not after it has waited.
         share = 0.5 + 0.5 * progress
         limit = self.target_wait * share
-        if not in_progress and (self.n_waiting + 1) * self.release_interval > limit:
+        if (self.n_waiting + 1) * self.release_interval > limit:
             # Only the waiters that go first count (completion first); count them only when it matters.
             ahead = sum(1 for q in self.waiting.values() for item in q if item[0] >= progress)
             expected_wait = (ahead + 1) * self.release_interval
         else:
             expected_wait = 0.0
-        if not in_progress and (self.n_waiting >= self.queue_limit * share or expected_wait > limit):
-            raise Refused("gateway-busy", "the gateway is at capacity; your bytes so far are safe, "
-                          "retry after the pause", retry_after=1)
+        if self.n_waiting >= self.queue_limit * share or expected_wait > limit:
+            return Refused("gateway-busy", "the gateway is at capacity; your bytes so far are safe, "
+                           "retry after the pause", retry_after=1)
+        return None
+
+    def shed(self, tenant: str, progress: float) -> Refused | None:
+        """The refusal a new request of `tenant` would get now, if any, without queueing it:
+        lets the gateway answer before doing any other work for the request."""
+        self._arrive(tenant)
+        return None if self._free_for(tenant) else self._refusal(progress)
+
+    async def acquire(self, tenant: str, progress: float, in_progress: bool, admitted: bool = False) -> None:
+        """Wait for a commit slot; raise Refused for a new request that should come back later
+        (unless `admitted`: let in by `shed` when it arrived)."""
+        self._arrive(tenant)
+        if self._free_for(tenant):
+            self._grant(tenant)
+            return
+        if not in_progress and not admitted:
+            refusal = self._refusal(progress)
+            if refusal is not None:
+                raise refusal
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         queue = self.waiting.setdefault(tenant, [])
         queue.append((progress, self.clock(), fut))
@@ -328,15 +346,15 @@ class Admission:
         self.max_wait = settings.append_max_wait_ms / 1000
 
     @asynccontextmanager
-    async def turn(self, n: int, tenant: str, progress: float, in_progress: bool):
+    async def turn(self, n: int, tenant: str, progress: float, in_progress: bool, admitted: bool = False):
         """One piece's turn: a slot, then `n` bytes of memory, held while the piece is read
         and committed. Reading a fast client's body is most of a request's cost, so it
         happens inside the slot; see Turn.read for slow clients."""
-        await self.gate.acquire(tenant, progress, in_progress)
+        await self.gate.acquire(tenant, progress, in_progress, admitted)
         turn = Turn(self.gate, tenant, progress)
         try:
-            # Only pieces already under way wait for memory; a new request is told at once.
-            if not await self.bytes.reserve(n, self.max_wait * 5 if in_progress else 0):
+            # Pieces under way (or let in on arrival) wait for memory; a new request is told at once.
+            if not await self.bytes.reserve(n, self.max_wait * 5 if in_progress or admitted else 0):
                 raise Refused("gateway-memory", "the gateway is holding as many request bytes as it may; "
                               "retry after the pause", retry_after=1)
             try:

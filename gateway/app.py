@@ -79,8 +79,10 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
     store = UploadStore(client, partitions=settings.partitions, clock=clock,
                         waitaof=(settings.waitaof_local, settings.waitaof_replicas, settings.waitaof_timeout_ms))
     refusals = auditing.RefusalLog(store)
+    admission = Admission(settings, store)
+    tus = TusHandler(store, settings, admission, Windows.from_file(settings.election_file, clock), clock=clock)
     app = web.Application(middlewares=[observe_requests, errors, auditing.middleware(store, refusals),
-                                       auth.middleware(tenants),
+                                       auth.middleware(tenants, tus.shed),
                                        refuse_when_draining],
                           client_max_size=1 << 20,
                           # A connection waiting for its turn buffers at most 2x this before aiohttp
@@ -90,8 +92,6 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
     app[STORE] = store
     app[SETTINGS] = settings
     app[READY] = {"ready": True}
-    admission = Admission(settings, store)
-    tus = TusHandler(store, settings, admission, Windows.from_file(settings.election_file, clock), clock=clock)
     app[TUS] = tus
     signing_key = receipts.load_or_create_key(settings.receipt_key_path)
     public_key_pem = receipts.public_pem(signing_key)

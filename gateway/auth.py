@@ -6,10 +6,13 @@ can add headers). OPTIONS, health, metrics and the receipt public key need none.
 
 from __future__ import annotations
 
+import collections
+from typing import Callable
+
 from aiohttp import web
 
-from buffer.tenants import Principal, TenantStore
-from gateway.context import PRINCIPAL, READ_ALL, TENANT
+from buffer.tenants import Principal, TenantStore, hash_token
+from gateway.context import ADMITTED, PRINCIPAL, READ_ALL, TENANT
 from gateway.problems import problem
 
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/receipts/public-key")
@@ -20,8 +23,27 @@ def unauthorized(detail: str) -> web.Response:
     return problem(401, "unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="unggah"'})
 
 
-def middleware(tenants: TenantStore | None):
-    """`tenants` None: access control is off and everyone is the open tenant "public"."""
+# Principals this process confirmed recently, by token hash; bounded (tokens are few, but
+# a flood of made-up ones must not grow it: only confirmed tokens enter).
+RECENT = 4096
+
+Shed = Callable[[web.Request, str], "web.Response | None"]
+
+
+def middleware(tenants: TenantStore | None, shed: Shed | None = None):
+    """`tenants` None: access control is off and everyone is the open tenant "public".
+
+    Every request that may change anything has its token confirmed in Redis, so a revoked
+    token stops working at once. One kind of answer comes first: when admission would
+    refuse the request anyway (`shed`, asked with the tenant its token had when last
+    confirmed), the refusal goes out without that round trip. Under overload that is most
+    requests, and a refusal changes nothing and reveals nothing."""
+    recent: collections.OrderedDict[str, Principal] = collections.OrderedDict()
+
+    def attach(request: web.Request, principal: Principal) -> None:
+        request[PRINCIPAL] = principal
+        request[TENANT] = principal.tenant
+        request[READ_ALL] = principal.reads_all
 
     @web.middleware
     async def authenticate(request: web.Request, handler):
@@ -32,15 +54,36 @@ def middleware(tenants: TenantStore | None):
         else:
             auth = request.headers.get("Authorization", "")
             scheme, _, token = auth.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token:
                 return unauthorized("send 'Authorization: Bearer <token>'; your pair's administrator issues tokens")
-            principal = await tenants.lookup(token.strip())
+            token_hash = hash_token(token)
+            known = recent.get(token_hash)
+            if known is not None and (refusal := admit(request, known)) is not None:
+                return refusal
+            principal = await tenants.lookup(token)
             if principal is None:
+                recent.pop(token_hash, None)
                 return unauthorized("this token is unknown or was revoked; ask your administrator for a new one")
-        request[PRINCIPAL] = principal
-        request[TENANT] = principal.tenant
-        request[READ_ALL] = principal.reads_all
+            recent[token_hash] = principal
+            recent.move_to_end(token_hash)
+            if len(recent) > RECENT:
+                recent.popitem(last=False)
+        if ADMITTED not in request and (refusal := admit(request, principal)) is not None:
+            return refusal
+        attach(request, principal)
         return await handler(request)
+
+    def admit(request: web.Request, principal: Principal) -> web.Response | None:
+        """Admission's verdict on arrival: the refusal, or None and the request is let in."""
+        if shed is None or not principal.can_write:
+            return None
+        refusal = shed(request, principal.tenant)
+        if refusal is not None:
+            attach(request, principal)  # the audit record names whose request it was
+            return refusal
+        request[ADMITTED] = True
+        return None
 
     return authenticate
 

@@ -11,3 +11,6 @@ PRINCIPAL = web.RequestKey("principal", object)
 TENANT = web.RequestKey("tenant", str)
 # Commission verifiers and observers may read every tenant's uploads.
 READ_ALL = web.RequestKey("read_all", bool)
+# Admission already let this request in on arrival (gateway.auth): it may wait its turn but
+# is not refused as busy later, so a refusal is always decided the moment a request arrives.
+ADMITTED = web.RequestKey("admitted", bool)

@@ -27,7 +27,7 @@ from buffer.store import Appended, UploadStore
 from gateway import checksum, headers
 from gateway.auth import may_read_uploads, may_write
 from gateway.admission import Admission, Refused
-from gateway.context import PRINCIPAL, READ_ALL, TENANT
+from gateway.context import ADMITTED, PRINCIPAL, READ_ALL, TENANT
 from gateway.windows import Windows, WindowClosed
 from gateway.problems import TUS_VERSION, problem
 from unggah.config import Settings
@@ -153,6 +153,30 @@ class TusHandler:
     def progress(self, upload_id: str, offset: int) -> float:
         length = self.lengths.get(upload_id)
         return offset / length if length else 0.5
+
+    def shed(self, request: web.Request, tenant: str) -> web.Response | None:
+        """The refusal a new PATCH or creation of `tenant` would get now from admission,
+        asked before the token is confirmed (see gateway/auth.py): under overload most
+        requests are refused, and this answers them without a round trip to Redis."""
+        method = request.method
+        override = request.headers.get("X-HTTP-Method-Override")
+        if override and method == "POST":
+            method = override.strip().upper()
+        upload_id = request.match_info.get("upload_id")
+        try:
+            if method == "POST" and upload_id is None:
+                self.admission.buffer.check_create()
+            elif method == "PATCH" and upload_id is not None:
+                offset = request.headers.get("Upload-Offset", "")
+                if not offset.isdigit() or self.store.partition(upload_id) is None:
+                    return None  # bad input: the full path says what is wrong
+                self.admission.buffer.check_append()
+                refusal = self.admission.gate.shed(tenant, self.progress(upload_id, int(offset)))
+                if refusal is not None:
+                    raise refusal
+        except Refused as e:
+            return self.refused(e)
+        return None
 
     @staticmethod
     def refused(e: Refused | WindowClosed, status: int = 503) -> web.Response:
@@ -335,7 +359,7 @@ class TusHandler:
         tenant = self.tenant(request)
         try:
             async with self.admission.turn(request.content_length or cap, tenant, self.progress(upload_id, offset),
-                                           in_progress=False) as turn:
+                                           in_progress=False, admitted=request.get(ADMITTED, False)) as turn:
                 body = await turn.read(self._read_whole(request, upload_id, cap))
                 if isinstance(body, web.Response):
                     return body
@@ -394,7 +418,8 @@ class TusHandler:
             want = step if total is None else min(step, total - received)
             try:
                 async with self.admission.turn(max(want, 1), tenant, self.progress(upload_id, pos),
-                                               in_progress=not first) as turn:
+                                               in_progress=not first,
+                                               admitted=request.get(ADMITTED, False)) as turn:
                     piece, eof, interrupted = await turn.read(self._read_piece(request, want))
                     piece_crc = checksum.crc32c(piece)
                     # CRC of the whole PATCH so far; with one piece it is the piece's own.

@@ -10,6 +10,7 @@ import time
 import aiohttp
 import pytest
 
+from buffer import keys
 from gateway.admission import ByteBudget, FairGate, Refused
 from tests.conftest import OCTET, TUS, Gateway, make_settings
 
@@ -78,6 +79,18 @@ async def test_byte_budget_answers_new_requests_at_once_and_lets_pieces_under_wa
     assert await waiting and budget.used == 30
     assert not await budget.reserve(90, timeout=0.01), "a wait that runs out leaves nothing reserved"
     assert budget.used == 30 and not [w for w in budget._waiters if not w[1].done()]
+
+
+async def test_a_request_let_in_on_arrival_waits_instead_of_being_refused_later():
+    gate = FairGate(slots=1, queue_limit=1000, max_wait=5, target_wait=0.05)
+    await gate.acquire("a", 0.0, in_progress=False)
+    gate.release_interval = 1.0  # anyone new would be refused now...
+    assert gate.shed("a", 0.0) is not None
+    admitted = asyncio.create_task(gate.acquire("a", 0.0, in_progress=False, admitted=True))
+    await asyncio.sleep(0.01)
+    assert not admitted.done(), "...but a request admission already let in queues for its turn"
+    gate.release("a")
+    await asyncio.wait_for(admitted, 1)
 
 
 async def test_tenants_take_turns_whatever_their_number_of_waiters():
@@ -165,3 +178,46 @@ async def test_overload_at_three_times_capacity_sheds_politely(tmp_path, valkey,
     assert len(completed) == len(started) == 48
     refusal_times.sort()
     assert set(refusals) <= {"gateway-busy", "queue-timeout", "gateway-memory"}
+
+
+async def _hgetall_calls(r) -> int:
+    stats = await r.info("commandstats")
+    return int(stats.get("cmdstat_hgetall", {}).get("calls", 0))
+
+
+async def test_under_overload_a_known_token_is_refused_without_a_round_trip_and_a_revoked_one_changes_nothing(
+        tmp_path, valkey, r):
+    """When admission sheds, a request whose token this gateway confirmed recently is answered
+    from memory (no token lookup in Redis); a request that is let in always has its token
+    confirmed, so a revoked token still changes nothing."""
+    from buffer.tenants import TenantStore
+    from gateway.app import TUS as TUS_KEY
+    settings = make_settings(tmp_path, valkey.url, auth="tokens", append_slots=1)
+    tenants = TenantStore(r)
+    await tenants.add("pair-a", "Paslon A")
+    token, principal = await tenants.issue("pair-a", "Budi")
+    auth = {"Authorization": f"Bearer {token}"}
+    gw = await Gateway(settings).start()
+    gate = gw.app[TUS_KEY].admission.gate
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(gw.files, headers=dict(TUS, **auth, **{"Upload-Length": "6"})) as resp:
+                assert resp.status == 201
+                url = resp.headers["Location"]
+            await gate.acquire("pair-a", 0.5, in_progress=False)  # the only slot is busy...
+            gate.release_interval = 10.0  # ...and the queue drains slowly: anything new is shed
+            before = await _hgetall_calls(r)
+            async with http.patch(url, data=b"abc", headers=dict(OCTET, **auth, **{"Upload-Offset": "0"})) as resp:
+                assert resp.status == 503 and resp.headers["Unggah-Reason"] == "gateway-busy"
+                assert int(resp.headers["Retry-After"]) >= 1
+            assert await _hgetall_calls(r) == before, "a shed request needs no token lookup"
+
+            await tenants.revoke(principal.token_hash[:12])
+            gate.release("pair-a")
+            gate.release_interval = 0.0
+            async with http.patch(url, data=b"abc", headers=dict(OCTET, **auth, **{"Upload-Offset": "0"})) as resp:
+                assert resp.status == 401, "a request that is let in has its token confirmed"
+        upload_id = url.rsplit("/", 1)[1]
+        assert await r.hget(keys.upload(gw.app[TUS_KEY].store.partition(upload_id), upload_id), "offset") == b"0"
+    finally:
+        await gw.stop()
