@@ -65,15 +65,22 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+# No ingester drains the buffer here, so it only grows (gigabytes per run). Valkey's automatic
+# AOF rewrite would then copy all of it in a forked child mid-run, taking a core from the
+# processes being measured; with ingesters draining, the live data a rewrite copies is small.
+NO_AOF_REWRITE = ("--auto-aof-rewrite-percentage", "0")
+
+
 @contextmanager
-def gateway_stack(pairs: tuple[str, ...] = ("bench",), fsync: str = "everysec"):
+def gateway_stack(pairs: tuple[str, ...] = ("bench",), fsync: str = "everysec", **settings: str):
+    """`settings`: extra UNGGAH_* environment for the gateway, e.g. UNGGAH_APPEND_SLOTS="32"."""
     work = Path(tempfile.mkdtemp(prefix="unggah-bench-"))
-    vk = EmbeddedValkey(work / "valkey", appendfsync=fsync, maxmemory="8gb").start()
+    vk = EmbeddedValkey(work / "valkey", appendfsync=fsync, maxmemory="8gb", extra_args=NO_AOF_REWRITE).start()
     port = free_port()
     gw = None
     try:
         tokens = asyncio.run(_issue_tokens(vk.url, pairs))
-        gw = start_process(["serve"], vk.url, work, "gateway.log", UNGGAH_PORT=str(port))
+        gw = start_process(["serve"], vk.url, work, "gateway.log", UNGGAH_PORT=str(port), **settings)
         for _ in range(200):
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):

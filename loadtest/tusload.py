@@ -82,7 +82,8 @@ class Result(msgspec.Struct, kw_only=True):
     statuses: dict[str, int] = {}  # "PATCH 204" -> count
     errors: dict[str, int] = {}  # timeout, connection, offset_mismatch, ...
     refusals: int = 0
-    refusal_p99_ms: float = 0.0  # how long a refused request waited for its answer
+    refusal_p50_ms: float = 0.0  # how long a refused request waited for its answer
+    refusal_p99_ms: float = 0.0
     conflicts: int = 0
     uploads_created: int = 0
     uploads_completed: int = 0
@@ -183,6 +184,7 @@ def percentile(sorted_values: list[float], q: float) -> float:
 def summarize(rec: Recorder, *, label: str, mode: str, concurrency: int, chunk: int,
               seconds: float, offered_rate: float | None = None, backlog: int = 0) -> Result:
     lat = sorted(rec.latencies)
+    refused = sorted(rec.refusal_latencies)
     n = len(lat)
     seconds = max(seconds, 1e-9)
     return Result(
@@ -193,7 +195,7 @@ def summarize(rec: Recorder, *, label: str, mode: str, concurrency: int, chunk: 
         max_ms=(lat[-1] * 1e3 if lat else 0.0),
         statuses=dict(sorted(rec.statuses.items())), errors=dict(sorted(rec.errors.items())),
         refusals=rec.refusals, conflicts=rec.conflicts,
-        refusal_p99_ms=percentile(sorted(rec.refusal_latencies), 0.99) * 1000 if rec.refusal_latencies else 0.0,
+        refusal_p50_ms=percentile(refused, 0.50) * 1000, refusal_p99_ms=percentile(refused, 0.99) * 1000,
         uploads_created=rec.created, uploads_completed=rec.completed,
         offered_rate=offered_rate, backlog=backlog,
     )
@@ -252,7 +254,6 @@ class Generator:
         self.deadline = math.inf  # perf_counter time after which no wait is worth it
         self.next_sched: list[float] = []
         self.interval = 0.0
-        self.session: aiohttp.ClientSession | None = None
 
     # -- helpers
 
@@ -277,13 +278,13 @@ class Generator:
         else:
             await self._backoff(attempt)
 
-    async def _request(self, method: str, url: str, headers: dict[str, str],
+    async def _request(self, http: aiohttp.ClientSession, method: str, url: str, headers: dict[str, str],
                        body: bytes | None = None) -> tuple[int, "aiohttp.typedefs.CIMultiDictProxy", float] | None:
         """One request. Returns (status, headers, completion time), or None after
         counting a timeout or connection error."""
         sent = self._now()
         try:
-            async with self.session.request(method, url, headers=headers, data=body) as resp:
+            async with http.request(method, url, headers=headers, data=body) as resp:
                 await resp.read()
                 t = self._now()
                 self.rec.status(method, resp.status, t)
@@ -300,7 +301,7 @@ class Generator:
 
     # -- tus steps
 
-    async def _create(self) -> Upload:
+    async def _create(self, http: aiohttp.ClientSession) -> Upload:
         cfg = self.cfg
         if cfg.max_uploads is not None and self.started_uploads >= cfg.max_uploads:
             raise _Stop
@@ -309,7 +310,7 @@ class Generator:
         headers["Upload-Length"] = str(cfg.upload_size)
         attempt = 0
         while True:
-            got = await self._request("POST", cfg.url, headers)
+            got = await self._request(http, "POST", cfg.url, headers)
             attempt += 1
             if got is not None:
                 status, h, t = got
@@ -323,11 +324,11 @@ class Generator:
                 self.rec.error("create_failed", t)
             await self._backoff(attempt)
 
-    async def _resume(self, up: Upload) -> Upload | None:
+    async def _resume(self, http: aiohttp.ClientSession, up: Upload) -> Upload | None:
         """HEAD for the server's offset; None if the upload is gone."""
         attempt = 0
         while True:
-            got = await self._request("HEAD", up.url, dict(self.base))
+            got = await self._request(http, "HEAD", up.url, dict(self.base))
             attempt += 1
             if got is not None:
                 status, h, t = got
@@ -345,7 +346,7 @@ class Generator:
                 return None
             await self._backoff(attempt)
 
-    async def _send_chunk(self, up: Upload, t0: float) -> Upload | None:
+    async def _send_chunk(self, http: aiohttp.ClientSession, up: Upload, t0: float) -> Upload | None:
         """Send the chunk at up.offset until accepted; t0 is when it was due.
         Returns the upload to go on with (None: start a new one)."""
         cfg = self.cfg
@@ -360,7 +361,7 @@ class Generator:
             headers["Content-Type"] = "application/offset+octet-stream"
             if digest:
                 headers["Upload-Checksum"] = digest
-            got = await self._request("PATCH", up.url, headers, body)
+            got = await self._request(http, "PATCH", up.url, headers, body)
             if got is None:
                 # The body may have been partly written: only the server knows the offset now.
                 failures += 1
@@ -368,7 +369,7 @@ class Generator:
                     self.rec.error("upload_abandoned", self._now())
                     return None
                 await self._backoff(failures)
-                if not cfg.sink and await self._resume(up) is None:
+                if not cfg.sink and await self._resume(http, up) is None:
                     return None
                 continue
             status, h, t = got
@@ -395,7 +396,7 @@ class Generator:
                 if failures >= 3:
                     self.rec.error("upload_abandoned", t)
                     return None
-                if await self._resume(up) is None:
+                if await self._resume(http, up) is None:
                     return None
                 continue
             if status == 460:
@@ -410,13 +411,13 @@ class Generator:
                 return None
             await self._backoff(failures)
 
-    async def _slot(self, k: int) -> None:
+    async def _slot(self, k: int, http: aiohttp.ClientSession) -> None:
         cfg = self.cfg
         up: Upload | None = None
         try:
             while True:
                 if up is None:
-                    up = await self._create()
+                    up = await self._create(http)
                 if cfg.rate:
                     due = self.next_sched[k]
                     now = self._now()
@@ -429,7 +430,7 @@ class Generator:
                     t0 = self._now()
                     if t0 >= self.deadline:
                         return
-                up = await self._send_chunk(up, t0)
+                up = await self._send_chunk(http, up, t0)
                 if cfg.rate:
                     self.next_sched[k] += self.interval
                 if up is not None and up.offset >= cfg.upload_size:
@@ -442,11 +443,14 @@ class Generator:
     async def run(self) -> Result:
         cfg = self.cfg
         timeout = aiohttp.ClientTimeout(total=cfg.timeout)
-        # One keep-alive connection per slot; no pool waits inside the client.
-        conn = aiohttp.TCPConnector(limit=cfg.concurrency, limit_per_host=cfg.concurrency,
-                                    ttl_dns_cache=None, enable_cleanup_closed=False)
-        async with aiohttp.ClientSession(connector=conn, timeout=timeout,
-                                         auto_decompress=False) as self.session:
+        # Each slot is one uploader with its own keep-alive connection, as real clients are.
+        # A pool shared by all slots hands the connection just released to the next slot,
+        # which then queues behind whatever the server still reads on it (a refused
+        # request's body), a wait no real client has.
+        sessions = [aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1, ttl_dns_cache=None, enable_cleanup_closed=False),
+            timeout=timeout, auto_decompress=False) for _ in range(cfg.concurrency)]
+        try:
             t_begin = self._now()
             self.rec.start = t_begin + cfg.warmup
             self.rec.end = self.rec.start + cfg.duration
@@ -456,7 +460,7 @@ class Generator:
                 self.interval = cfg.concurrency / cfg.rate
                 self.next_sched = [t_begin + k * self.interval / cfg.concurrency
                                    for k in range(cfg.concurrency)]
-            tasks = [asyncio.create_task(self._slot(k)) for k in range(cfg.concurrency)]
+            tasks = [asyncio.create_task(self._slot(k, http)) for k, http in enumerate(sessions)]
             done, pending = await asyncio.wait(tasks, timeout=max(0.0, self.rec.end - self._now()))
             # Slots that stop early because a Retry-After reaches past the end still
             # count as idle for the whole window; only an upload budget ends a run early.
@@ -467,6 +471,8 @@ class Generator:
             for task in done:
                 if task.exception() is not None:
                     raise task.exception()
+        finally:
+            await asyncio.gather(*(http.close() for http in sessions))
         backlog = 0
         if cfg.rate:
             for due in self.next_sched:

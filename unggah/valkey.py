@@ -39,7 +39,8 @@ class EmbeddedValkey:
     """
 
     def __init__(self, data_dir: str | os.PathLike[str], *, port: int | None = None,
-                 appendfsync: str = "everysec", maxmemory: str = "2gb", host: str = "127.0.0.1") -> None:
+                 appendfsync: str = "everysec", maxmemory: str = "2gb", host: str = "127.0.0.1",
+                 extra_args: tuple[str, ...] = ()) -> None:
         # Absolute: Valkey changes into --dir before it opens --logfile, so a relative
         # path would be resolved twice.
         self.data_dir = Path(data_dir).resolve()
@@ -47,6 +48,7 @@ class EmbeddedValkey:
         self.port = port or free_port(host)
         self.appendfsync = appendfsync
         self.maxmemory = maxmemory
+        self.extra_args = extra_args  # further "--name value" config, e.g. for benchmarks
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -74,6 +76,7 @@ class EmbeddedValkey:
             "--protected-mode", "yes",
             "--logfile", str(self.data_dir / "valkey.log"),
             "--pidfile", "",
+            *self.extra_args,
         ]
 
     def start(self, timeout: float = 15.0) -> "EmbeddedValkey":
