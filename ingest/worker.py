@@ -23,7 +23,7 @@ import crc32c
 import redis.asyncio as redis
 
 from buffer import keys
-from buffer.connection import connect, until_available
+from buffer.connection import UNAVAILABLE, connect, until_available
 from buffer.messages import CONCAT, DATA, DROP, FIN, FAILED, RECEIVING, STORED, Entry, decode_metadata
 from buffer.queue import Queue, parse_entry
 from buffer.store import UploadStore
@@ -96,8 +96,11 @@ class Ingester:
                 if own_pending:
                     # Entries we keep failing stay pending under our name: leave them to reclaim.
                     own_pending = False
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError) as e:
+            except (*UNAVAILABLE, OSError) as e:
                 log.warning("redis unavailable; retrying", extra={"partition": p, "error": str(e)})
+                # What we were handed before the outage is pending under our name: take it up again
+                # as soon as Redis is back, rather than after the claim idle time.
+                own_pending = True
                 await asyncio.sleep(0.5)
             except Exception:
                 log.exception("partition loop error", extra={"partition": p})
@@ -169,6 +172,8 @@ class Ingester:
                     continue
                 try:
                     await self.control(p, e)
+                except UNAVAILABLE:
+                    raise  # not this entry's fault: the partition loop waits for Redis and retries
                 except Exception as exc:
                     log.warning("entry failed; will retry", extra={"entry": e.entry_id, "upload": e.u,
                                                                   "kind": e.k, "error": repr(exc)})
