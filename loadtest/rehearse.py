@@ -474,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("the embedded stack")
     g.add_argument("--ingesters", type=int, default=1)
     g.add_argument("--partitions", type=int, default=8)
-    g.add_argument("--appendfsync", choices=("everysec", "always", "no"), default="everysec")
+    g.add_argument("--appendfsync", choices=("everysec", "always", "no"), default="always",
+                   help="the embedded Valkey's AOF policy (default: always, the product's default)")
     g.add_argument("--maxmemory", default="1gb", help="Valkey maxmemory (the default buffer budget is 75%% of it)")
     g.add_argument("--buffer-budget", type=int, help="UNGGAH_BUFFER_BUDGET_BYTES (ingest-outage: 8 MiB)")
     g.add_argument("--log-level", default="WARNING", help="gateway and ingester log level")

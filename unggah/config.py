@@ -31,8 +31,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     # Stream partitions. Fixed for the life of a deployment: upload ids carry their partition.
     partitions: int = 8
-    # Embedded Valkey only: AOF fsync policy and memory ceiling.
-    appendfsync: Literal["everysec", "always", "no"] = "everysec"
+    # Embedded Valkey only: AOF fsync policy and memory ceiling. "always" is the policy under
+    # which an acknowledged append survives a Valkey or machine crash (docs/architecture.md).
+    appendfsync: Literal["everysec", "always", "no"] = "always"
     valkey_maxmemory: str = "2gb"
     # With an external Redis: after each append, WAITAOF numlocal numreplicas before answering.
     waitaof_local: int = 0

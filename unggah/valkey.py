@@ -33,13 +33,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedValkey:
     """A private Valkey bound to 127.0.0.1 with its data under `data_dir`.
 
-    Restarting on the same data_dir replays the AOF, so acknowledged writes
-    (under appendfsync always: every one; under everysec: all but the last
-    second, and only on a machine crash) come back.
+    Restarting on the same data_dir replays the AOF, so acknowledged writes come back:
+    under appendfsync always every one; under everysec all but, rarely, the last
+    second or two (see docs/architecture.md).
     """
 
     def __init__(self, data_dir: str | os.PathLike[str], *, port: int | None = None,
-                 appendfsync: str = "everysec", maxmemory: str = "2gb", host: str = "127.0.0.1",
+                 appendfsync: str = "always", maxmemory: str = "2gb", host: str = "127.0.0.1",
                  extra_args: tuple[str, ...] = ()) -> None:
         # Absolute: Valkey changes into --dir before it opens --logfile, so a relative
         # path would be resolved twice.
