@@ -85,7 +85,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A new request predicted to wait longer than this is refused on arrival (half of it for
     # an upload just starting: completion first), so under overload refusals are immediate
     # and what is admitted is served promptly. Pieces already under way are never refused.
-    append_target_wait_ms: int = 250
+    append_target_wait_ms: int = 500
     # Buffered bytes (all partitions) the gateway lets the stream hold. Above high_ratio of it
     # new uploads are refused; at the budget appends are refused too. 0: 75% of valkey_maxmemory.
     buffer_budget_bytes: int = 0
