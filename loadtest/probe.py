@@ -34,6 +34,7 @@ class ProbeResult(msgspec.Struct):
     admitted: int
     admitted_p50_ms: float
     errors: int
+    refused_ms: list[float] = []  # every refusal's answer time, for pooling over rounds
 
 
 async def probe(url: str, headers: dict[str, str], seconds: float, delay: float, connections: int,
@@ -76,7 +77,8 @@ async def probe(url: str, headers: dict[str, str], seconds: float, delay: float,
     return ProbeResult(refused=len(refused), refused_p50_ms=percentile(refused, 0.5) * 1e3,
                        refused_p99_ms=percentile(refused, 0.99) * 1e3,
                        refused_max_ms=(refused[-1] * 1e3 if refused else 0.0),
-                       admitted=len(admitted), admitted_p50_ms=percentile(admitted, 0.5) * 1e3, errors=errors)
+                       admitted=len(admitted), admitted_p50_ms=percentile(admitted, 0.5) * 1e3, errors=errors,
+                       refused_ms=[round(x * 1e3, 3) for x in refused])
 
 
 def main(argv: list[str] | None = None) -> int:
