@@ -354,7 +354,8 @@ class Admission:
         turn = Turn(self.gate, tenant, progress)
         try:
             # Pieces under way (or let in on arrival) wait for memory; a new request is told at once.
-            if not await self.bytes.reserve(n, self.max_wait * 5 if in_progress or admitted else 0):
+            wait = self.max_wait * 5 if in_progress else self.max_wait if admitted else 0
+            if not await self.bytes.reserve(n, wait):
                 raise Refused("gateway-memory", "the gateway is holding as many request bytes as it may; "
                               "retry after the pause", retry_after=1)
             try:

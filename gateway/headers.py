@@ -15,6 +15,15 @@ class HeaderError(ValueError):
     pass
 
 
+def tus_method(request) -> str:
+    """The method tus acts on: X-HTTP-Method-Override on a POST (for clients behind
+    proxies that pass only GET and POST), else the request's own."""
+    override = request.headers.get("X-HTTP-Method-Override")
+    if override and request.method == "POST":
+        return override.strip().upper()
+    return request.method
+
+
 def non_negative_int(name: str, value: str | None) -> int | None:
     if value is None:
         return None

@@ -58,10 +58,7 @@ class TusHandler:
     # --- dispatch -------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        method = request.method
-        override = request.headers.get("X-HTTP-Method-Override")
-        if override and method == "POST":
-            method = override.strip().upper()
+        method = headers.tus_method(request)
         if method == "OPTIONS":
             return self.options()
         if request.headers.get("Tus-Resumable") != TUS_VERSION:
@@ -158,10 +155,7 @@ class TusHandler:
         """The refusal a new PATCH or creation of `tenant` would get now from admission,
         asked before the token is confirmed (see gateway/auth.py): under overload most
         requests are refused, and this answers them without a round trip to Redis."""
-        method = request.method
-        override = request.headers.get("X-HTTP-Method-Override")
-        if override and method == "POST":
-            method = override.strip().upper()
+        method = headers.tus_method(request)
         upload_id = request.match_info.get("upload_id")
         try:
             if method == "POST" and upload_id is None:

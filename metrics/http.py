@@ -20,6 +20,7 @@ from prometheus_client.exposition import choose_encoder
 
 from buffer.store import UploadStore
 from gateway.context import REQUEST_ID
+from gateway.headers import tus_method
 from metrics import lifecycle
 from metrics.buffer import BufferCollector, BufferSnapshot
 from metrics.registry import (APPENDS_ACCEPTED, APPENDS_REJECTED, BUFFER_APPEND_DURATION, HTTP_DURATION,
@@ -44,14 +45,6 @@ def route_of(request: web.Request) -> str:
     except AttributeError:
         resource = None
     return resource.canonical if resource is not None else "unmatched"
-
-
-def tus_method(request: web.Request) -> str:
-    """The method tus acts on, honouring X-HTTP-Method-Override on POST."""
-    override = request.headers.get("X-HTTP-Method-Override")
-    if override and request.method == "POST":
-        return override.strip().upper()
-    return request.method
 
 
 def _classify(request: web.Request, route: str, response: web.StreamResponse) -> None:

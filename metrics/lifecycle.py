@@ -24,6 +24,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
+from gateway.headers import tus_method
 from gateway.problems import problem
 from metrics.registry import SHUTTING_DOWN
 from unggah.config import Settings
@@ -69,10 +70,7 @@ LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 
 
 def _is_creation(request: web.Request) -> bool:
-    if request.method != "POST" or request.path not in ("/files", "/files/"):
-        return False
-    override = request.headers.get("X-HTTP-Method-Override")
-    return not override or override.strip().upper() == "POST"
+    return request.path in ("/files", "/files/") and tus_method(request) == "POST"
 
 
 @web.middleware
