@@ -81,7 +81,9 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
     refusals = auditing.RefusalLog(store)
     admission = Admission(settings, store)
     tus = TusHandler(store, settings, admission, Windows.from_file(settings.election_file, clock), clock=clock)
-    app = web.Application(middlewares=[observe_requests, errors, auditing.middleware(store, refusals),
+    # Auditing sits outside `errors` so that the refusals `errors` makes (Redis unreachable,
+    # internal errors) are in the trail too.
+    app = web.Application(middlewares=[observe_requests, auditing.middleware(store, refusals), errors,
                                        auth.middleware(tenants, tus.shed),
                                        refuse_when_draining],
                           client_max_size=1 << 20,

@@ -136,3 +136,39 @@ async def test_a_refusal_is_answered_first_and_recorded_while_the_gateway_runs(v
         assert found and found[0][b"reason"] == b"offset-mismatch" and found[0][b"method"] == b"PATCH"
     finally:
         await gw.stop()
+
+
+async def test_refusal_records_wait_out_a_redis_outage_and_are_written_after_it(tmp_path):
+    """Refusals made while Valkey is down are still answered, and their records are kept and
+    written, in order, once it is back (with the next refusal's batch)."""
+    import aiohttp
+    import redis.asyncio as aioredis
+
+    from unggah.valkey import EmbeddedValkey
+    vk = EmbeddedValkey(tmp_path / "valkey").start()
+    settings = make_settings(tmp_path, vk.url)
+    gw = await Gateway(settings).start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(gw.files, headers=dict(TUS, **{"Upload-Length": "3"})) as resp:
+                url = resp.headers["Location"]
+            vk.kill()
+            async with http.patch(url, data=b"abc", headers=dict(OCTET, **{"Upload-Offset": "0"})) as resp:
+                assert resp.status == 503 and resp.headers["Unggah-Reason"] == "buffer-unavailable"
+            vk.start()
+            async with http.patch(url, data=b"abc", headers=dict(OCTET, **{"Upload-Offset": "2"})) as resp:
+                assert resp.status == 409
+        r = aioredis.Redis.from_url(vk.url)
+        upload = url.rsplit("/", 1)[1].encode()
+        reasons: list[bytes] = []
+        for _ in range(100):
+            reasons = [fields[b"reason"] for p in range(settings.partitions) for _, fields in await r.xrange(keys.audit(p))
+                       if fields.get(b"ev") == b"refused" and fields.get(b"u") == upload]
+            if len(reasons) == 2:
+                break
+            await asyncio.sleep(0.05)
+        await r.aclose()
+        assert reasons == [b"buffer-unavailable", b"offset-mismatch"]
+    finally:
+        await gw.stop()
+        vk.stop()
