@@ -74,6 +74,7 @@ class FairGate:
         # active one (for at most ANTICIPATE while that one is between requests).
         self.served: collections.Counter[str] = collections.Counter()
         self.hold_until = 0.0
+        self._hold_timer: asyncio.TimerHandle | None = None
         # Mean time between two releases: how fast the queue drains, to predict a newcomer's wait.
         self.release_interval = 0.0
         self._last_release = 0.0
@@ -117,14 +118,25 @@ class FairGate:
             return False
         if not self.hold_until:
             self.hold_until = now + ANTICIPATE
-            asyncio.get_running_loop().call_later(ANTICIPATE, self._dispatch)
         if now < self.hold_until:
+            self._wake_when_hold_ends(now)
             return True
         # Waited long enough: the turn passes on, and the absent tenants lose the turns they missed.
         self.hold_until = 0.0
         for t in behind:
             self.served[t] = self.served[tenant]
         return False
+
+    def _wake_when_hold_ends(self, now: float) -> None:
+        """Dispatch again once the hold is over. uvloop schedules timers from the time cached at
+        the start of its loop turn, so a wake-up can come early by our clock: then it re-arms
+        (a held turn must never wait for an unrelated event, or for its request's timeout)."""
+        if self._hold_timer is None:
+            self._hold_timer = asyncio.get_running_loop().call_later(self.hold_until - now + 0.001, self._hold_over)
+
+    def _hold_over(self) -> None:
+        self._hold_timer = None
+        self._dispatch()
 
     def _free_for(self, tenant: str) -> bool:
         return (self.inflight < self.slots and not self.n_waiting and self.per_tenant[tenant] < self.cap()

@@ -93,6 +93,23 @@ async def test_a_request_let_in_on_arrival_waits_instead_of_being_refused_later(
     await asyncio.wait_for(admitted, 1)
 
 
+async def test_a_held_turn_is_given_when_the_hold_ends_even_if_the_loop_timer_fires_early():
+    """A pair ahead of another waits at most ANTICIPATE for it, then is served, with no other
+    event to wake the gate. uvloop schedules a timer from the time cached at the start of its
+    loop turn, so the wake-up can come before the hold is over by the gate's clock; here the
+    gate's clock runs at half speed to make that happen every time."""
+    start = time.monotonic()
+    gate = FairGate(slots=4, queue_limit=100, max_wait=5, clock=lambda: start + (time.monotonic() - start) / 2)
+    await gate.acquire("a", 0.5, in_progress=False)
+    gate.release("a")  # pair a: active, served once
+    for _ in range(2):
+        await gate.acquire("b", 0.5, in_progress=False)
+        gate.release("b")  # pair b: served twice, so its next turn is held for a
+    t0 = time.perf_counter()
+    await asyncio.wait_for(gate.acquire("b", 0.5, in_progress=False), 1.0)
+    assert time.perf_counter() - t0 < 0.1, "the held turn was given only by the wait's own timeout"
+
+
 async def test_tenants_take_turns_whatever_their_number_of_waiters():
     gate = FairGate(slots=2, queue_limit=100, max_wait=5)
     await gate.acquire("big", 0.5, False)
