@@ -208,3 +208,19 @@ async def test_setters_for_windows_pairs_and_validation(gateway, http):
         clear_pair_progress()
     m = await scrape(http, gateway.url + "/metrics")
     assert not any(n.startswith("unggah_window_") or n.startswith("unggah_pair_") for n, _ in m)
+
+
+async def test_event_loop_lag_is_sampled_and_sees_a_blocked_loop(gateway, http):
+    """Ten samples a second while the gateway runs; a loop held busy for 160 ms (longer than a
+    sample's 100 ms sleep, so it makes one late by 60 ms or more) shows up above 50 ms in the
+    histogram: the figure that says a gateway is CPU-bound."""
+    m0 = await scrape(http, gateway.url + "/metrics")
+    await asyncio.sleep(0.35)
+    time.sleep(0.16)  # the in-process gateway shares this loop: block it, as a saturated one would be
+    await asyncio.sleep(0.15)
+    m1 = await scrape(http, gateway.url + "/metrics")
+    count = "unggah_event_loop_lag_seconds_count"
+    assert value(m1, count) - value(m0, count) >= 3
+    slow = 'unggah_event_loop_lag_seconds_bucket'
+    over_50ms = (value(m1, count) - value(m1, slow, le="0.05")) - (value(m0, count) - value(m0, slow, le="0.05"))
+    assert over_50ms >= 1, "the 160 ms block was not seen"
