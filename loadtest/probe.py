@@ -60,7 +60,12 @@ async def probe(url: str, headers: dict[str, str], seconds: float, delay: float,
                                                "Content-Type": "application/offset+octet-stream"}) as resp:
                     await resp.read()
                     took = time.perf_counter() - t0
-                (refused if resp.status in REFUSAL else admitted if resp.status == 204 else []).append(took)
+                if resp.status in REFUSAL:
+                    refused.append(took)
+                elif resp.status == 204:
+                    admitted.append(took)
+                else:
+                    errors += 1
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 errors += 1
             await asyncio.sleep(pause)
