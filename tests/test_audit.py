@@ -3,20 +3,22 @@ hash-chained on disk; `unggah audit verify` detects altered, removed or reordere
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import msgspec
 import orjson
 import pytest
+import redis.asyncio as aioredis
 
 from buffer import keys
 from buffer.connection import connect
 from buffer.tenants import TenantStore
 from ingest.audit import Auditor, audit_dir
-from tests.conftest import OCTET, TUS, Gateway, child_env, make_settings, wait_stored
+from tests.conftest import OCTET, TUS, Gateway, child_env, make_settings, wait_for, wait_stored
+from unggah.valkey import EmbeddedValkey
 
 
 def cli(settings, *args):
@@ -33,7 +35,6 @@ async def trail(tmp_path, valkey, r, ingester):
     token, principal = await store.issue("pair-a", "Budi")
     auth = {"Authorization": f"Bearer {token}"}
     gw = await Gateway(settings).start()
-    import aiohttp
     async with aiohttp.ClientSession(headers=auth) as http:
         async with http.post(gw.files, headers=dict(TUS, **auth, **{"Upload-Length": "6"})) as resp:
             url = resp.headers["Location"]
@@ -80,6 +81,16 @@ async def test_every_kind_of_event_is_chained(trail):
     assert out.returncode == 0 and "ok" in out.stdout, out.stdout + out.stderr
 
 
+async def refusal_records(r, settings, upload_id: str, count: int) -> list[dict]:
+    """The audit streams' refusal records for one upload, once `count` of them are there
+    (the gateway writes them just after their answers)."""
+    async def records():
+        found = [fields for p in range(settings.partitions) for _, fields in await r.xrange(keys.audit(p))
+                 if fields.get(b"ev") == b"refused" and fields.get(b"u") == upload_id.encode()]
+        return found if len(found) >= count else None
+    return await wait_for(records, timeout=5, interval=0.02)
+
+
 def _chain_with_most_records(settings) -> Path:
     return max(audit_dir(settings).glob("audit-p*.jsonl"), key=lambda f: len(f.read_bytes().splitlines()))
 
@@ -117,7 +128,6 @@ async def test_auditor_restart_does_not_duplicate(trail, r):
 
 async def test_a_refusal_is_answered_first_and_recorded_while_the_gateway_runs(valkey, r, tmp_path):
     """Refusals are written in batches after their answer, not at shutdown only."""
-    import aiohttp
     settings = make_settings(tmp_path, valkey.url)
     gw = await Gateway(settings).start()
     try:
@@ -126,14 +136,8 @@ async def test_a_refusal_is_answered_first_and_recorded_while_the_gateway_runs(v
                 url = resp.headers["Location"]
             async with http.patch(url, data=b"abc", headers=dict(OCTET, **{"Upload-Offset": "2"})) as resp:
                 assert resp.status == 409
-        upload = url.rsplit("/", 1)[1]
-        for _ in range(100):
-            found = [fields for p in range(settings.partitions) for _, fields in await r.xrange(keys.audit(p))
-                     if fields.get(b"ev") == b"refused" and fields.get(b"u") == upload.encode()]
-            if found:
-                break
-            await asyncio.sleep(0.02)
-        assert found and found[0][b"reason"] == b"offset-mismatch" and found[0][b"method"] == b"PATCH"
+        found = await refusal_records(r, settings, url.rsplit("/", 1)[1], 1)
+        assert found[0][b"reason"] == b"offset-mismatch" and found[0][b"method"] == b"PATCH"
     finally:
         await gw.stop()
 
@@ -141,10 +145,6 @@ async def test_a_refusal_is_answered_first_and_recorded_while_the_gateway_runs(v
 async def test_refusal_records_wait_out_a_redis_outage_and_are_written_after_it(tmp_path):
     """Refusals made while Valkey is down are still answered, and their records are kept and
     written, in order, once it is back (with the next refusal's batch)."""
-    import aiohttp
-    import redis.asyncio as aioredis
-
-    from unggah.valkey import EmbeddedValkey
     vk = EmbeddedValkey(tmp_path / "valkey").start()
     settings = make_settings(tmp_path, vk.url)
     gw = await Gateway(settings).start()
@@ -159,16 +159,9 @@ async def test_refusal_records_wait_out_a_redis_outage_and_are_written_after_it(
             async with http.patch(url, data=b"abc", headers=dict(OCTET, **{"Upload-Offset": "2"})) as resp:
                 assert resp.status == 409
         r = aioredis.Redis.from_url(vk.url)
-        upload = url.rsplit("/", 1)[1].encode()
-        reasons: list[bytes] = []
-        for _ in range(100):
-            reasons = [fields[b"reason"] for p in range(settings.partitions) for _, fields in await r.xrange(keys.audit(p))
-                       if fields.get(b"ev") == b"refused" and fields.get(b"u") == upload]
-            if len(reasons) == 2:
-                break
-            await asyncio.sleep(0.05)
+        found = await refusal_records(r, settings, url.rsplit("/", 1)[1], 2)
         await r.aclose()
-        assert reasons == [b"buffer-unavailable", b"offset-mismatch"]
+        assert [f[b"reason"] for f in found] == [b"buffer-unavailable", b"offset-mismatch"]
     finally:
         await gw.stop()
         vk.stop()
