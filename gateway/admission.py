@@ -14,6 +14,12 @@ Three guards, each answering a different question:
   Retry-After, rather than queued: under overload the queue stays short, so what is
   admitted is served promptly and what is not is told so at once. Pieces of a request
   already in progress are never refused, they wait.
+- SlotTuner: how many of those slots may be in use? As many as keep the event loop's
+  turns short. A request, refused or not, waits about two loop turns before its handler
+  runs, and when the gateway is CPU-bound every piece in progress lengthens each turn;
+  so while turns run long the tuner takes slots away, and gives them back while turns
+  are short and pieces are waiting. When the time goes to Redis (an fsync per commit)
+  turns stay short and all slots stay in use.
 - ByteBudget: how much request body may this process hold in memory? A piece reserves
   its bytes once it has its turn, just before its body is read, so memory stays bounded
   whatever the number of connections (a waiting connection's bytes stay in the kernel,
@@ -40,6 +46,9 @@ ACTIVE_WINDOW = 0.2
 # yet (a single operator between two PATCHes), hold the turn this long for it before
 # giving it to a tenant that just had one: anticipatory scheduling, bounded.
 ANTICIPATE = 0.006
+# The SlotTuner never goes below this many slots: two keep Redis busy while the gateway
+# reads the next body, and let two pairs in contention each have one.
+APPEND_SLOTS_FLOOR = 2
 
 
 class Refused(Exception):
@@ -230,6 +239,13 @@ class FairGate:
         self._last_release = now
         self._dispatch()
 
+    def resize(self, slots: int) -> None:
+        """Change how many pieces may be in progress; pieces already in progress keep their slot."""
+        grow = slots > self.slots
+        self.slots = slots
+        if grow:
+            self._dispatch()
+
     def _dispatch(self) -> None:
         cap = self.cap()
         idle_turns = 0
@@ -251,6 +267,68 @@ class FairGate:
             self._grant(tenant)
             fut.set_result(True)
             idle_turns = 0
+
+
+class SlotTuner:
+    """Steer the gate's slots between `floor` and `ceiling` so the loop's turns stay under
+    `target` seconds: take a quarter away after a window with a longer turn, give one back
+    after a window of short turns in which pieces waited for a slot.
+
+    The turn length is read off a timer re-armed every `tick`: uvloop fires due timers at
+    the start of each turn, so while turns are longer than the tick, the time between two
+    firings is one whole turn. It ticks only while the gate has work; idle, it sleeps."""
+
+    def __init__(self, gate: FairGate, floor: int, ceiling: int, target: float, tick: float = 0.001,
+                 window: float = 0.05, clock=time.perf_counter) -> None:
+        self.gate = gate
+        self.floor = min(floor, ceiling)
+        self.ceiling = ceiling
+        self.target = target
+        self.tick = tick
+        self.window = window
+        self.clock = clock
+        self._last = 0.0  # when the timer last fired while busy; 0: not measuring
+        self._window_start = 0.0
+        self._longest = 0.0
+        self._starved = False  # a piece waited for a slot during this window
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self.tick, self._fire)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        now = self.clock()
+        gate = self.gate
+        if not gate.inflight and not gate.n_waiting:
+            # Idle: nothing to measure, and no reason to wake a thousand times a second.
+            self._last = 0.0
+            self._timer = asyncio.get_running_loop().call_later(self.window, self._fire)
+            return
+        if self._last:
+            self._longest = max(self._longest, now - self._last)
+        else:
+            self._window_start = now
+        self._last = now
+        self._starved = self._starved or gate.n_waiting > 0
+        if now - self._window_start >= self.window:
+            self.adjust(self._longest, self._starved)
+            self._window_start, self._longest, self._starved = now, 0.0, False
+        self._timer = asyncio.get_running_loop().call_later(self.tick, self._fire)
+
+    def adjust(self, longest_turn: float, starved: bool) -> None:
+        """One window's verdict: multiplicative decrease, additive increase."""
+        slots = self.gate.slots
+        if longest_turn > self.target:
+            slots = max(self.floor, slots - max(1, slots // 4))
+        elif starved and longest_turn < self.target / 2:
+            slots = min(self.ceiling, slots + 1)
+        if slots != self.gate.slots:
+            self.gate.resize(slots)
 
 
 class ByteBudget:
@@ -353,6 +431,9 @@ class Admission:
         self.gate = FairGate(settings.append_slots, settings.append_queue, settings.append_max_wait_ms / 1000,
                              contended_slots=settings.append_tenant_slots,
                              target_wait=settings.append_target_wait_ms / 1000)
+        self.tuner = (SlotTuner(self.gate, APPEND_SLOTS_FLOOR, settings.append_slots,
+                                settings.append_turn_target_ms / 1000)
+                      if settings.append_turn_target_ms else None)
         self.bytes = ByteBudget(max(4 * settings.checksum_patch_max_bytes, 64 * settings.entry_bytes))
         self.buffer = BufferWatch(store, settings.buffer_budget, settings.buffer_high_ratio, settings.partitions)
         self.max_wait = settings.append_max_wait_ms / 1000

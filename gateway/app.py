@@ -97,7 +97,7 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
     app[TUS] = tus
     signing_key = receipts.load_or_create_key(settings.receipt_key_path)
     public_key_pem = receipts.public_pem(signing_key)
-    install_metrics(app, settings, client, store, ready=app[READY])  # /metrics, timing, graceful shutdown
+    install_metrics(app, settings, client, store, admission.gate, ready=app[READY])  # /metrics, timing, graceful shutdown
 
     async def upload_status(request: web.Request) -> web.Response:
         refusal = auth.may_read_uploads(request)
@@ -140,9 +140,13 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
 
     async def start_watch(app: web.Application) -> None:
         admission.buffer.start()
+        if admission.tuner:
+            admission.tuner.start()
 
     async def stop_watch(app: web.Application) -> None:
         await admission.buffer.stop()
+        if admission.tuner:
+            admission.tuner.stop()
         try:
             await refusals.flush()
         except (asyncio.TimeoutError, redis.RedisError, OSError) as e:

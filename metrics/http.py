@@ -3,7 +3,7 @@
 Hooks in gateway/app.py:
 
     middlewares=[observe_requests, errors, refuse_when_draining]   # outermost first
-    install(app, settings, client, store, ready=app[READY])         # /metrics, store timing, lifecycle
+    install(app, settings, client, store, gate, ready=app[READY])   # /metrics, store timing, lifecycle
     log_problem(request, response, error)                          # once, at the end of `errors`
 """
 
@@ -17,9 +17,12 @@ import time
 import redis.asyncio as redis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from prometheus_client.exposition import choose_encoder
 
 from buffer.store import UploadStore
+from gateway.admission import FairGate
 from gateway.context import REQUEST_ID
 from gateway.headers import tus_method
 from metrics import lifecycle
@@ -148,11 +151,35 @@ async def metrics_handler(request: web.Request) -> web.Response:
                                                                       "Cache-Control": "no-store"})
 
 
-def install(app: web.Application, settings: Settings, client: redis.Redis, store: UploadStore, *,
+GATE_METRICS = {
+    "unggah_append_slots": "Pieces this gateway lets be read and committed at once now: append_slots, "
+                           "or fewer while the slot tuner keeps the event loop's turns short.",
+    "unggah_append_in_progress": "Pieces being read and committed now.",
+    "unggah_append_waiting": "Pieces waiting for a slot now.",
+}
+
+
+class GateCollector(Collector):
+    """The admission gate as it stands at scrape time."""
+
+    def __init__(self, gate: FairGate | None) -> None:
+        self.gate = gate
+
+    def describe(self):
+        for name, doc in GATE_METRICS.items():
+            yield GaugeMetricFamily(name, doc)
+
+    def collect(self):
+        g = self.gate
+        for (name, doc), v in zip(GATE_METRICS.items(), (g.slots, g.inflight, g.n_waiting)):
+            yield GaugeMetricFamily(name, doc, value=v)
+
+
+def install(app: web.Application, settings: Settings, client: redis.Redis, store: UploadStore, gate: FairGate, *,
             ready: dict) -> None:
     snapshot = BufferSnapshot(client, settings.partitions, budget=settings.buffer_budget)
     app[SNAPSHOT] = snapshot
-    app[REGISTRY] = make_registry("gateway", [BufferCollector(snapshot)])
+    app[REGISTRY] = make_registry("gateway", [BufferCollector(snapshot), GateCollector(gate)])
     instrument_store(store)
     app.router.add_get("/metrics", metrics_handler)
     lifecycle.install(app, ready)

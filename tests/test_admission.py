@@ -11,8 +11,9 @@ import aiohttp
 import pytest
 
 from buffer import keys
-from gateway.admission import ByteBudget, FairGate, Refused
+from gateway.admission import ByteBudget, FairGate, Refused, SlotTuner
 from tests.conftest import OCTET, TUS, Gateway, make_settings
+from unggah import config
 
 
 async def test_completion_first_within_a_tenant():
@@ -108,6 +109,102 @@ async def test_a_held_turn_is_given_when_the_hold_ends_even_if_the_loop_timer_fi
     t0 = time.perf_counter()
     await asyncio.wait_for(gate.acquire("b", 0.5, in_progress=False), 1.0)
     assert time.perf_counter() - t0 < 0.1, "the held turn was given only by the wait's own timeout"
+
+
+async def test_growing_the_gate_grants_waiting_pieces_at_once():
+    gate = FairGate(slots=1, queue_limit=100, max_wait=5)
+    await gate.acquire("a", 0.5, in_progress=False)
+    waiting = asyncio.create_task(gate.acquire("a", 0.5, in_progress=False))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    gate.resize(2)
+    await asyncio.wait_for(waiting, 0.1)
+    gate.resize(1)  # shrinking takes no slot away from a piece in progress...
+    assert gate.inflight == 2
+    gate.release("a")
+    late = asyncio.create_task(gate.acquire("a", 0.5, in_progress=False))
+    await asyncio.sleep(0.01)
+    assert not late.done(), "...but no new piece starts until fewer than the new number are in progress"
+    gate.release("a")
+    await asyncio.wait_for(late, 0.1)
+
+
+async def busy_gate(slots: int) -> tuple[FairGate, list[asyncio.Task]]:
+    """A gate with every slot taken and pieces waiting: the state the tuner acts in."""
+    gate = FairGate(slots=slots, queue_limit=1000, max_wait=60)
+    for _ in range(slots):
+        await gate.acquire("a", 0.5, in_progress=False)
+    waiters = [asyncio.create_task(gate.acquire("a", 0.5, in_progress=True)) for _ in range(4)]
+    await asyncio.sleep(0.01)
+    return gate, waiters
+
+
+async def wait_for_slots(gate: FairGate, ok, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not ok(gate.slots) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return ok(gate.slots)
+
+
+async def test_the_tuner_takes_slots_away_while_loop_turns_run_long_and_gives_them_back_when_short():
+    gate, waiters = await busy_gate(16)
+    # Targets far above a busy machine's scheduling noise: the test is about the direction.
+    tuner = SlotTuner(gate, floor=2, ceiling=16, target=0.02)
+    tuner.start()
+    loop = asyncio.get_running_loop()
+    hog = {"on": True}
+
+    def cpu_bound_turn():  # every turn takes 40 ms of CPU, as a saturated gateway's do
+        if hog["on"]:
+            time.sleep(0.04)
+            loop.call_soon(cpu_bound_turn)
+
+    loop.call_soon(cpu_bound_turn)
+    try:
+        assert await wait_for_slots(gate, lambda n: n == 2, 3), \
+            f"turns of 40 ms against a 20 ms target should bring the slots to the floor, not {gate.slots}"
+        hog["on"] = False
+        for _ in range(16):  # the pieces in progress finish; two waiting ones get the two slots
+            gate.release("a")
+        assert gate.inflight == 2 and gate.n_waiting == 2
+        # Short turns with pieces waiting: slots come back, and the last two waiters get theirs.
+        await asyncio.wait_for(asyncio.gather(*waiters), 2)
+        assert gate.slots >= 4
+    finally:
+        hog["on"] = False
+        tuner.stop()
+        for w in waiters:
+            w.cancel()
+
+
+async def test_the_tuner_leaves_the_slots_alone_while_turns_are_short():
+    gate, waiters = await busy_gate(8)
+    tuner = SlotTuner(gate, floor=2, ceiling=8, target=0.05)
+    tuner.start()
+    try:
+        await asyncio.sleep(0.3)
+        assert gate.slots == 8
+    finally:
+        tuner.stop()
+        for w in waiters:
+            w.cancel()
+
+
+async def test_an_idle_tuner_does_not_tick():
+    gate = FairGate(slots=4, queue_limit=10, max_wait=5)
+    fired = []
+    tuner = SlotTuner(gate, floor=2, ceiling=4, target=0.003, clock=lambda: fired.append(1) or time.perf_counter())
+    tuner.start()
+    try:
+        await asyncio.sleep(0.3)
+    finally:
+        tuner.stop()
+    assert len(fired) <= 10, f"an idle gateway woke {len(fired)} times in 0.3 s"
+
+
+def test_a_negative_turn_target_is_refused_with_its_name():
+    with pytest.raises(config.ConfigError, match="append_turn_target_ms"):
+        config.load(env={"UNGGAH_APPEND_TURN_TARGET_MS": "-1"})
 
 
 async def test_tenants_take_turns_whatever_their_number_of_waiters():

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from metrics.buffer import BufferCollector
+from metrics.http import GateCollector
 from metrics.registry import collectors, metric_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +89,7 @@ def names_in(expr: str) -> set[str]:
 
 
 def exposed() -> set[str]:
-    return (metric_names(collectors("gateway") + [BufferCollector(None)]) | metric_names(collectors("ingest"))
+    return (metric_names(collectors("gateway") + [BufferCollector(None), GateCollector(None)]) | metric_names(collectors("ingest"))
             | BUILTIN)
 
 

@@ -224,3 +224,40 @@ async def test_event_loop_lag_is_sampled_and_sees_a_blocked_loop(gateway, http):
     slow = 'unggah_event_loop_lag_seconds_bucket'
     over_50ms = (value(m1, count) - value(m1, slow, le="0.05")) - (value(m0, count) - value(m0, slow, le="0.05"))
     assert over_50ms >= 1, "the 160 ms block was not seen"
+
+
+async def test_the_gate_is_scraped_and_loses_slots_while_the_loop_is_saturated(tmp_path, valkey, http):
+    """/metrics shows the gate: slots, pieces in progress, pieces waiting. With appends flowing
+    and every loop turn made 30 ms long (a CPU-bound gateway), the slot tuner (5 ms target)
+    brings the slots below append_slots."""
+    gw = await Gateway(make_settings(tmp_path, valkey.url, append_slots=8, append_turn_target_ms=5)).start()
+    loop = asyncio.get_running_loop()
+    running = {"on": True}
+    uploads: list[asyncio.Task] = []
+
+    def cpu_bound_turn():
+        if running["on"]:
+            time.sleep(0.03)
+            loop.call_soon(cpu_bound_turn)
+
+    async def uploader():
+        url = await create(http, gw, None, **{"Upload-Defer-Length": "1"})
+        offset = 0
+        while running["on"]:
+            resp = await patch(http, url, offset, b"x" * 65536)
+            offset = int(resp.headers.get("Upload-Offset", offset))
+
+    try:
+        m = await scrape(http, gw.url + "/metrics")
+        assert (value(m, "unggah_append_slots"), value(m, "unggah_append_in_progress"),
+                value(m, "unggah_append_waiting")) == (8, 0, 0)
+        uploads += [asyncio.create_task(uploader()) for _ in range(8)]
+        loop.call_soon(cpu_bound_turn)
+        await asyncio.sleep(1.5)
+        m = await scrape(http, gw.url + "/metrics")
+        assert value(m, "unggah_append_slots") < 8
+        assert value(m, "unggah_append_in_progress") + value(m, "unggah_append_waiting") >= 1
+    finally:
+        running["on"] = False
+        await asyncio.gather(*uploads, return_exceptions=True)
+        await gw.stop()
