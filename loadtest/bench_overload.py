@@ -1,8 +1,8 @@
 """Overload: three times the load the gateway can carry (a benchmark, not a test).
 
-    python -m loadtest.bench_overload [--rounds 3] [--duration 8] [--factor 3]
+    python -m loadtest.bench_overload [--rounds 3] [--duration 8] [--factor 3] [--variant SETTINGS ...]
 
-Per round, on one embedded Valkey (AOF everysec) and one `unggah serve` (tokens on):
+Per round, on a fresh embedded Valkey (AOF everysec) and one `unggah serve` (tokens on):
 capacity = closed-loop chunks/s at 64 uploads; then an open-loop run offering
 `factor` x capacity over 256 uploads, each its own client with its own connection,
 honouring Retry-After. Reports goodput (accepted chunks/s) against capacity, how fast
@@ -10,7 +10,8 @@ refusals are answered as the load generator sees it (from sending the request to
 refusal's arrival), and timeouts. A quiet client (loadtest/probe.py, its own process,
 four connections, one-chunk uploads) runs beside the overload and reports the same
 answer times without the load generator's own queueing in them. Targets (issue 4):
-goodput >= 90% of capacity, refusal p99 <= 10 ms.
+goodput >= 90% of capacity, refusal p99 <= 10 ms. With --variant, every round runs each
+variant in turn, so the noise of a shared machine falls on all of them alike.
 """
 
 from __future__ import annotations
@@ -39,6 +40,21 @@ def refusal_reasons(metrics_url: str) -> dict[str, float]:
     return out
 
 
+def one_round(st, a, base) -> tuple:
+    """Capacity, then `factor` x capacity with the quiet client beside it; the buffer is emptied after each."""
+    cap = run(LoadConfig(concurrency=64, label="capacity", **base))
+    empty_buffer(st.redis_url)
+    quiet = subprocess.Popen(
+        [sys.executable, "-m", "loadtest.probe", "--url", st.files, "--delay", str(base["warmup"]),
+         "--seconds", str(a.duration), "--chunk", str(a.chunk), "-H", f"Authorization: Bearer {st.tokens['bench']}"],
+        stdout=subprocess.PIPE)
+    over = run(LoadConfig(concurrency=a.uploads, rate=a.factor * cap.chunks_per_s,
+                          label=f"{a.factor:g}x offered", **base))
+    probe = msgspec.json.decode(quiet.communicate(timeout=60)[0], type=ProbeResult)
+    empty_buffer(st.redis_url)
+    return cap, over, over.errors.get("timeout", 0), probe
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtest.bench_overload", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3)
@@ -46,56 +62,53 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--factor", type=float, default=3.0)
     p.add_argument("--chunk", type=int, default=256 * KiB)
     p.add_argument("--uploads", type=int, default=256, help="uploads (clients) offering the overload")
+    p.add_argument("--fsync", default="everysec", choices=["everysec", "always", "no"])
     p.add_argument("--gateway-env", action="append", default=[], metavar="UNGGAH_NAME=VALUE",
                    help="a gateway setting for this run, e.g. UNGGAH_APPEND_TARGET_WAIT_MS=500 (repeatable)")
+    p.add_argument("--variant", action="append", default=[], metavar="UNGGAH_NAME=VALUE[,...]",
+                   help="compare gateway settings side by side: each round runs every variant in turn, each "
+                        "on a fresh stack, e.g. --variant UNGGAH_APPEND_TURN_TARGET_MS=0 --variant "
+                        "UNGGAH_APPEND_TURN_TARGET_MS=3 (repeatable; on top of --gateway-env)")
     a = p.parse_args(argv)
-    rows = []
-    with gateway_stack(**dict(kv.split("=", 1) for kv in a.gateway_env)) as st:
-        base = dict(url=st.files, chunk=a.chunk, upload_size=16 * a.chunk, duration=a.duration, warmup=1.5,
-                    checksum="crc32c", headers={"Authorization": f"Bearer {st.tokens['bench']}"}, timeout=30)
-        for rnd in range(a.rounds):
-            cap = run(LoadConfig(concurrency=64, label="capacity", **base))
-            empty_buffer(st.redis_url)
-            quiet = subprocess.Popen(
-                [sys.executable, "-m", "loadtest.probe", "--url", st.files, "--delay", str(base["warmup"]),
-                 "--seconds", str(a.duration), "--chunk", str(a.chunk), "-H", f"Authorization: Bearer {st.tokens['bench']}"],
-                stdout=subprocess.PIPE)
-            over = run(LoadConfig(concurrency=a.uploads, rate=a.factor * cap.chunks_per_s,
-                                  label=f"{a.factor:g}x offered", **base))
-            probe = msgspec.json.decode(quiet.communicate(timeout=60)[0], type=ProbeResult)
-            empty_buffer(st.redis_url)
-            timeouts = over.errors.get("timeout", 0)
-            rows.append((cap, over, timeouts, probe))
-            reasons = refusal_reasons(st.files.replace("/files/", "/metrics"))
-            log(f"round {rnd + 1}: capacity {cap.chunks_per_s:.0f}/s; offered {a.factor * cap.chunks_per_s:.0f}/s: "
-                f"goodput {over.chunks_per_s:.0f}/s, refusals {over.refusals} (p50 {over.refusal_p50_ms:.1f} ms, "
-                f"p99 {over.refusal_p99_ms:.1f} ms), "
+    common = dict(kv.split("=", 1) for kv in a.gateway_env)
+    variants = [v.strip() for v in a.variant] or [""]
+    rows: dict[str, list] = {v: [] for v in variants}
+    for rnd in range(a.rounds):
+        for variant in variants:
+            env = {**common, **dict(kv.split("=", 1) for kv in variant.split(",") if kv)}
+            with gateway_stack(fsync=a.fsync, **env) as st:
+                base = dict(url=st.files, chunk=a.chunk, upload_size=16 * a.chunk, duration=a.duration, warmup=1.5,
+                            checksum="crc32c", headers={"Authorization": f"Bearer {st.tokens['bench']}"}, timeout=30)
+                cap, over, timeouts, probe = one_round(st, a, base)
+                reasons = refusal_reasons(st.files.replace("/files/", "/metrics"))
+            rows[variant].append((cap, over, timeouts, probe))
+            log(f"round {rnd + 1}{' ' + variant if variant else ''}: capacity {cap.chunks_per_s:.0f}/s; offered "
+                f"{a.factor * cap.chunks_per_s:.0f}/s: goodput {over.chunks_per_s:.0f}/s, refusals {over.refusals} "
+                f"(p50 {over.refusal_p50_ms:.1f} ms, p99 {over.refusal_p99_ms:.1f} ms), "
                 f"timeouts {timeouts}, errors {over.errors}; quiet client: {probe.refused} refused "
                 f"(p50 {probe.refused_p50_ms:.1f} ms, p99 {probe.refused_p99_ms:.1f} ms), {probe.admitted} admitted "
-                f"(p50 {probe.admitted_p50_ms:.0f} ms); refusals so far by reason {reasons}")
+                f"(p50 {probe.admitted_p50_ms:.0f} ms); refusals by reason {reasons}")
 
     med = statistics.median
-    caps = [c for c, _, _, _ in rows]
-    overs = [o for _, o, _, _ in rows]
-    probes = [q for _, _, _, q in rows]
-    ratios = [o.chunks_per_s / c.chunks_per_s for c, o in zip(caps, overs)]
-    # A quiet client sees tens of refusals per round: pool them for its p99.
-    pooled = sorted(ms for q in probes for ms in q.refused_ms)
-    print(f"\nMachine: {machine()}; {a.rounds} rounds of {a.duration:g} s, medians; {a.chunk // KiB} KiB chunks"
-          f"{'; ' + ' '.join(a.gateway_env) if a.gateway_env else ''}\n")
-    print("| capacity (closed loop, 64 uploads) | offered | goodput | goodput / capacity | refusals per round | "
+    print(f"\nMachine: {machine()}; {a.rounds} rounds of {a.duration:g} s, medians; {a.chunk // KiB} KiB chunks; "
+          f"AOF {a.fsync}{'; ' + ' '.join(a.gateway_env) if a.gateway_env else ''}\n")
+    print("| settings | capacity (closed loop, 64 uploads) | offered | goodput | goodput / capacity | refusals per round | "
           "refusal answered p50 / p99, load generator | p50 / p99, quiet client (all rounds) | timeouts |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| {med(c.chunks_per_s for c in caps):.0f} chunks/s | {a.factor:g}x over {a.uploads} uploads | "
-          f"{med(o.chunks_per_s for o in overs):.0f} chunks/s | {med(ratios):.0%} "
-          f"({', '.join(f'{x:.0%}' for x in ratios)}) | {med(o.refusals for o in overs):.0f} | "
-          f"{med(o.refusal_p50_ms for o in overs):.1f} / {med(o.refusal_p99_ms for o in overs):.1f} ms "
-          f"({', '.join(f'{o.refusal_p99_ms:.1f}' for o in overs)}) | "
-          f"{percentile(pooled, 0.5):.1f} / {percentile(pooled, 0.99):.1f} ms ({len(pooled)} refused) | "
-          f"{sum(t for _, _, t, _ in rows)} |")
-    print(f"\nTargets: goodput >= 90% of capacity: {med(ratios):.0%}; refusal p99 <= 10 ms: "
-          f"{med(o.refusal_p99_ms for o in overs):.1f} ms (load generator), "
-          f"{percentile(pooled, 0.99):.1f} ms (quiet client)")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for variant, rs in rows.items():
+        caps = [c for c, _, _, _ in rs]
+        overs = [o for _, o, _, _ in rs]
+        ratios = [o.chunks_per_s / c.chunks_per_s for c, o in zip(caps, overs)]
+        # A quiet client sees tens of refusals per round: pool them for its p99.
+        pooled = sorted(ms for _, _, _, q in rs for ms in q.refused_ms)
+        print(f"| {variant or 'defaults'} | {med(c.chunks_per_s for c in caps):.0f} chunks/s | {a.factor:g}x over "
+              f"{a.uploads} uploads | {med(o.chunks_per_s for o in overs):.0f} chunks/s | {med(ratios):.0%} "
+              f"({', '.join(f'{x:.0%}' for x in ratios)}) | {med(o.refusals for o in overs):.0f} | "
+              f"{med(o.refusal_p50_ms for o in overs):.1f} / {med(o.refusal_p99_ms for o in overs):.1f} ms "
+              f"({', '.join(f'{o.refusal_p99_ms:.1f}' for o in overs)}) | "
+              f"{percentile(pooled, 0.5):.1f} / {percentile(pooled, 0.99):.1f} ms ({len(pooled)} refused) | "
+              f"{sum(t for _, _, t, _ in rs)} |")
+    print("\nTargets: goodput >= 90% of capacity, refusal p99 <= 10 ms.")
     return 0
 
 
