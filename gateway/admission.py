@@ -17,9 +17,9 @@ Three guards, each answering a different question:
 - SlotTuner: how many of those slots may be in use? As many as keep the event loop's
   turns short. A request, refused or not, waits about two loop turns before its handler
   runs, and when the gateway is CPU-bound every piece in progress lengthens each turn;
-  so while turns run long the tuner takes slots away, and gives them back while turns
-  are short and pieces are waiting. When the time goes to Redis (an fsync per commit)
-  turns stay short and all slots stay in use.
+  so while turns take much CPU the tuner takes slots away, and gives them back while
+  they do not and pieces are waiting. When the time goes to Redis (an fsync per commit)
+  turns take little CPU and all slots stay in use.
 - ByteBudget: how much request body may this process hold in memory? A piece reserves
   its bytes once it has its turn, just before its body is read, so memory stays bounded
   whatever the number of connections (a waiting connection's bytes stay in the kernel,
@@ -49,6 +49,8 @@ ANTICIPATE = 0.006
 # The SlotTuner never goes below this many slots: two keep Redis busy while the gateway
 # reads the next body, and let two pairs in contention each have one.
 APPEND_SLOTS_FLOOR = 2
+# A window in which the gateway used the CPU for at least this share of the time is CPU-bound.
+BUSY = 0.9
 
 
 class Refused(Exception):
@@ -270,16 +272,25 @@ class FairGate:
 
 
 class SlotTuner:
-    """Steer the gate's slots between `floor` and `ceiling` so the loop's turns stay under
-    `target` seconds: take a quarter away after a window with a longer turn, give one back
-    after a window of short turns in which pieces waited for a slot.
+    """Steer the gate's slots between `floor` and `ceiling` so that, while the gateway is
+    CPU-bound, the loop's turns spend at most `target` seconds of CPU: after a window in
+    which the process was busy (CPU for at least BUSY of the wall time) and its busiest
+    turns (the 90th percentile) took longer, take a quarter of the slots away; after any
+    other window in which pieces waited for a slot, give one back.
 
-    The turn length is read off a timer re-armed every `tick`: uvloop fires due timers at
-    the start of each turn, so while turns are longer than the tick, the time between two
-    firings is one whole turn. It ticks only while the gate has work; idle, it sleeps."""
+    Only a CPU-bound gateway is throttled: there fewer pieces at once cost no throughput
+    (the CPU is the limit either way) and shorten every turn. A gateway that waits, on
+    Redis's fsync say, would only commit less per fsync; and once too few slots leave the
+    CPU idle, the process is no longer busy and slots come back.
+
+    A turn is read off a timer re-armed every `tick`: uvloop fires due timers at the start
+    of each turn, so while turns are longer than the tick, two firings are one turn apart.
+    What counts is the CPU this process used in between, not the wall time: a turn that is
+    long because the process was descheduled is not made shorter by reading fewer bodies at
+    once. It ticks only while the gate has work."""
 
     def __init__(self, gate: FairGate, floor: int, ceiling: int, target: float, tick: float = 0.001,
-                 window: float = 0.05, clock=time.perf_counter) -> None:
+                 window: float = 0.05, clock=time.perf_counter, cpu_clock=time.process_time) -> None:
         self.gate = gate
         self.floor = min(floor, ceiling)
         self.ceiling = ceiling
@@ -287,9 +298,12 @@ class SlotTuner:
         self.tick = tick
         self.window = window
         self.clock = clock
+        self.cpu_clock = cpu_clock
         self._last = 0.0  # when the timer last fired while busy; 0: not measuring
+        self._last_cpu = 0.0
         self._window_start = 0.0
-        self._longest = 0.0
+        self._window_cpu = 0.0
+        self._turns: list[float] = []  # CPU seconds of each turn in this window
         self._starved = False  # a piece waited for a slot during this window
         self._timer: asyncio.TimerHandle | None = None
 
@@ -302,30 +316,33 @@ class SlotTuner:
             self._timer = None
 
     def _fire(self) -> None:
-        now = self.clock()
         gate = self.gate
         if not gate.inflight and not gate.n_waiting:
             # Idle: nothing to measure, and no reason to wake a thousand times a second.
             self._last = 0.0
             self._timer = asyncio.get_running_loop().call_later(self.window, self._fire)
             return
+        now, cpu = self.clock(), self.cpu_clock()
         if self._last:
-            self._longest = max(self._longest, now - self._last)
+            self._turns.append(cpu - self._last_cpu)
         else:
-            self._window_start = now
-        self._last = now
+            self._window_start, self._window_cpu = now, cpu
+        self._last, self._last_cpu = now, cpu
         self._starved = self._starved or gate.n_waiting > 0
-        if now - self._window_start >= self.window:
-            self.adjust(self._longest, self._starved)
-            self._window_start, self._longest, self._starved = now, 0.0, False
+        elapsed = now - self._window_start
+        if elapsed >= self.window and self._turns:
+            turns = sorted(self._turns)
+            busy = cpu - self._window_cpu >= BUSY * elapsed
+            self.adjust(turns[int(0.9 * (len(turns) - 1))], busy, self._starved)
+            self._window_start, self._window_cpu, self._turns, self._starved = now, cpu, [], False
         self._timer = asyncio.get_running_loop().call_later(self.tick, self._fire)
 
-    def adjust(self, longest_turn: float, starved: bool) -> None:
+    def adjust(self, turn_cpu: float, busy: bool, starved: bool) -> None:
         """One window's verdict: multiplicative decrease, additive increase."""
         slots = self.gate.slots
-        if longest_turn > self.target:
+        if busy and turn_cpu > self.target:
             slots = max(self.floor, slots - max(1, slots // 4))
-        elif starved and longest_turn < self.target / 2:
+        elif starved:
             slots = min(self.ceiling, slots + 1)
         if slots != self.gate.slots:
             self.gate.resize(slots)

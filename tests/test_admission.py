@@ -139,6 +139,13 @@ async def busy_gate(slots: int) -> tuple[FairGate, list[asyncio.Task]]:
     return gate, waiters
 
 
+def spin(seconds: float) -> None:
+    """Hold the loop with CPU work (time.sleep would hold it without using the CPU)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 async def wait_for_slots(gate: FairGate, ok, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while not ok(gate.slots) and time.monotonic() < deadline:
@@ -156,7 +163,7 @@ async def test_the_tuner_takes_slots_away_while_loop_turns_run_long_and_gives_th
 
     def cpu_bound_turn():  # every turn takes 40 ms of CPU, as a saturated gateway's do
         if hog["on"]:
-            time.sleep(0.04)
+            spin(0.04)
             loop.call_soon(cpu_bound_turn)
 
     loop.call_soon(cpu_bound_turn)
@@ -185,6 +192,56 @@ async def test_the_tuner_leaves_the_slots_alone_while_turns_are_short():
         await asyncio.sleep(0.3)
         assert gate.slots == 8
     finally:
+        tuner.stop()
+        for w in waiters:
+            w.cancel()
+
+
+async def test_the_tuner_keeps_the_slots_when_turns_are_long_but_not_busy():
+    """A turn made long by waiting (the process descheduled, a blocking call) is not made
+    shorter by reading fewer bodies at once: only CPU spent in the loop counts."""
+    gate, waiters = await busy_gate(8)
+    tuner = SlotTuner(gate, floor=2, ceiling=8, target=0.02)
+    tuner.start()
+    loop = asyncio.get_running_loop()
+    hog = {"on": True}
+
+    def waiting_turn():
+        if hog["on"]:
+            time.sleep(0.04)
+            loop.call_soon(waiting_turn)
+
+    loop.call_soon(waiting_turn)
+    try:
+        await asyncio.sleep(0.5)
+        assert gate.slots == 8
+    finally:
+        hog["on"] = False
+        tuner.stop()
+        for w in waiters:
+            w.cancel()
+
+
+async def test_the_tuner_keeps_the_slots_of_a_gateway_that_is_not_cpu_bound():
+    """Turns of 40 ms of CPU, but the loop idle 60 ms between them (waiting on Redis's fsync,
+    say): fewer slots would only commit less per wait, so the tuner leaves them."""
+    gate, waiters = await busy_gate(8)
+    tuner = SlotTuner(gate, floor=2, ceiling=8, target=0.02)
+    tuner.start()
+    loop = asyncio.get_running_loop()
+    hog = {"on": True}
+
+    def burst():
+        if hog["on"]:
+            spin(0.04)
+            loop.call_later(0.06, burst)
+
+    loop.call_soon(burst)
+    try:
+        await asyncio.sleep(0.6)
+        assert gate.slots == 8
+    finally:
+        hog["on"] = False
         tuner.stop()
         for w in waiters:
             w.cancel()

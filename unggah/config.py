@@ -86,9 +86,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # an upload just starting: completion first), so under overload refusals are immediate
     # and what is admitted is served promptly. Pieces already under way are never refused.
     append_target_wait_ms: int = 500
-    # Fewer than append_slots are used while the event loop's turns run longer than this:
-    # every request, a refusal too, waits about two turns before it is handled, so short
-    # turns keep answers prompt when the gateway is CPU-bound. 0: always use append_slots.
+    # While the gateway is CPU-bound, fewer than append_slots are used as long as the event
+    # loop's busiest turns take more CPU than this: every request, a refusal too, waits about
+    # two turns before it is handled. 0: always use append_slots.
     append_turn_target_ms: float = 3.0
     # Buffered bytes (all partitions) the gateway lets the stream hold. Above high_ratio of it
     # new uploads are refused; at the budget appends are refused too. 0: 75% of valkey_maxmemory.
