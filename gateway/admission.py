@@ -14,12 +14,6 @@ Three guards, each answering a different question:
   Retry-After, rather than queued: under overload the queue stays short, so what is
   admitted is served promptly and what is not is told so at once. Pieces of a request
   already in progress are never refused, they wait.
-- SlotTuner: how many of those slots may be in use? As many as keep the event loop's
-  turns short. A request, refused or not, waits about two loop turns before its handler
-  runs, and when the gateway is CPU-bound every piece in progress lengthens each turn;
-  so while turns take much CPU the tuner takes slots away, and gives them back while
-  they do not and pieces are waiting. When the time goes to Redis (an fsync per commit)
-  turns take little CPU and all slots stay in use.
 - ByteBudget: how much request body may this process hold in memory? A piece reserves
   its bytes once it has its turn, just before its body is read, so memory stays bounded
   whatever the number of connections (a waiting connection's bytes stay in the kernel,
@@ -46,11 +40,6 @@ ACTIVE_WINDOW = 0.2
 # yet (a single operator between two PATCHes), hold the turn this long for it before
 # giving it to a tenant that just had one: anticipatory scheduling, bounded.
 ANTICIPATE = 0.006
-# The SlotTuner never goes below this many slots: two keep Redis busy while the gateway
-# reads the next body, and let two pairs in contention each have one.
-APPEND_SLOTS_FLOOR = 2
-# A window in which the gateway used the CPU for at least this share of the time is CPU-bound.
-BUSY = 0.9
 
 
 class Refused(Exception):
@@ -241,13 +230,6 @@ class FairGate:
         self._last_release = now
         self._dispatch()
 
-    def resize(self, slots: int) -> None:
-        """Change how many pieces may be in progress; pieces already in progress keep their slot."""
-        grow = slots > self.slots
-        self.slots = slots
-        if grow:
-            self._dispatch()
-
     def _dispatch(self) -> None:
         cap = self.cap()
         idle_turns = 0
@@ -269,83 +251,6 @@ class FairGate:
             self._grant(tenant)
             fut.set_result(True)
             idle_turns = 0
-
-
-class SlotTuner:
-    """Steer the gate's slots between `floor` and `ceiling` so that, while the gateway is
-    CPU-bound, the loop's turns spend at most `target` seconds of CPU: after a window in
-    which the process was busy (CPU for at least BUSY of the wall time) and its busiest
-    turns (the 90th percentile) took longer, take a quarter of the slots away; after any
-    other window in which pieces waited for a slot, give one back.
-
-    Only a CPU-bound gateway is throttled: there fewer pieces at once cost no throughput
-    (the CPU is the limit either way) and shorten every turn. A gateway that waits, on
-    Redis's fsync say, would only commit less per fsync; and once too few slots leave the
-    CPU idle, the process is no longer busy and slots come back.
-
-    A turn is read off a timer re-armed every `tick`: uvloop fires due timers at the start
-    of each turn, so while turns are longer than the tick, two firings are one turn apart.
-    What counts is the CPU this process used in between, not the wall time: a turn that is
-    long because the process was descheduled is not made shorter by reading fewer bodies at
-    once. It ticks only while the gate has work."""
-
-    def __init__(self, gate: FairGate, floor: int, ceiling: int, target: float, tick: float = 0.001,
-                 window: float = 0.05, clock=time.perf_counter, cpu_clock=time.process_time) -> None:
-        self.gate = gate
-        self.floor = min(floor, ceiling)
-        self.ceiling = ceiling
-        self.target = target
-        self.tick = tick
-        self.window = window
-        self.clock = clock
-        self.cpu_clock = cpu_clock
-        self._last = 0.0  # when the timer last fired while busy; 0: not measuring
-        self._last_cpu = 0.0
-        self._window_start = 0.0
-        self._window_cpu = 0.0
-        self._turns: list[float] = []  # CPU seconds of each turn in this window
-        self._starved = False  # a piece waited for a slot during this window
-        self._timer: asyncio.TimerHandle | None = None
-
-    def start(self) -> None:
-        self._timer = asyncio.get_running_loop().call_later(self.tick, self._fire)
-
-    def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _fire(self) -> None:
-        gate = self.gate
-        if not gate.inflight and not gate.n_waiting:
-            # Idle: nothing to measure, and no reason to wake a thousand times a second.
-            self._last = 0.0
-            self._timer = asyncio.get_running_loop().call_later(self.window, self._fire)
-            return
-        now, cpu = self.clock(), self.cpu_clock()
-        if self._last:
-            self._turns.append(cpu - self._last_cpu)
-        else:
-            self._window_start, self._window_cpu = now, cpu
-        self._last, self._last_cpu = now, cpu
-        self._starved = self._starved or gate.n_waiting > 0
-        elapsed = now - self._window_start
-        if elapsed >= self.window and self._turns:
-            turns = sorted(self._turns)
-            busy = cpu - self._window_cpu >= BUSY * elapsed
-            self.adjust(turns[int(0.9 * (len(turns) - 1))], busy, self._starved)
-            self._window_start, self._window_cpu, self._turns, self._starved = now, cpu, [], False
-        self._timer = asyncio.get_running_loop().call_later(self.tick, self._fire)
-
-    def adjust(self, turn_cpu: float, busy: bool, starved: bool) -> None:
-        """One window's verdict: multiplicative decrease, additive increase."""
-        slots = self.gate.slots
-        if busy and turn_cpu > self.target:
-            slots = max(self.floor, slots - max(1, slots // 4))
-        elif starved:
-            slots = min(self.ceiling, slots + 1)
-        if slots != self.gate.slots:
-            self.gate.resize(slots)
 
 
 class ByteBudget:
@@ -448,9 +353,6 @@ class Admission:
         self.gate = FairGate(settings.append_slots, settings.append_queue, settings.append_max_wait_ms / 1000,
                              contended_slots=settings.append_tenant_slots,
                              target_wait=settings.append_target_wait_ms / 1000)
-        self.tuner = (SlotTuner(self.gate, APPEND_SLOTS_FLOOR, settings.append_slots,
-                                settings.append_turn_target_ms / 1000)
-                      if settings.append_turn_target_ms else None)
         self.bytes = ByteBudget(max(4 * settings.checksum_patch_max_bytes, 64 * settings.entry_bytes))
         self.buffer = BufferWatch(store, settings.buffer_budget, settings.buffer_high_ratio, settings.partitions)
         self.max_wait = settings.append_max_wait_ms / 1000

@@ -140,13 +140,9 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
 
     async def start_watch(app: web.Application) -> None:
         admission.buffer.start()
-        if admission.tuner:
-            admission.tuner.start()
 
     async def stop_watch(app: web.Application) -> None:
         await admission.buffer.stop()
-        if admission.tuner:
-            admission.tuner.stop()
         try:
             await refusals.flush()
         except (asyncio.TimeoutError, redis.RedisError, OSError) as e:

@@ -152,8 +152,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 GATE_METRICS = {
-    "unggah_append_slots": "Pieces this gateway lets be read and committed at once now: append_slots, "
-                           "or fewer while the slot tuner keeps the event loop's turns short.",
+    "unggah_append_slots": "Pieces this gateway lets be read and committed at once (append_slots).",
     "unggah_append_in_progress": "Pieces being read and committed now.",
     "unggah_append_waiting": "Pieces waiting for a slot now.",
 }

@@ -86,10 +86,6 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # an upload just starting: completion first), so under overload refusals are immediate
     # and what is admitted is served promptly. Pieces already under way are never refused.
     append_target_wait_ms: int = 500
-    # While the gateway is CPU-bound, fewer than append_slots are used as long as the event
-    # loop's busiest turns take more CPU than this: every request, a refusal too, waits about
-    # two turns before it is handled. 0: always use append_slots.
-    append_turn_target_ms: float = 3.0
     # Buffered bytes (all partitions) the gateway lets the stream hold. Above high_ratio of it
     # new uploads are refused; at the budget appends are refused too. 0: 75% of valkey_maxmemory.
     buffer_budget_bytes: int = 0
@@ -190,8 +186,6 @@ def _check(s: Settings) -> None:
         raise ConfigError("append_slots must be >= 1 and append_queue >= 0")
     if not 0 < s.append_target_wait_ms <= s.append_max_wait_ms:
         raise ConfigError("append_target_wait_ms must be above 0 and at most append_max_wait_ms")
-    if s.append_turn_target_ms < 0:
-        raise ConfigError("append_turn_target_ms must be 0 (off) or above")
     try:
         parse_bytes(s.valkey_maxmemory)
     except ValueError:
