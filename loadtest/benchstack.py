@@ -72,8 +72,10 @@ NO_AOF_REWRITE = ("--auto-aof-rewrite-percentage", "0")
 
 
 @contextmanager
-def gateway_stack(pairs: tuple[str, ...] = ("bench",), fsync: str = "everysec", **settings: str):
-    """`settings`: extra UNGGAH_* environment for the gateway, e.g. UNGGAH_APPEND_SLOTS="32"."""
+def gateway_stack(pairs: tuple[str, ...] = ("bench",), fsync: str = "everysec", gateway_cpus: set[int] | None = None,
+                  **settings: str):
+    """`settings`: extra UNGGAH_* environment for the gateway, e.g. UNGGAH_APPEND_SLOTS="32".
+    `gateway_cpus`: pin the gateway to these CPUs (the caller pins itself, and so Valkey, elsewhere)."""
     work = Path(tempfile.mkdtemp(prefix="unggah-bench-"))
     vk = EmbeddedValkey(work / "valkey", appendfsync=fsync, maxmemory="8gb", extra_args=NO_AOF_REWRITE).start()
     port = free_port()
@@ -81,6 +83,8 @@ def gateway_stack(pairs: tuple[str, ...] = ("bench",), fsync: str = "everysec", 
     try:
         tokens = asyncio.run(_issue_tokens(vk.url, pairs))
         gw = start_process(["serve"], vk.url, work, "gateway.log", UNGGAH_PORT=str(port), **settings)
+        if gateway_cpus:
+            os.sched_setaffinity(gw.pid, gateway_cpus)
         for _ in range(200):
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):

@@ -84,6 +84,9 @@ class Result(msgspec.Struct, kw_only=True):
     refusals: int = 0
     refusal_p50_ms: float = 0.0  # how long a refused request waited for its answer
     refusal_p99_ms: float = 0.0
+    # How late the generator's own event loop ran a 5 ms timer: every latency above includes
+    # up to this much of the generator's queueing, not the server's.
+    loop_lag_p99_ms: float = 0.0
     conflicts: int = 0
     uploads_created: int = 0
     uploads_completed: int = 0
@@ -143,6 +146,7 @@ class Recorder:
         self.errors: dict[str, int] = {}
         self.refusals = 0
         self.refusal_latencies: list[float] = []  # request sent -> refusal received
+        self.loop_lags: list[float] = []
         self.conflicts = 0
         self.created = 0
         self.completed = 0
@@ -185,6 +189,7 @@ def summarize(rec: Recorder, *, label: str, mode: str, concurrency: int, chunk: 
               seconds: float, offered_rate: float | None = None, backlog: int = 0) -> Result:
     lat = sorted(rec.latencies)
     refused = sorted(rec.refusal_latencies)
+    lags = sorted(rec.loop_lags)
     n = len(lat)
     seconds = max(seconds, 1e-9)
     return Result(
@@ -196,6 +201,7 @@ def summarize(rec: Recorder, *, label: str, mode: str, concurrency: int, chunk: 
         statuses=dict(sorted(rec.statuses.items())), errors=dict(sorted(rec.errors.items())),
         refusals=rec.refusals, conflicts=rec.conflicts,
         refusal_p50_ms=percentile(refused, 0.50) * 1000, refusal_p99_ms=percentile(refused, 0.99) * 1000,
+        loop_lag_p99_ms=percentile(lags, 0.99) * 1000,
         uploads_created=rec.created, uploads_completed=rec.completed,
         offered_rate=offered_rate, backlog=backlog,
     )
@@ -239,6 +245,9 @@ class Upload:
 
 class _Stop(Exception):
     """The run is over (end of time or upload budget)."""
+
+
+LAG_TICK = 0.005
 
 
 class Generator:
@@ -411,6 +420,13 @@ class Generator:
                 return None
             await self._backoff(failures)
 
+    async def _sample_loop_lag(self) -> None:
+        while True:
+            t = self._now()
+            await asyncio.sleep(LAG_TICK)
+            if self.rec.inside(t):
+                self.rec.loop_lags.append(max(0.0, self._now() - t - LAG_TICK))
+
     async def _slot(self, k: int, http: aiohttp.ClientSession) -> None:
         cfg = self.cfg
         up: Upload | None = None
@@ -461,7 +477,9 @@ class Generator:
                 self.next_sched = [t_begin + k * self.interval / cfg.concurrency
                                    for k in range(cfg.concurrency)]
             tasks = [asyncio.create_task(self._slot(k, http)) for k, http in enumerate(sessions)]
+            sampler = asyncio.create_task(self._sample_loop_lag())
             done, pending = await asyncio.wait(tasks, timeout=max(0.0, self.rec.end - self._now()))
+            sampler.cancel()
             # Slots that stop early because a Retry-After reaches past the end still
             # count as idle for the whole window; only an upload budget ends a run early.
             t_stop = self.rec.end if cfg.max_uploads is None else min(self._now(), self.rec.end)

@@ -127,6 +127,21 @@ async def test_counts_refusals_conflicts_and_completes_uploads():
     assert r.chunks_per_s > 0 and r.p50_ms > 0 and r.p99_ms >= r.p50_ms
 
 
+async def test_the_generator_reports_how_late_its_own_loop_ran():
+    """Every latency the generator reports includes its own queueing; it says how much. Here
+    its loop (shared with the in-process sink) is held for 60 ms four times in a second."""
+    runner, url = await serve(Sink())
+    loop = asyncio.get_running_loop()
+    for at in (0.2, 0.45, 0.7, 0.95):
+        loop.call_later(at, time.sleep, 0.06)
+    try:
+        r = await run_load(LoadConfig(url=url, concurrency=2, chunk=16 * KiB, upload_size=256 * KiB,
+                                      duration=1.2, warmup=0))
+    finally:
+        await runner.cleanup()
+    assert r.loop_lag_p99_ms >= 40, r.loop_lag_p99_ms
+
+
 async def test_sha1_checksum_and_retry_after_is_honoured():
     sink = Sink(lock_at=2)
     runner, url = await serve(sink)
