@@ -21,9 +21,11 @@ import os
 import statistics
 import subprocess
 import sys
+from contextlib import nullcontext
 
 import msgspec
 
+from loadtest import wiretime
 from loadtest.benchstack import empty_buffer, gateway_stack, log, machine
 from loadtest.probe import ProbeResult
 from loadtest.tusload import KiB, LoadConfig, percentile, run
@@ -42,18 +44,23 @@ def refusal_reasons(metrics_url: str) -> dict[str, float]:
 
 
 def one_round(st, a, base) -> tuple:
-    """Capacity, then `factor` x capacity with the quiet client beside it; the buffer is emptied after each."""
+    """Capacity, then `factor` x capacity with the quiet client beside it (and, with --wire, a
+    capture of the overload); the buffer is emptied after each."""
     cap = run(LoadConfig(concurrency=64, label="capacity", **base))
     empty_buffer(st.redis_url)
     quiet = subprocess.Popen(
         [sys.executable, "-m", "loadtest.probe", "--url", st.files, "--delay", str(base["warmup"]),
          "--seconds", str(a.duration), "--chunk", str(a.chunk), "-H", f"Authorization: Bearer {st.tokens['bench']}"],
         stdout=subprocess.PIPE)
-    over = run(LoadConfig(concurrency=a.uploads, rate=a.factor * cap.chunks_per_s,
-                          label=f"{a.factor:g}x offered", **base))
+    pcap = st.work / "overload.pcap"
+    port = int(st.files.split(":")[2].split("/")[0])
+    with wiretime.capture(port, pcap) if a.wire else nullcontext():
+        over = run(LoadConfig(concurrency=a.uploads, rate=a.factor * cap.chunks_per_s,
+                              label=f"{a.factor:g}x offered", **base))
     probe = msgspec.json.decode(quiet.communicate(timeout=60)[0], type=ProbeResult)
+    wire = wiretime.answer_times(pcap, port) if a.wire else {}
     empty_buffer(st.redis_url)
-    return cap, over, over.errors.get("timeout", 0), probe
+    return cap, over, over.errors.get("timeout", 0), probe, wire
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fsync", default="everysec", choices=["everysec", "always", "no"])
     p.add_argument("--dedicated-core", action="store_true",
                    help="give the gateway CPU 1 to itself; the load generator, the quiet client and Valkey share CPU 0")
+    p.add_argument("--wire", action="store_true",
+                   help="also time refusals on the wire (tcpdump on loopback; see loadtest/wiretime.py)")
     p.add_argument("--gateway-env", action="append", default=[], metavar="UNGGAH_NAME=VALUE",
                    help="a gateway setting for this run, e.g. UNGGAH_APPEND_TARGET_WAIT_MS=500 (repeatable)")
     p.add_argument("--variant", action="append", default=[], metavar="UNGGAH_NAME=VALUE[,...]",
@@ -73,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                         "on a fresh stack, e.g. --variant UNGGAH_APPEND_TURN_TARGET_MS=0 --variant "
                         "UNGGAH_APPEND_TURN_TARGET_MS=3 (repeatable; on top of --gateway-env)")
     a = p.parse_args(argv)
+    if a.wire and (why := wiretime.available()):
+        p.error(f"--wire: {why}")
     gateway_cpus = None
     if a.dedicated_core:
         os.sched_setaffinity(0, {0})  # this process, and what it starts: Valkey, the quiet client
@@ -86,16 +97,19 @@ def main(argv: list[str] | None = None) -> int:
             with gateway_stack(fsync=a.fsync, gateway_cpus=gateway_cpus, **env) as st:
                 base = dict(url=st.files, chunk=a.chunk, upload_size=16 * a.chunk, duration=a.duration, warmup=1.5,
                             checksum="crc32c", headers={"Authorization": f"Bearer {st.tokens['bench']}"}, timeout=30)
-                cap, over, timeouts, probe = one_round(st, a, base)
+                cap, over, timeouts, probe, wire = one_round(st, a, base)
                 reasons = refusal_reasons(st.files.replace("/files/", "/metrics"))
-            rows[variant].append((cap, over, timeouts, probe))
+            rows[variant].append((cap, over, timeouts, probe, wire.get(503, [])))
+            on_wire = sorted(wire.get(503, []))
+            wire_note = (f"; on the wire: {len(on_wire)} refusals, p50 {percentile(on_wire, 0.5) * 1000:.1f} ms, "
+                         f"p99 {percentile(on_wire, 0.99) * 1000:.1f} ms" if a.wire else "")
             log(f"round {rnd + 1}{' ' + variant if variant else ''}: capacity {cap.chunks_per_s:.0f}/s; offered "
                 f"{a.factor * cap.chunks_per_s:.0f}/s: goodput {over.chunks_per_s:.0f}/s, refusals {over.refusals} "
                 f"(p50 {over.refusal_p50_ms:.1f} ms, p99 {over.refusal_p99_ms:.1f} ms; generator's own loop lag "
                 f"p99 {over.loop_lag_p99_ms:.1f} ms), "
                 f"timeouts {timeouts}, errors {over.errors}; quiet client: {probe.refused} refused "
                 f"(p50 {probe.refused_p50_ms:.1f} ms, p99 {probe.refused_p99_ms:.1f} ms), {probe.admitted} admitted "
-                f"(p50 {probe.admitted_p50_ms:.0f} ms); refusals by reason {reasons}")
+                f"(p50 {probe.admitted_p50_ms:.0f} ms){wire_note}; refusals by reason {reasons}")
 
     med = statistics.median
     print(f"\nMachine: {machine()}; {a.rounds} rounds of {a.duration:g} s, medians; {a.chunk // KiB} KiB chunks; "
@@ -103,14 +117,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{'; ' + ' '.join(a.gateway_env) if a.gateway_env else ''}\n")
     print("| settings | capacity (closed loop, 64 uploads) | offered | goodput | goodput / capacity | refusals per round | "
           "refusal answered p50 / p99, load generator | generator's own loop lag p99 | p50 / p99, quiet client (all rounds) "
-          "| timeouts |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| p50 / p99 on the wire (all rounds) | timeouts |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for variant, rs in rows.items():
-        caps = [c for c, _, _, _ in rs]
-        overs = [o for _, o, _, _ in rs]
+        caps = [c for c, _, _, _, _ in rs]
+        overs = [o for _, o, _, _, _ in rs]
         ratios = [o.chunks_per_s / c.chunks_per_s for c, o in zip(caps, overs)]
         # A quiet client sees tens of refusals per round: pool them for its p99.
-        pooled = sorted(ms for _, _, _, q in rs for ms in q.refused_ms)
+        pooled = sorted(ms for _, _, _, q, _ in rs for ms in q.refused_ms)
+        wired = sorted(t * 1000 for *_, w in rs for t in w)
+        wire_cell = (f"{percentile(wired, 0.5):.1f} / {percentile(wired, 0.99):.1f} ms ({len(wired)} refused)"
+                     if a.wire else "not captured")
         print(f"| {variant or 'defaults'} | {med(c.chunks_per_s for c in caps):.0f} chunks/s | {a.factor:g}x over "
               f"{a.uploads} uploads | {med(o.chunks_per_s for o in overs):.0f} chunks/s | {med(ratios):.0%} "
               f"({', '.join(f'{x:.0%}' for x in ratios)}) | {med(o.refusals for o in overs):.0f} | "
@@ -118,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({', '.join(f'{o.refusal_p99_ms:.1f}' for o in overs)}) | "
               f"{med(o.loop_lag_p99_ms for o in overs):.1f} ms | "
               f"{percentile(pooled, 0.5):.1f} / {percentile(pooled, 0.99):.1f} ms ({len(pooled)} refused) | "
-              f"{sum(t for _, _, t, _ in rs)} |")
+              f"{wire_cell} | {sum(t for _, _, t, _, _ in rs)} |")
     print("\nTargets: goodput >= 90% of capacity, refusal p99 <= 10 ms.")
     return 0
 

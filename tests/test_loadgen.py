@@ -233,3 +233,35 @@ def test_helpers():
     body, digest = p.get(3, 10)
     assert len(body) == 10 and p.get(3, 10)[0] is body  # cached, not regenerated
     assert digest == "crc32c " + base64.b64encode(crc32c.crc32c(body).to_bytes(4, "big")).decode()
+
+
+def test_wire_times_pair_each_answer_with_its_request(tmp_path):
+    """loadtest/wiretime reads a pcap: per connection, each answer's first packet is paired with
+    the oldest unanswered request's first packet; other traffic is ignored."""
+    import struct
+
+    from loadtest.wiretime import answer_times
+
+    def packet(t: float, sport: int, dport: int, payload: bytes) -> bytes:
+        tcp = struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 5 << 4, 0x18, 65535, 0, 0) + payload
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0, bytes([127, 0, 0, 1]),
+                         bytes([127, 0, 0, 1])) + tcp
+        frame = bytes(12) + b"\x08\x00" + ip  # Ethernet, as Linux's lo
+        sec, usec = int(t), round((t - int(t)) * 1e6)
+        return struct.pack("<IIII", sec, usec, len(frame), len(frame)) + frame
+
+    gw = 8080
+    pcap = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1) + b"".join([
+        packet(10.000, 40001, gw, b"PATCH /files/a HTTP/1.1"),
+        packet(10.001, 40002, gw, b"PATCH /files/b HTTP/1.1"),
+        packet(10.002, 40001, gw, b"x" * 20),  # body bytes: not a request
+        packet(10.004, gw, 40002, b"HTTP/1.1 503 Service Unavailable"),
+        packet(10.007, gw, 40001, b"HTTP/1.1 204 No Content"),
+        packet(10.010, 40001, gw, b"PATCH /files/a HTTP/1.1"),
+        packet(10.012, gw, 40001, b"HTTP/1.1 503 Service Unavailable"),
+        packet(10.020, gw, 40003, b"HTTP/1.1 204 No Content"),  # no request seen: ignored
+    ])
+    path = tmp_path / "x.pcap"
+    path.write_bytes(pcap)
+    times = {status: [round(t * 1000, 3) for t in ts] for status, ts in answer_times(path, gw).items()}
+    assert times == {503: [3.0, 2.0], 204: [7.0]}
