@@ -21,6 +21,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from contextlib import nullcontext
 
 import msgspec
@@ -55,10 +56,12 @@ def one_round(st, a, base) -> tuple:
     pcap = st.work / "overload.pcap"
     port = int(st.files.split(":")[2].split("/")[0])
     with wiretime.capture(port, pcap) if a.wire else nullcontext():
+        began = time.time()  # the generator's start, give or take its setup: the same window on the wire
         over = run(LoadConfig(concurrency=a.uploads, rate=a.factor * cap.chunks_per_s,
                               label=f"{a.factor:g}x offered", **base))
     probe = msgspec.json.decode(quiet.communicate(timeout=60)[0], type=ProbeResult)
-    wire = wiretime.answer_times(pcap, port) if a.wire else {}
+    since = began + base["warmup"]
+    wire = wiretime.answer_times(pcap, port, since, since + a.duration) if a.wire else {}
     empty_buffer(st.redis_url)
     return cap, over, over.errors.get("timeout", 0), probe, wire
 

@@ -8,7 +8,7 @@ Only the first packet of each request (payload starting "PATC") and of each answ
 
     with capture(port, path):            # tcpdump running, stopped by its PID
         ... load ...
-    times = answer_times(path, port)      # {status: [seconds, ...]}
+    times = answer_times(path, port, since, until)   # {status: [seconds, ...]}
 
 Needs tcpdump (Debian: apt-get install tcpdump) and the right to capture (root).
 """
@@ -88,8 +88,9 @@ def packets(path: Path):
         yield sec + frac * scale, sport, dport, tcp[(tcp[12] >> 4) * 4:][:12]
 
 
-def answer_times(path: Path, port: int) -> dict[int, list[float]]:
-    """Per answer status: seconds from a request's first packet to its answer's first packet.
+def answer_times(path: Path, port: int, since: float = 0.0, until: float = float("inf")) -> dict[int, list[float]]:
+    """Per answer status: seconds from a request's first packet to its answer's first packet,
+    for requests sent in [since, until) (Unix time: the load generator's measured window).
     HTTP/1.1 without pipelining: on each connection, answers come in the order of requests."""
     pending: dict[int, collections.deque[float]] = collections.defaultdict(collections.deque)
     out: dict[int, list[float]] = collections.defaultdict(list)
@@ -97,9 +98,11 @@ def answer_times(path: Path, port: int) -> dict[int, list[float]]:
         if dport == port and head.startswith(b"PATC"):
             pending[sport].append(t)
         elif sport == port and head.startswith(b"HTTP/1.1 ") and pending[dport]:
+            sent = pending[dport].popleft()
             try:
                 status = int(head[9:12])
             except ValueError:
                 continue
-            out[status].append(t - pending[dport].popleft())
+            if since <= sent < until:
+                out[status].append(t - sent)
     return dict(out)

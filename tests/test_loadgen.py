@@ -265,3 +265,5 @@ def test_wire_times_pair_each_answer_with_its_request(tmp_path):
     path.write_bytes(pcap)
     times = {status: [round(t * 1000, 3) for t in ts] for status, ts in answer_times(path, gw).items()}
     assert times == {503: [3.0, 2.0], 204: [7.0]}
+    # A window on the request's time: only the last request was sent from 10.005 on.
+    assert {s: len(ts) for s, ts in answer_times(path, gw, since=10.005).items()} == {503: 1}
