@@ -20,7 +20,7 @@ from buffer.store import DurabilityError, UploadStore
 from buffer.tenants import TenantStore
 from gateway import auditing, auth
 from gateway.context import REQUEST_ID
-from gateway.problems import problem
+from gateway.problems import problem, retry_after
 from gateway.admission import Admission
 from gateway.progress import add_routes as add_result_routes
 from gateway.tus import TusHandler, receipt_payload, status_body
@@ -56,12 +56,12 @@ async def errors(request: web.Request, handler):
         error = e
         response = problem(503, "buffer-unavailable",
                            "the upload buffer is briefly unavailable; your accepted bytes are safe, retry shortly",
-                           headers={"Retry-After": "2"})
+                           headers={"Retry-After": retry_after(2)})
     except redis.ResponseError as e:
         error = e
         if "OOM" in str(e):
             response = problem(503, "buffer-full", "the upload buffer is full; retry after the pause",
-                               headers={"Retry-After": "5"})
+                               headers={"Retry-After": retry_after(5)})
         else:
             response = problem(500, "internal", "internal error; retry, and report the request id if it persists",
                                request_id=request[REQUEST_ID])

@@ -6,6 +6,8 @@ group refusals by it.
 
 from __future__ import annotations
 
+import random
+
 import orjson
 from aiohttp import web
 
@@ -23,3 +25,10 @@ def problem(status: int, reason: str, detail: str, *, headers: dict[str, str] | 
         h.update(headers)
     return web.Response(status=status, body=orjson.dumps(body),
                         content_type="application/problem+json", headers=h)
+
+
+def retry_after(seconds: int) -> str:
+    """A Retry-After for a refusal under load: `seconds` to twice that, at random. Clients
+    refused together (a burst, or everyone after a Redis blip) would otherwise all come
+    back together exactly that much later, as a burst that is refused again together."""
+    return str(seconds + random.randrange(seconds + 1))

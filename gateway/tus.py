@@ -29,7 +29,7 @@ from gateway.auth import may_read_uploads, may_write
 from gateway.admission import Admission, Refused
 from gateway.context import ADMITTED, PRINCIPAL, READ_ALL, TENANT
 from gateway.windows import Windows, WindowClosed
-from gateway.problems import TUS_VERSION, problem
+from gateway.problems import TUS_VERSION, problem, retry_after
 from unggah.config import Settings
 from unggah.receipts import ReceiptPayload
 
@@ -176,7 +176,7 @@ class TusHandler:
     def refused(e: Refused | WindowClosed, status: int = 503) -> web.Response:
         if isinstance(e, WindowClosed):
             return problem(403, "window-closed", e.detail)
-        return problem(status, e.reason, e.detail, headers={"Retry-After": str(e.retry_after)})
+        return problem(status, e.reason, e.detail, headers={"Retry-After": retry_after(e.retry_after)})
 
     # --- core: HEAD -----------------------------------------------------
 
@@ -506,7 +506,7 @@ class TusHandler:
             return problem(400, "length-too-small", f"Upload-Length must be at least {res.offset}, the bytes already sent")
         if o == "full":
             return problem(503, "buffer-full", "the upload buffer is full; your bytes so far are safe, retry after the pause",
-                           headers={"Retry-After": "2", "Upload-Offset": str(res.offset)})
+                           headers={"Retry-After": retry_after(2), "Upload-Offset": str(res.offset)})
         return problem(500, "internal", f"unexpected outcome {o}")
 
     # --- termination ----------------------------------------------------

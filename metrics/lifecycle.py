@@ -25,7 +25,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from gateway.headers import tus_method
-from gateway.problems import problem
+from gateway.problems import problem, retry_after
 from metrics.registry import SHUTTING_DOWN
 from unggah.config import Settings
 
@@ -82,7 +82,7 @@ async def refuse_when_draining(request: web.Request, handler):
     if lc.draining and _is_creation(request):
         return problem(503, "shutting-down",
                        "this gateway is shutting down; retry in a moment and another one will take your upload",
-                       headers={"Retry-After": "2"})
+                       headers={"Retry-After": retry_after(2)})
     lc.inflight += 1
     try:
         return await handler(request)

@@ -12,6 +12,7 @@ import pytest
 
 from buffer import keys
 from gateway.admission import ByteBudget, FairGate, Refused
+from gateway.problems import retry_after
 from tests.conftest import OCTET, TUS, Gateway, make_settings
 
 
@@ -151,13 +152,18 @@ async def test_one_operator_gets_a_fair_share_of_slots_against_eight():
     assert share >= 0.40, f"the single operator got {share:.0%} of the slots ({grants})"
 
 
+def test_retry_after_is_spread_between_once_and_twice_the_pause():
+    assert {retry_after(1) for _ in range(200)} == {"1", "2"}
+    assert {int(retry_after(5)) for _ in range(500)} == set(range(5, 11))
+
+
 async def test_overload_at_three_times_capacity_sheds_politely(tmp_path, valkey, r):
-    """Many more uploaders than the gateway admits: every refusal is a 503 with Retry-After,
-    answered at once; no request times out; every upload that was started completes."""
+    """Many more uploaders than the gateway admits: every refusal is a 503 with a spread
+    Retry-After, answered at once; no request times out; every upload that was started completes."""
     settings = make_settings(tmp_path, valkey.url, append_slots=1, append_queue=6, append_max_wait_ms=500)
     gw = await Gateway(settings).start()
     chunk = os.urandom(64 * 1024)
-    refusals, refusal_times, completed, started = [], [], [], []
+    refusals, refusal_times, completed, started, retry_afters = [], [], [], [], []
     try:
         timeout = aiohttp.ClientTimeout(total=10)
         async with aiohttp.ClientSession(timeout=timeout) as http:
@@ -179,7 +185,7 @@ async def test_overload_at_three_times_capacity_sheds_politely(tmp_path, valkey,
                             off = int(resp.headers["Upload-Offset"])
                             continue
                         assert resp.status == 503, resp.status
-                        assert int(resp.headers["Retry-After"]) >= 1
+                        retry_afters.append(int(resp.headers["Retry-After"]))
                         refusals.append(resp.headers["Unggah-Reason"])
                         refusal_times.append(time.monotonic() - t0)
                         if "Upload-Offset" in resp.headers:
@@ -195,6 +201,11 @@ async def test_overload_at_three_times_capacity_sheds_politely(tmp_path, valkey,
     assert len(completed) == len(started) == 48
     refusal_times.sort()
     assert set(refusals) <= {"gateway-busy", "queue-timeout", "gateway-memory"}
+    # Retry-After is spread (1 or 2 s for a busy gateway), so uploaders refused together
+    # do not all come back together.
+    assert set(retry_afters) <= {1, 2, 3, 4} and min(retry_afters) >= 1
+    if len(retry_afters) >= 20:
+        assert len(set(retry_afters)) > 1, f"every refusal said Retry-After {retry_afters[0]}"
 
 
 async def _hgetall_calls(r) -> int:
