@@ -8,14 +8,17 @@ import base64
 import email.utils
 import hashlib
 import json
+import os
 import time
 
+import aiohttp
 import crc32c
 import pytest
 from aiohttp import web
 
 from loadtest import tusload
 from loadtest.tusload import LoadConfig, run_load
+from loadtest import wiretime
 
 KiB = 1024
 
@@ -267,3 +270,32 @@ def test_wire_times_pair_each_answer_with_its_request(tmp_path):
     assert times == {503: [3.0, 2.0], 204: [7.0]}
     # A window on the request's time: only the last request was sent from 10.005 on.
     assert {s: len(ts) for s, ts in answer_times(path, gw, since=10.005).items()} == {503: 1}
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or wiretime.available() is not None, reason="needs tcpdump and root (./dev test installs tcpdump)")
+async def test_wire_capture_times_real_answers(tmp_path):
+    """A real capture on loopback: five refused PATCHes, five answer times, none lost when the
+    capture stops right after them."""
+    app = web.Application()
+
+    async def refuse(request):
+        return web.Response(status=503, headers={"Retry-After": "1"})
+
+    app.router.add_route("PATCH", "/files/x", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    path = tmp_path / "x.pcap"
+    try:
+        with wiretime.capture(port, path):
+            async with aiohttp.ClientSession() as http:
+                for _ in range(5):
+                    async with http.patch(f"http://127.0.0.1:{port}/files/x", data=b"y" * 300_000) as resp:
+                        assert resp.status == 503
+    finally:
+        await runner.cleanup()
+    times = wiretime.answer_times(path, port)
+    assert set(times) == {503} and len(times[503]) == 5
+    assert all(0 < t < 1 for t in times[503])
