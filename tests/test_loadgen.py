@@ -16,9 +16,8 @@ import crc32c
 import pytest
 from aiohttp import web
 
-from loadtest import tusload
+from loadtest import tusload, wiretime
 from loadtest.tusload import LoadConfig, run_load
-from loadtest import wiretime
 
 KiB = 1024
 
