@@ -1,6 +1,7 @@
 """Overload: three times the load the gateway can carry (a benchmark, not a test).
 
     python -m loadtest.bench_overload [--rounds 3] [--duration 8] [--factor 3] [--variant SETTINGS ...]
+                                      [--wire] [--dedicated-core] [--fsync always]
 
 Per round, on a fresh embedded Valkey (AOF everysec) and one `unggah serve` (tokens on):
 capacity = closed-loop chunks/s at 64 uploads; then an open-loop run offering
@@ -11,7 +12,9 @@ refusal's arrival), and timeouts. A quiet client (loadtest/probe.py, its own pro
 four connections, one-chunk uploads) runs beside the overload and reports the same
 answer times without the load generator's own queueing in them. Targets (issue 4):
 goodput >= 90% of capacity, refusal p99 <= 10 ms. With --variant, every round runs each
-variant in turn, so the noise of a shared machine falls on all of them alike.
+variant in turn, so the noise of a shared machine falls on all of them alike. With --wire,
+refusals are also timed on loopback by tcpdump (loadtest/wiretime.py): the gateway's own
+answer time, without either client's queueing in it.
 """
 
 from __future__ import annotations
