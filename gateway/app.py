@@ -97,7 +97,8 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
     app[TUS] = tus
     signing_key = receipts.load_or_create_key(settings.receipt_key_path)
     public_key_pem = receipts.public_pem(signing_key)
-    install_metrics(app, settings, client, store, admission.gate, ready=app[READY])  # /metrics, timing, graceful shutdown
+    # /metrics, timing, graceful shutdown
+    install_metrics(app, settings, client, store, admission.gate, ready=app[READY])
 
     async def upload_status(request: web.Request) -> web.Response:
         refusal = auth.may_read_uploads(request)

@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nMachine: {machine()}; {a.rounds} rounds of {a.duration:g} s, medians; {a.chunk // KiB} KiB chunks; "
           f"AOF {a.fsync}{'; gateway on a core of its own' if a.dedicated_core else ''}"
           f"{'; ' + ' '.join(a.gateway_env) if a.gateway_env else ''}\n")
-    print("| settings | capacity (closed loop, 64 uploads) | offered | goodput | goodput / capacity | refusals per round | "
-          "refusal answered p50 / p99, load generator | generator's own loop lag p99 | p50 / p99, quiet client (all rounds) "
-          "| p50 / p99 on the wire (all rounds) | timeouts |")
+    print("| settings | capacity (closed loop, 64 uploads) | offered | goodput | goodput / capacity | "
+          "refusals per round | refusal answered p50 / p99, load generator | generator's own loop lag p99 | "
+          "p50 / p99, quiet client (all rounds) | p50 / p99 on the wire (all rounds) | timeouts |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for variant, rs in rows.items():
         caps = [c for c, _, _, _, _ in rs]

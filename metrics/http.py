@@ -1,4 +1,5 @@
-"""The gateway's observability: request metrics, /metrics, refusal logging, buffer-commit timing.
+"""The gateway's observability: request metrics, /metrics, refusal logging, buffer-commit timing,
+the admission gate's gauges.
 
 Hooks in gateway/app.py:
 
@@ -159,7 +160,7 @@ GATE_METRICS = {
 
 
 class GateCollector(Collector):
-    """The admission gate as it stands at scrape time."""
+    """The admission gate as it stands at scrape time (gate None: names only, for describe())."""
 
     def __init__(self, gate: FairGate | None) -> None:
         self.gate = gate

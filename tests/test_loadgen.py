@@ -271,7 +271,8 @@ def test_wire_times_pair_each_answer_with_its_request(tmp_path):
     assert {s: len(ts) for s, ts in answer_times(path, gw, since=10.005).items()} == {503: 1}
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or wiretime.available() is not None, reason="needs tcpdump and root (./dev test installs tcpdump)")
+@pytest.mark.skipif(os.geteuid() != 0 or wiretime.available() is not None,
+                    reason="needs tcpdump and root (./dev test installs tcpdump)")
 async def test_wire_capture_times_real_answers(tmp_path):
     """A real capture on loopback: five refused PATCHes, five answer times, none lost when the
     capture stops right after them."""
