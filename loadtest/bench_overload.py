@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -57,7 +58,7 @@ def one_round(st, a, base) -> tuple:
          "--seconds", str(a.duration), "--chunk", str(a.chunk), "-H", f"Authorization: Bearer {st.tokens['bench']}"],
         stdout=subprocess.PIPE)
     pcap = st.work / "overload.pcap"
-    port = int(st.files.split(":")[2].split("/")[0])
+    port = urlsplit(st.files).port
     with wiretime.capture(port, pcap) if a.wire else nullcontext():
         began = time.time()  # the generator's start, give or take its setup: the same window on the wire
         over = run(LoadConfig(concurrency=a.uploads, rate=a.factor * cap.chunks_per_s,

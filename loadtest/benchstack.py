@@ -7,6 +7,7 @@ import asyncio
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -55,11 +56,12 @@ def start_process(args: list[str], url: str, state: Path, log_name: str, **env_e
                             stderr=open(state / log_name, "ab"))
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    """Stop a child by its PID: `sig`, then SIGKILL if it is still there after `timeout` seconds."""
     if proc.poll() is None:
-        proc.terminate()
+        proc.send_signal(sig)
         try:
-            proc.wait(30)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

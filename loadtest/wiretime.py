@@ -24,6 +24,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from loadtest.benchstack import stop
+
 # First four payload bytes, as BPF sees them: "PATC" (a PATCH request), "HTTP" (an answer).
 PATC, HTTP = 0x50415443, 0x48545450
 PAYLOAD = "tcp[((tcp[12]&0xf0)>>2):4]"
@@ -51,14 +53,8 @@ def capture(port: int, path: Path):
         yield
     finally:
         time.sleep(0.2)  # let the last answers through
-        # SIGINT, not SIGTERM: on SIGTERM tcpdump exits without writing the packets the
-        # kernel still holds for it (seen: 0 of 12 written), on SIGINT it writes them.
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        # SIGINT, tcpdump's own way to end a capture, writing out what it still holds.
+        stop(proc, signal.SIGINT, timeout=10)
 
 
 def packets(path: Path):
