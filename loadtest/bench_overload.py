@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import msgspec
@@ -33,7 +34,7 @@ import msgspec
 from loadtest import wiretime
 from loadtest.benchstack import empty_buffer, gateway_stack, log, machine
 from loadtest.probe import ProbeResult
-from loadtest.tusload import KiB, LoadConfig, percentile, run
+from loadtest.tusload import KiB, LoadConfig, Result, percentile, run
 
 
 def refusal_reasons(metrics_url: str) -> dict[str, float]:
@@ -48,7 +49,18 @@ def refusal_reasons(metrics_url: str) -> dict[str, float]:
     return out
 
 
-def one_round(st, a, base) -> tuple:
+class Round(NamedTuple):
+    cap: Result  # closed loop at 64 uploads
+    over: Result  # factor x capacity, open loop
+    probe: ProbeResult  # the quiet client beside it
+    wire_refused: list[float]  # refusals' answer times on the wire (seconds); empty without --wire
+
+    @property
+    def timeouts(self) -> int:
+        return self.over.errors.get("timeout", 0)
+
+
+def one_round(st, a, base) -> Round:
     """Capacity, then `factor` x capacity with the quiet client beside it (and, with --wire, a
     capture of the overload); the buffer is emptied after each."""
     cap = run(LoadConfig(concurrency=64, label="capacity", **base))
@@ -67,7 +79,7 @@ def one_round(st, a, base) -> tuple:
     since = began + base["warmup"]
     wire = wiretime.answer_times(pcap, port, since, since + a.duration) if a.wire else {}
     empty_buffer(st.redis_url)
-    return cap, over, over.errors.get("timeout", 0), probe, wire
+    return Round(cap, over, probe, wire.get(503, []))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,24 +109,25 @@ def main(argv: list[str] | None = None) -> int:
         gateway_cpus = {1}
     common = dict(kv.split("=", 1) for kv in a.gateway_env)
     variants = [v.strip() for v in a.variant] or [""]
-    rows: dict[str, list] = {v: [] for v in variants}
+    rows: dict[str, list[Round]] = {v: [] for v in variants}
     for rnd in range(a.rounds):
         for variant in variants:
             env = {**common, **dict(kv.split("=", 1) for kv in variant.split(",") if kv)}
             with gateway_stack(fsync=a.fsync, gateway_cpus=gateway_cpus, **env) as st:
                 base = dict(url=st.files, chunk=a.chunk, upload_size=16 * a.chunk, duration=a.duration, warmup=1.5,
                             checksum="crc32c", headers={"Authorization": f"Bearer {st.tokens['bench']}"}, timeout=30)
-                cap, over, timeouts, probe, wire = one_round(st, a, base)
+                got = one_round(st, a, base)
                 reasons = refusal_reasons(st.files.replace("/files/", "/metrics"))
-            rows[variant].append((cap, over, timeouts, probe, wire.get(503, [])))
-            on_wire = sorted(wire.get(503, []))
+            rows[variant].append(got)
+            cap, over, probe = got.cap, got.over, got.probe
+            on_wire = sorted(got.wire_refused)
             wire_note = (f"; on the wire: {len(on_wire)} refusals, p50 {percentile(on_wire, 0.5) * 1000:.1f} ms, "
                          f"p99 {percentile(on_wire, 0.99) * 1000:.1f} ms" if a.wire else "")
             log(f"round {rnd + 1}{' ' + variant if variant else ''}: capacity {cap.chunks_per_s:.0f}/s; offered "
                 f"{a.factor * cap.chunks_per_s:.0f}/s: goodput {over.chunks_per_s:.0f}/s, refusals {over.refusals} "
                 f"(p50 {over.refusal_p50_ms:.1f} ms, p99 {over.refusal_p99_ms:.1f} ms; generator's own loop lag "
                 f"p99 {over.loop_lag_p99_ms:.1f} ms), "
-                f"timeouts {timeouts}, errors {over.errors}; quiet client: {probe.refused} refused "
+                f"timeouts {got.timeouts}, errors {over.errors}; quiet client: {probe.refused} refused "
                 f"(p50 {probe.refused_p50_ms:.1f} ms, p99 {probe.refused_p99_ms:.1f} ms), {probe.admitted} admitted "
                 f"(p50 {probe.admitted_p50_ms:.0f} ms){wire_note}; refusals by reason {reasons}")
 
@@ -127,12 +140,12 @@ def main(argv: list[str] | None = None) -> int:
           "p50 / p99, quiet client (all rounds) | p50 / p99 on the wire (all rounds) | timeouts |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for variant, rs in rows.items():
-        caps = [c for c, _, _, _, _ in rs]
-        overs = [o for _, o, _, _, _ in rs]
+        caps = [r.cap for r in rs]
+        overs = [r.over for r in rs]
         ratios = [o.chunks_per_s / c.chunks_per_s for c, o in zip(caps, overs)]
         # A quiet client sees tens of refusals per round: pool them for its p99.
-        pooled = sorted(ms for _, _, _, q, _ in rs for ms in q.refused_ms)
-        wired = sorted(t * 1000 for *_, w in rs for t in w)
+        pooled = sorted(ms for r in rs for ms in r.probe.refused_ms)
+        wired = sorted(t * 1000 for r in rs for t in r.wire_refused)
         wire_cell = (f"{percentile(wired, 0.5):.1f} / {percentile(wired, 0.99):.1f} ms ({len(wired)} refused)"
                      if a.wire else "not captured")
         print(f"| {variant or 'defaults'} | {med(c.chunks_per_s for c in caps):.0f} chunks/s | {a.factor:g}x over "
@@ -142,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({', '.join(f'{o.refusal_p99_ms:.1f}' for o in overs)}) | "
               f"{med(o.loop_lag_p99_ms for o in overs):.1f} ms | "
               f"{percentile(pooled, 0.5):.1f} / {percentile(pooled, 0.99):.1f} ms ({len(pooled)} refused) | "
-              f"{wire_cell} | {sum(t for _, _, t, _, _ in rs)} |")
+              f"{wire_cell} | {sum(r.timeouts for r in rs)} |")
     print("\nTargets: goodput >= 90% of capacity, refusal p99 <= 10 ms.")
     return 0
 

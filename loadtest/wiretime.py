@@ -63,19 +63,16 @@ def packets(path: Path):
     if len(data) < 24:
         return
     magic = struct.unpack_from("<I", data)[0]
-    if magic == 0xA1B2C3D4:
-        endian, scale = "<", 1e-6
-    elif magic == 0xA1B23C4D:
-        endian, scale = "<", 1e-9
-    else:
+    scale = {0xA1B2C3D4: 1e-6, 0xA1B23C4D: 1e-9}.get(magic)  # microsecond or nanosecond stamps
+    if scale is None:
         raise ValueError(f"{path}: not a little-endian pcap file (magic {magic:#x})")
-    linktype = struct.unpack_from(endian + "I", data, 20)[0]
+    linktype = struct.unpack_from("<I", data, 20)[0]
     link_len = {1: 14, 113: 16, 0: 4}.get(linktype)  # Ethernet (Linux lo), Linux cooked, BSD loopback
     if link_len is None:
         raise ValueError(f"{path}: link type {linktype} not understood")
     pos = 24
     while pos + 16 <= len(data):
-        sec, frac, incl, _ = struct.unpack_from(endian + "IIII", data, pos)
+        sec, frac, incl, _ = struct.unpack_from("<IIII", data, pos)
         pkt = data[pos + 16: pos + 16 + incl]
         pos += 16 + incl
         ip = pkt[link_len:]

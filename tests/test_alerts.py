@@ -89,8 +89,8 @@ def names_in(expr: str) -> set[str]:
 
 
 def exposed() -> set[str]:
-    return (metric_names(collectors("gateway") + [BufferCollector(None), GateCollector(None)]) | metric_names(collectors("ingest"))
-            | BUILTIN)
+    gateway = collectors("gateway") + [BufferCollector(None), GateCollector(None)]
+    return metric_names(gateway) | metric_names(collectors("ingest")) | BUILTIN
 
 
 def test_names_in_parses_promql():

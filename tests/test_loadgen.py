@@ -9,6 +9,7 @@ import email.utils
 import hashlib
 import json
 import os
+import struct
 import time
 
 import aiohttp
@@ -240,10 +241,6 @@ def test_helpers():
 def test_wire_times_pair_each_answer_with_its_request(tmp_path):
     """loadtest/wiretime reads a pcap: per connection, each answer's first packet is paired with
     the oldest unanswered request's first packet; other traffic is ignored."""
-    import struct
-
-    from loadtest.wiretime import answer_times
-
     def packet(t: float, sport: int, dport: int, payload: bytes) -> bytes:
         tcp = struct.pack("!HHIIBBHHH", sport, dport, 0, 0, 5 << 4, 0x18, 65535, 0, 0) + payload
         ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0, bytes([127, 0, 0, 1]),
@@ -265,10 +262,10 @@ def test_wire_times_pair_each_answer_with_its_request(tmp_path):
     ])
     path = tmp_path / "x.pcap"
     path.write_bytes(pcap)
-    times = {status: [round(t * 1000, 3) for t in ts] for status, ts in answer_times(path, gw).items()}
+    times = {status: [round(t * 1000, 3) for t in ts] for status, ts in wiretime.answer_times(path, gw).items()}
     assert times == {503: [3.0, 2.0], 204: [7.0]}
     # A window on the request's time: only the last request was sent from 10.005 on.
-    assert {s: len(ts) for s, ts in answer_times(path, gw, since=10.005).items()} == {503: 1}
+    assert {s: len(ts) for s, ts in wiretime.answer_times(path, gw, since=10.005).items()} == {503: 1}
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or wiretime.available() is not None,
