@@ -2,6 +2,7 @@
 
     python -m loadtest.bench_overload [--rounds 3] [--duration 8] [--factor 3] [--variant SETTINGS ...]
                                       [--wire] [--dedicated-core] [--fsync always]
+                                      [--variant python=.venv-3.13/bin/python]
 
 Per round, on a fresh embedded Valkey (AOF everysec) and one `unggah serve` (tokens on):
 capacity = closed-loop chunks/s at 64 uploads; then an open-loop run offering
@@ -98,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="a gateway setting for this run, e.g. UNGGAH_APPEND_TARGET_WAIT_MS=500 (repeatable)")
     p.add_argument("--variant", action="append", default=[], metavar="UNGGAH_NAME=VALUE[,...]",
                    help="compare gateway settings side by side: each round runs every variant in turn, each "
-                        "on a fresh stack, e.g. --variant UNGGAH_APPEND_TURN_TARGET_MS=0 --variant "
-                        "UNGGAH_APPEND_TURN_TARGET_MS=3 (repeatable; on top of --gateway-env)")
+                        "on a fresh stack, e.g. --variant UNGGAH_APPEND_SLOTS=4 --variant UNGGAH_APPEND_SLOTS=16 "
+                        "(repeatable; on top of --gateway-env). The key python=PATH runs that variant's gateway "
+                        "under another interpreter, e.g. --variant python=.venv-3.13/bin/python")
     a = p.parse_args(argv)
     if a.wire and (why := wiretime.available()):
         p.error(f"--wire: {why}")
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     for rnd in range(a.rounds):
         for variant in variants:
             env = {**common, **dict(kv.split("=", 1) for kv in variant.split(",") if kv)}
-            with gateway_stack(fsync=a.fsync, gateway_cpus=gateway_cpus, **env) as st:
+            python = env.pop("python", sys.executable)
+            with gateway_stack(fsync=a.fsync, gateway_cpus=gateway_cpus, python=python, **env) as st:
                 base = dict(url=st.files, chunk=a.chunk, upload_size=16 * a.chunk, duration=a.duration, warmup=1.5,
                             checksum="crc32c", headers={"Authorization": f"Bearer {st.tokens['bench']}"}, timeout=30)
                 got = one_round(st, a, base)

@@ -48,11 +48,14 @@ async def _issue_tokens(url: str, pairs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def start_process(args: list[str], url: str, state: Path, log_name: str, **env_extra: str) -> subprocess.Popen:
+def start_process(args: list[str], url: str, state: Path, log_name: str, python: str = sys.executable,
+                  **env_extra: str) -> subprocess.Popen:
+    """`unggah <args>` in its own process; `python`: the interpreter to run it under (one with
+    the project installed, e.g. another version's venv)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNGGAH_")}
     env.update({"UNGGAH_REDIS_URL": url, "UNGGAH_STATE_DIR": str(state), "UNGGAH_VALKEY_MAXMEMORY": "8gb",
                 "UNGGAH_LOG_LEVEL": "WARNING", **env_extra})
-    return subprocess.Popen([sys.executable, "-m", "unggah.cli", *args], env=env, stdout=subprocess.DEVNULL,
+    return subprocess.Popen([python, "-m", "unggah.cli", *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=open(state / log_name, "ab"))
 
 
@@ -75,16 +78,17 @@ NO_AOF_REWRITE = ("--auto-aof-rewrite-percentage", "0")
 
 @contextmanager
 def gateway_stack(pairs: tuple[str, ...] = ("bench",), fsync: str = "everysec", gateway_cpus: set[int] | None = None,
-                  **settings: str):
+                  python: str = sys.executable, **settings: str):
     """`settings`: extra UNGGAH_* environment for the gateway, e.g. UNGGAH_APPEND_SLOTS="32".
-    `gateway_cpus`: pin the gateway to these CPUs (the caller pins itself, and so Valkey, elsewhere)."""
+    `gateway_cpus`: pin the gateway to these CPUs (the caller pins itself, and so Valkey, elsewhere).
+    `python`: the interpreter the gateway runs under."""
     work = Path(tempfile.mkdtemp(prefix="unggah-bench-"))
     vk = EmbeddedValkey(work / "valkey", appendfsync=fsync, maxmemory="8gb", extra_args=NO_AOF_REWRITE).start()
     port = free_port()
     gw = None
     try:
         tokens = asyncio.run(_issue_tokens(vk.url, pairs))
-        gw = start_process(["serve"], vk.url, work, "gateway.log", UNGGAH_PORT=str(port), **settings)
+        gw = start_process(["serve"], vk.url, work, "gateway.log", python, UNGGAH_PORT=str(port), **settings)
         if gateway_cpus:
             os.sched_setaffinity(gw.pid, gateway_cpus)
         for _ in range(200):
