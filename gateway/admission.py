@@ -16,8 +16,9 @@ Three guards, each answering a different question:
   already in progress are never refused, they wait.
 - ByteBudget: how much request body may this process hold in memory? A piece reserves
   its bytes once it has its turn, just before its body is read, so memory stays bounded
-  whatever the number of connections (a waiting connection's bytes stay in the kernel,
-  under TCP flow control). A new request finding no room is refused at once.
+  whatever the number of connections (a waiting connection holds a few KiB here, the
+  rest stays in the kernel under TCP flow control: gateway/reads.py). A new request
+  finding no room is refused at once.
 
 Refusals use 503 + Retry-After: every standard tus client retries 5xx (tus-js-client
 does not retry 429).

@@ -87,9 +87,10 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
                                        auth.middleware(tenants, tus.shed),
                                        refuse_when_draining],
                           client_max_size=1 << 20,
-                          # A connection waiting for its turn buffers at most 2x this before aiohttp
-                          # pauses reading it: the rest waits in the kernel under TCP flow control, so
-                          # bodies are read (the main cost of a request) inside admission's fair turns.
+                          # A connection waiting for its turn buffers at most 2x this, plus one read of
+                          # read_chunk_bytes (gateway/reads.py), before aiohttp pauses reading it: the
+                          # rest waits in the kernel under TCP flow control, so bodies are read (the main
+                          # cost of a request) inside admission's fair turns.
                           handler_args={"read_bufsize": settings.read_buffer_bytes})
     app[STORE] = store
     app[SETTINGS] = settings

@@ -24,6 +24,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
+from gateway import reads
 from gateway.headers import tus_method
 from gateway.problems import problem, retry_after
 from metrics.registry import SHUTTING_DOWN
@@ -104,7 +105,7 @@ async def serve(make_app: Callable[[Settings], Awaitable[web.Application]], sett
     app = await make_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=LAST_CALL_SECONDS)
     await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port).start()
+    listener = await reads.listen(runner, settings.host, settings.port, settings.read_chunk_bytes)
     # Everything built so far (modules, the app, settings) lives as long as the process: out of
     # the collector's sight, a full collection costs a fraction of the time, which is a pause
     # every request in flight would otherwise wait out.
@@ -122,6 +123,7 @@ async def serve(make_app: Callable[[Settings], Awaitable[web.Application]], sett
     clean = await lc.drained(settings.shutdown_drain_seconds, settings.shutdown_grace_seconds)
     if not clean:
         log.warning("grace period over; cancelling what is still running", extra={"inflight": lc.inflight})
+    listener.close()
     await runner.cleanup()
     log.info("gateway stopped")
     return 0

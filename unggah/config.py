@@ -93,6 +93,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Per-connection read-ahead (aiohttp read_bufsize). Small keeps waiting requests from
     # consuming CPU outside their fair turn; large reads long bodies with fewer wake-ups.
     read_buffer_bytes: int = 16 * KiB
+    # Bytes taken off a socket per read (gateway/reads.py). Without this cap the event loop
+    # reads up to 256,000 at once, past read_buffer_bytes. 0: the loop's own read size.
+    read_chunk_bytes: int = 16 * KiB
 
     # Graceful shutdown (SIGTERM): the gateway turns unready, refuses new uploads and keeps
     # listening while appends are in flight, at least drain and at most grace seconds.
@@ -184,6 +187,8 @@ def _check(s: Settings) -> None:
         raise ConfigError("buffer_high_ratio must be in (0, 1]")
     if s.append_slots < 1 or s.append_queue < 0:
         raise ConfigError("append_slots must be >= 1 and append_queue >= 0")
+    if s.read_chunk_bytes < 0 or 0 < s.read_chunk_bytes < 1 * KiB:
+        raise ConfigError("read_chunk_bytes must be 0 (the event loop's own read size) or at least 1024")
     if not 0 < s.append_target_wait_ms <= s.append_max_wait_ms:
         raise ConfigError("append_target_wait_ms must be above 0 and at most append_max_wait_ms")
     try:
