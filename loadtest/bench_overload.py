@@ -35,7 +35,7 @@ import msgspec
 from loadtest import wiretime
 from loadtest.benchstack import empty_buffer, gateway_stack, log, machine
 from loadtest.probe import ProbeResult
-from loadtest.tusload import KiB, LoadConfig, Result, percentile, run
+from loadtest.tusload import KiB, MiB, LoadConfig, Result, percentile, run
 
 
 def refusal_reasons(metrics_url: str) -> dict[str, float]:
@@ -55,6 +55,7 @@ class Round(NamedTuple):
     over: Result  # factor x capacity, open loop
     probe: ProbeResult  # the quiet client beside it
     wire_refused: list[float]  # refusals' answer times on the wire (seconds); empty without --wire
+    peak_rss: int  # the gateway's peak resident memory over the round, bytes
 
     @property
     def timeouts(self) -> int:
@@ -80,7 +81,7 @@ def one_round(st, a, base) -> Round:
     since = began + base["warmup"]
     wire = wiretime.answer_times(pcap, port, since, since + a.duration) if a.wire else {}
     empty_buffer(st.redis_url)
-    return Round(cap, over, probe, wire.get(503, []))
+    return Round(cap, over, probe, wire.get(503, []), st.gateway_peak_rss())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"p99 {over.loop_lag_p99_ms:.1f} ms), "
                 f"timeouts {got.timeouts}, errors {over.errors}; quiet client: {probe.refused} refused "
                 f"(p50 {probe.refused_p50_ms:.1f} ms, p99 {probe.refused_p99_ms:.1f} ms), {probe.admitted} admitted "
-                f"(p50 {probe.admitted_p50_ms:.0f} ms){wire_note}; refusals by reason {reasons}")
+                f"(p50 {probe.admitted_p50_ms:.0f} ms){wire_note}; gateway peak RSS {got.peak_rss / MiB:.0f} MiB; "
+                f"refusals by reason {reasons}")
 
     med = statistics.median
     print(f"\nMachine: {machine()}; {a.rounds} rounds of {a.duration:g} s, medians; {a.chunk // KiB} KiB chunks; "
@@ -140,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'; ' + ' '.join(a.gateway_env) if a.gateway_env else ''}\n")
     print("| settings | capacity (closed loop, 64 uploads) | offered | goodput | goodput / capacity | "
           "refusals per round | refusal answered p50 / p99, load generator | generator's own loop lag p99 | "
-          "p50 / p99, quiet client (all rounds) | p50 / p99 on the wire (all rounds) | timeouts |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "p50 / p99, quiet client (all rounds) | p50 / p99 on the wire (all rounds) | gateway peak RSS | timeouts |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for variant, rs in rows.items():
         caps = [r.cap for r in rs]
         overs = [r.over for r in rs]
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({', '.join(f'{o.refusal_p99_ms:.1f}' for o in overs)}) | "
               f"{med(o.loop_lag_p99_ms for o in overs):.1f} ms | "
               f"{percentile(pooled, 0.5):.1f} / {percentile(pooled, 0.99):.1f} ms ({len(pooled)} refused) | "
-              f"{wire_cell} | {sum(r.timeouts for r in rs)} |")
+              f"{wire_cell} | {med(r.peak_rss for r in rs) / MiB:.0f} MiB | {sum(r.timeouts for r in rs)} |")
     print("\nTargets: goodput >= 90% of capacity, refusal p99 <= 10 ms.")
     return 0
 

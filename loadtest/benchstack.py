@@ -32,6 +32,14 @@ class Stack(msgspec.Struct):
     files: str  # the tus endpoint
     tokens: dict[str, str]  # pair -> bearer token
     work: Path
+    gateway_pid: int
+
+    def gateway_peak_rss(self) -> int:
+        """The gateway process's peak resident memory so far, in bytes (Linux: VmHWM)."""
+        for line in Path(f"/proc/{self.gateway_pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM in /proc: peak memory is read on Linux only")
 
 
 async def _issue_tokens(url: str, pairs: tuple[str, ...]) -> dict[str, str]:
@@ -99,7 +107,8 @@ def gateway_stack(pairs: tuple[str, ...] = ("bench",), fsync: str = "everysec", 
                 time.sleep(0.05)
         else:
             raise RuntimeError(f"gateway did not start; see {work / 'gateway.log'}")
-        yield Stack(redis_url=vk.url, files=f"http://127.0.0.1:{port}/files/", tokens=tokens, work=work)
+        yield Stack(redis_url=vk.url, files=f"http://127.0.0.1:{port}/files/", tokens=tokens, work=work,
+                    gateway_pid=gw.pid)
     finally:
         if gw:
             stop(gw)
