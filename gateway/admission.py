@@ -27,7 +27,10 @@ does not retry 429).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
+import heapq
+import itertools
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -66,8 +69,13 @@ class FairGate:
         self.clock = clock
         self.inflight = 0
         self.per_tenant: collections.Counter[str] = collections.Counter()
-        # Per tenant: (progress, enqueued at, future) of each waiting piece.
-        self.waiting: dict[str, list[tuple[float, float, asyncio.Future]]] = {}
+        # Per tenant: a heap of the waiting pieces, most urgent first (see _urgency); each
+        # (urgency, arrival number, progress, future).
+        self.waiting: dict[str, list[tuple[float, int, float, asyncio.Future]]] = {}
+        # The progress of every waiting piece, sorted: how many go before a newcomer, in log time.
+        # Both stay cheap with thousands waiting, which is when the gate is asked most often.
+        self._progress: list[float] = []
+        self._arrivals = itertools.count()
         self.turns: collections.deque[str] = collections.deque()
         self.last_seen: dict[str, float] = {}
         self.n_waiting = 0
@@ -152,7 +160,7 @@ class FairGate:
         limit = self.target_wait * share
         if (self.n_waiting + 1) * self.release_interval > limit:
             # Only the waiters that go first count (completion first); count them only when it matters.
-            ahead = sum(1 for q in self.waiting.values() for item in q if item[0] >= progress)
+            ahead = len(self._progress) - bisect.bisect_left(self._progress, progress)
             expected_wait = (ahead + 1) * self.release_interval
         else:
             expected_wait = 0.0
@@ -180,7 +188,8 @@ class FairGate:
                 raise refusal
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         queue = self.waiting.setdefault(tenant, [])
-        queue.append((progress, self.clock(), fut))
+        heapq.heappush(queue, (self._urgency(progress, self.clock()), next(self._arrivals), progress, fut))
+        bisect.insort(self._progress, progress)
         if tenant not in self.turns:
             self.turns.append(tenant)
         self.n_waiting += 1
@@ -200,23 +209,30 @@ class FairGate:
                 self._forget(tenant, fut)
             raise
 
-    def _most_urgent(self, queue: list) -> int:
-        """Completion first, with ageing: a waiter gains one full unit of priority per
-        max_wait spent waiting, so an upload that just started is still served before it
-        would time out, while uploads nearly done keep going first."""
-        now = self.clock()
-        best, best_score = 0, -1.0
-        for i, (progress, since, _) in enumerate(queue):
-            score = progress + (now - since) / self.max_wait
-            if score > best_score:
-                best, best_score = i, score
-        return best
+    def _urgency(self, progress: float, since: float) -> float:
+        """Completion first, with ageing: a waiter's priority is its progress plus one full
+        unit per max_wait spent waiting, so an upload that just started is still served
+        before it would time out, while uploads nearly done keep going first. That orders
+        waiters the same at every moment as progress - since / max_wait does, so the order
+        is fixed when a piece queues (a heap keeps it; lowest first, hence the sign)."""
+        return since / self.max_wait - progress
+
+    def _pop(self, queue: list) -> asyncio.Future:
+        """The most urgent waiter of `queue` (ties: first come), out of the queue."""
+        _, _, progress, fut = heapq.heappop(queue)
+        del self._progress[bisect.bisect_left(self._progress, progress)]
+        self.n_waiting -= 1
+        return fut
 
     def _forget(self, tenant: str, fut: asyncio.Future) -> None:
         queue = self.waiting.get(tenant, [])
         for i, item in enumerate(queue):
-            if item[2] is fut:
-                del queue[i]
+            if item[3] is fut:
+                # A timeout or a cancelled request: rare, so a linear search and re-heap will do.
+                queue[i] = queue[-1]
+                queue.pop()
+                heapq.heapify(queue)
+                del self._progress[bisect.bisect_left(self._progress, item[2])]
                 self.n_waiting -= 1
                 break
         fut.cancel()
@@ -245,8 +261,7 @@ class FairGate:
             if self.per_tenant[tenant] >= cap or self._holding(tenant):
                 idle_turns += 1
                 continue
-            _, _, fut = queue.pop(self._most_urgent(queue))
-            self.n_waiting -= 1
+            fut = self._pop(queue)
             if not queue:
                 self.turns.remove(tenant)
             self._grant(tenant)

@@ -33,6 +33,50 @@ async def test_completion_first_within_a_tenant():
     assert order == [0.9, 0.5, 0.1, 0.0]
 
 
+async def test_a_piece_that_waited_long_goes_before_a_nearly_done_newcomer():
+    """Ageing: a waiter gains one unit of priority per max_wait waited, so an upload that
+    just started is not starved by uploads nearly done, however many keep arriving."""
+    now = [0.0]
+    for waited, first in ((5.0, "old"), (1.0, "new")):  # priority 0 + waited / 5 against 0.9
+        gate = FairGate(slots=1, queue_limit=100, max_wait=5, clock=lambda: now[0])
+        now[0] = 0.0
+        await gate.acquire("a", 0.5, in_progress=True)  # the slot is taken
+        old = asyncio.create_task(gate.acquire("a", 0.0, in_progress=True))
+        await asyncio.sleep(0.01)
+        now[0] = waited
+        new = asyncio.create_task(gate.acquire("a", 0.9, in_progress=True))
+        await asyncio.sleep(0.01)
+        gate.release("a")
+        await asyncio.sleep(0.01)
+        assert (old.done(), new.done()) == ((True, False) if first == "old" else (False, True)), waited
+        for t in (old, new):
+            t.cancel()
+        await asyncio.gather(old, new, return_exceptions=True)
+
+
+async def test_a_waiter_that_gives_up_is_forgotten_and_the_order_of_the_rest_holds():
+    gate = FairGate(slots=1, queue_limit=100, max_wait=5, target_wait=0.05)
+    await gate.acquire("a", 0.0, in_progress=True)
+    waiting = {p: asyncio.create_task(gate.acquire("a", p, in_progress=True)) for p in (0.2, 0.9, 0.6, 0.4)}
+    await asyncio.sleep(0)
+    waiting.pop(0.9).cancel()  # its client went away
+    await asyncio.sleep(0.01)
+    assert gate.n_waiting == 3
+    # It no longer counts ahead of a newcomer at 0.5: with 15 ms per piece, one ahead (0.6) fits
+    # the newcomer's 37.5 ms (target 50 ms x 0.75), two would not.
+    gate.release_interval = 0.015
+    assert gate.shed("a", 0.5) is None
+    assert gate.shed("a", 0.3) is not None  # two ahead of it (0.6, 0.4): refused
+    order = []
+    for _ in range(3):
+        gate.release("a")
+        await asyncio.sleep(0.01)
+        order += [p for p, t in waiting.items() if t.done() and p not in order]
+    assert order == [0.6, 0.4, 0.2]
+    gate.release("a")
+    assert gate.n_waiting == 0 and gate.inflight == 0
+
+
 async def test_when_the_queue_is_long_new_uploads_are_refused_before_nearly_done_ones():
     gate = FairGate(slots=1, queue_limit=4, max_wait=5)
     await gate.acquire("a", 0.0, in_progress=False)
