@@ -13,6 +13,7 @@ starts with its partition, so no lookup is needed to find an upload's keys.
     unggah:{p3}:rec:<id>       accepted PATCHes: start offset -> "length:crc32c" (duplicate replay)
     unggah:{p3}:idem:<digest>  Idempotency-Key record for upload creation
     unggah:{p3}:audit          audit events of this partition, waiting to be chained to disk
+    unggah:{p3}:revoked        hashes of revoked tokens, checked by APPEND (written to every partition)
 
 Global keys (single-key commands only, so they may live in any slot):
 
@@ -29,6 +30,9 @@ import secrets
 
 GROUP = "ingest"
 PREFIX = "unggah"
+# The most partitions a deployment may have (unggah.config checks it). A revocation is written
+# to every one of them, so it reaches a gateway whatever its partition count.
+MAX_PARTITIONS = 1024
 
 # Partition (decimal), a dash, 32 hex digits: 128 random bits.
 _ID = re.compile(r"^(\d{1,4})-([0-9a-f]{32})$")
@@ -79,6 +83,10 @@ def errors(p: int) -> str:
 
 def audit(p: int) -> str:
     return f"{_tag(p)}:audit"
+
+
+def revoked(p: int) -> str:
+    return f"{_tag(p)}:revoked"
 
 
 def completed(p: int) -> str:

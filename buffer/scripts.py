@@ -52,12 +52,14 @@ maybe_fin(KEYS[1], KEYS[2], id)
 return {'created', id}
 """
 
-# KEYS: state, stream, buffered-bytes counter, records, audit
+# KEYS: state, stream, buffered-bytes counter, records, audit, revoked tokens
 # ARGV: id, offset, now_ms, patch_start, record ('' unless last piece of the PATCH),
 #       new_length ('' if none), buffer_limit (0 = none), tenant, actor,
-#       then crc, data, crc, data, ...
-# Another tenant's upload answers 'notfound', so its existence does not leak.
+#       token hash ('' when access control is off), then crc, data, crc, data, ...
+# Another tenant's upload answers 'notfound', so its existence does not leak. A revoked
+# token answers 'revoked' in the same step: the gateway appends without looking the token up.
 APPEND = _PRELUDE + r"""
+if ARGV[10] ~= '' and redis.call('SISMEMBER', KEYS[6], ARGV[10]) == 1 then return {'revoked'} end
 local st = redis.call('HMGET', KEYS[1], 'state', 'offset', 'length', 'expires_at', 'concat', 'tenant')
 if not st[1] or st[6] ~= ARGV[8] then return {'notfound'} end
 if st[5] == 'final' then return {'final'} end
@@ -72,7 +74,7 @@ if tonumber(ARGV[2]) ~= offset then
   return {'conflict', offset, redis.call('HGET', KEYS[4], ARGV[4]) or ''}
 end
 local total = 0
-for i = 11, #ARGV, 2 do total = total + #ARGV[i] end
+for i = 12, #ARGV, 2 do total = total + #ARGV[i] end
 if length >= 0 and offset == length and total > 0 then return {'complete', offset} end
 local declared = false
 if ARGV[6] ~= '' then
@@ -88,7 +90,7 @@ if limit > 0 and total > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') + tot
   return {'full', offset}
 end
 local off = offset
-for i = 10, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   local data = ARGV[i + 1]
   if #data > 0 then
     redis.call('XADD', KEYS[2], '*', 'k', 'd', 'u', ARGV[1], 'o', off, 'c', ARGV[i], 'd', data)

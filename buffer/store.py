@@ -27,7 +27,7 @@ class Created(msgspec.Struct):
 
 class Appended(msgspec.Struct):
     # ok | conflict | complete | notfound | final | closed | expired | exceeds | full |
-    # length_fixed | length_short; `offset` is the current offset (the length for exceeds/length_fixed)
+    # length_fixed | length_short | revoked; `offset` is the current offset (the length for exceeds/length_fixed)
     outcome: str
     offset: int = 0
     record: str = ""  # conflict: what was accepted earlier at this PATCH's start offset
@@ -86,17 +86,18 @@ class UploadStore:
 
     async def append(self, upload_id: str, offset: int, pieces: list[tuple[int, bytes]], *,
                      tenant: str, patch_start: int, record: str = "", new_length: int | None = None,
-                     buffer_limit: int = 0, actor: str = "") -> Appended:
+                     buffer_limit: int = 0, actor: str = "", token_hash: str = "") -> Appended:
         p = self.partition(upload_id)
         if p is None:
             return Appended("notfound")
         args: list[object] = [upload_id, offset, int(self.clock() * 1000), patch_start, record,
-                              "" if new_length is None else new_length, buffer_limit, tenant, actor or tenant]
+                              "" if new_length is None else new_length, buffer_limit, tenant, actor or tenant,
+                              token_hash]
         for crc, data in pieces:
             args += [crc, data]
         res = await self._durable(self.scripts.append,
                                   [keys.upload(p, upload_id), keys.stream(p), keys.buffered_bytes(p),
-                                   keys.records(p, upload_id), keys.audit(p)], args)
+                                   keys.records(p, upload_id), keys.audit(p), keys.revoked(p)], args)
         outcome = res[0].decode()
         if outcome == "conflict":
             return Appended(outcome, int(res[1]), res[2].decode())

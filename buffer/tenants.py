@@ -1,8 +1,10 @@
 """Tenants (candidate pairs) and their access tokens.
 
-A token is shown once when issued and stored only as its sha256. Every request
-looks its token up (one GET-sized read), so a revocation takes effect on the
-very next request, on every gateway.
+A token is shown once when issued and stored only as its sha256. A revocation
+takes effect on the very next request, on every gateway: a request looks its token
+up (one HGETALL), except an append with a token its gateway already confirmed,
+which the APPEND script checks against the revoked set of its partition in the
+same step that appends (see buffer/scripts.py).
 
 Roles:
   operator  - a pair's IT team: create, append, terminate and read its own tenant's uploads
@@ -121,6 +123,11 @@ class TenantStore:
             raise TenantError(f"{len(matches)} tokens match {prefix!r}; give a longer prefix")
         p = matches[0]
         p.revoked_at = int(time.time() * 1000)
+        # Every partition there can be, so it reaches gateways whatever their partition count.
+        pipe = self.r.pipeline(transaction=False)
+        for partition in range(keys.MAX_PARTITIONS):
+            pipe.sadd(keys.revoked(partition), p.token_hash)
+        await pipe.execute()
         await self.r.hset(keys.token(p.token_hash), "revoked_at", p.revoked_at)
         await self._audit("token-revoked", p.tenant, f"admin for {p.name} (token {p.token_hash[:12]})", p.revoked_at)
         return p

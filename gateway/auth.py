@@ -13,6 +13,7 @@ from aiohttp import web
 
 from buffer.tenants import Principal, TenantStore, hash_token
 from gateway.context import ADMITTED, PRINCIPAL, READ_ALL, TENANT
+from gateway.headers import tus_method
 from gateway.problems import problem
 
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/receipts/public-key")
@@ -21,6 +22,10 @@ PUBLIC = Principal(token_hash="", tenant="public", role="operator", name="anonym
 
 def unauthorized(detail: str) -> web.Response:
     return problem(401, "unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="unggah"'})
+
+
+def revoked() -> web.Response:
+    return unauthorized("this token is unknown or was revoked; ask your administrator for a new one")
 
 
 # Principals this process confirmed recently, by token hash; bounded (tokens are few, but
@@ -33,11 +38,15 @@ Shed = Callable[[web.Request, str], "web.Response | None"]
 def middleware(tenants: TenantStore | None, shed: Shed | None = None):
     """`tenants` None: access control is off and everyone is the open tenant "public".
 
-    Every request that may change anything has its token confirmed in Redis, so a revoked
-    token stops working at once. One kind of answer comes first: when admission would
-    refuse the request anyway (`shed`, asked with the tenant its token had when last
-    confirmed), the refusal goes out without that round trip. Under overload that is most
-    requests, and a refusal changes nothing and reveals nothing."""
+    Every request that may change anything has its token confirmed, so a revoked token
+    stops working at once: looked up in Redis, or, for an append with a token this process
+    confirmed before, checked by the APPEND script in the step that appends (the handler
+    passes the token's hash; buffer/tenants.py writes revocations where the script looks).
+    Appends are most of the traffic near a deadline, and this saves each one a round trip.
+    One kind of answer comes first: when admission would refuse the request anyway (`shed`,
+    asked with the tenant its token had when last confirmed), the refusal goes out without
+    any check. Under overload that is most requests, and a refusal changes nothing and
+    reveals nothing."""
     recent: collections.OrderedDict[str, Principal] = collections.OrderedDict()
 
     def attach(request: web.Request, principal: Principal) -> None:
@@ -61,14 +70,17 @@ def middleware(tenants: TenantStore | None, shed: Shed | None = None):
             known = recent.get(token_hash)
             if known is not None and (refusal := admit(request, known)) is not None:
                 return refusal
-            principal = await tenants.lookup(token)
-            if principal is None:
-                recent.pop(token_hash, None)
-                return unauthorized("this token is unknown or was revoked; ask your administrator for a new one")
-            recent[token_hash] = principal
-            recent.move_to_end(token_hash)
-            if len(recent) > RECENT:
-                recent.popitem(last=False)
+            if known is not None and known.can_write and tus_method(request) == "PATCH":
+                principal = known  # APPEND checks the token (see above)
+            else:
+                principal = await tenants.lookup(token)
+                if principal is None:
+                    recent.pop(token_hash, None)
+                    return revoked()
+                recent[token_hash] = principal
+                recent.move_to_end(token_hash)
+                if len(recent) > RECENT:
+                    recent.popitem(last=False)
         if ADMITTED not in request and (refusal := admit(request, principal)) is not None:
             return refusal
         attach(request, principal)

@@ -25,7 +25,7 @@ from aiohttp import web
 from buffer.messages import RECEIVING, STORED, TERMINATED, UploadState, decode_metadata
 from buffer.store import Appended, UploadStore
 from gateway import checksum, headers
-from gateway.auth import may_read_uploads, may_write
+from gateway.auth import may_read_uploads, may_write, revoked
 from gateway.admission import Admission, Refused
 from gateway.context import ADMITTED, PRINCIPAL, READ_ALL, TENANT
 from gateway.windows import Windows, WindowClosed
@@ -98,6 +98,11 @@ class TusHandler:
 
     def tenant(self, request: web.Request) -> str:
         return request.get(TENANT, "public")
+
+    def token_hash(self, request: web.Request) -> str:
+        """For APPEND's revocation check; '' when access control is off."""
+        p = request.get(PRINCIPAL)
+        return p.token_hash if p is not None else ""
 
     def actor(self, request: web.Request) -> str:
         """Who did it, for the audit trail: tenant and the token holder's name."""
@@ -371,7 +376,8 @@ class TusHandler:
                 record = f"{len(body)}:{crc}"
                 res = await self.store.append(upload_id, offset, pieces, tenant=tenant, actor=self.actor(request),
                                               patch_start=offset, record=record, new_length=new_length,
-                                              buffer_limit=self.admission.buffer.partition_limit)
+                                              buffer_limit=self.admission.buffer.partition_limit,
+                                              token_hash=self.token_hash(request))
         except Refused as e:
             return self.refused(e)
         if res.outcome == "conflict" and res.record == record:
@@ -424,7 +430,7 @@ class TusHandler:
                     res = await self.store.append(
                         upload_id, pos, [(piece_crc, piece)] if piece else [], tenant=tenant, actor=self.actor(request),
                         patch_start=offset, record=record, new_length=new_length if first else None,
-                        buffer_limit=self.admission.buffer.partition_limit)
+                        buffer_limit=self.admission.buffer.partition_limit, token_hash=self.token_hash(request))
             except Refused as e:
                 # Nothing of this piece was committed; what came before it was. The client resumes from HEAD.
                 refusal = self.refused(e)
@@ -487,6 +493,8 @@ class TusHandler:
             return problem(409, "offset-mismatch",
                            f"Upload-Offset does not match the upload's offset {res.offset}; send HEAD and resume from there",
                            headers={"Upload-Offset": str(res.offset)}, offset=res.offset)
+        if o == "revoked":
+            return revoked()
         if o == "notfound" or (o == "closed" and res.detail == TERMINATED):
             return self.not_found(upload_id)
         if o == "final":

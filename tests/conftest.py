@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from buffer.connection import connect
+from gateway import reads
 from gateway.app import build_app
 from unggah import config
 from unggah.valkey import EmbeddedValkey, free_port
@@ -62,16 +63,20 @@ class Gateway:
         self.files = self.url + "/files/"
         self.app: web.Application | None = None
         self.runner: web.AppRunner | None = None
+        self.listener: asyncio.AbstractServer | None = None
 
     async def start(self) -> "Gateway":
         kw = {"clock": self.clock} if self.clock else {}
         self.app = build_app(self.settings, connect(self.settings.redis_url), **kw)
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        # The listener `unggah serve` uses (bounded reads), not web.TCPSite.
+        self.listener = await reads.listen(self.runner, "127.0.0.1", self.port, self.settings.read_chunk_bytes)
         return self
 
     async def stop(self) -> None:
+        if self.listener:
+            self.listener.close()
         if self.runner:
             await self.runner.cleanup()
 

@@ -79,17 +79,37 @@ async def test_tenants_cannot_see_append_or_delete_each_others_uploads(secured, 
 async def test_revoked_token_stops_working_at_once(secured, http):
     gw, tokens, store, settings = secured
     token, principal = await store.issue("pair-a", "operator A2")
-    url = await new_upload(http, gw, token)
+    url = await new_upload(http, gw, token)  # the gateway has confirmed this token: its appends skip the lookup
     out = subprocess.run([sys.executable, "-m", "unggah.cli", "tenants", "revoke", principal.token_hash[:12]],
                          env=child_env(settings), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    async with http.head(url, headers=bearer(token)) as resp:
-        assert resp.status == 401
     async with http.patch(url, data=b"xyz", headers=bearer(token, dict(OCTET, **{"Upload-Offset": "3"}))) as resp:
         assert resp.status == 401
-    # Other tokens of the same tenant are unaffected.
+    async with http.head(url, headers=bearer(token)) as resp:
+        assert resp.status == 401
+    # Other tokens of the same tenant are unaffected, and the refused append changed nothing.
     async with http.head(url, headers=bearer(tokens["a"])) as resp:
-        assert resp.status == 200
+        assert resp.status == 200 and resp.headers["Upload-Offset"] == "3"
+
+
+async def test_an_append_with_a_confirmed_token_costs_no_token_lookup(secured, http, r):
+    """The APPEND script checks revocation in the step that appends, so a PATCH with a token
+    the gateway already confirmed makes one round trip, not two."""
+    gw, tokens, store, _ = secured
+
+    async def lookups() -> int:
+        return int((await r.info("commandstats")).get("cmdstat_hgetall", {}).get("calls", 0))
+
+    url = await new_upload(http, gw, tokens["a"], data=b"ab")  # 2 of 5 bytes; the token is confirmed
+    before = await lookups()
+    async with http.patch(url, data=b"c", headers=bearer(tokens["a"], dict(OCTET, **{"Upload-Offset": "2"}))) as resp:
+        assert resp.status == 204
+    assert await lookups() == before
+    # The contrast: a token this gateway has not seen yet is looked up first.
+    fresh, _ = await store.issue("pair-a", "operator A3")
+    async with http.patch(url, data=b"d", headers=bearer(fresh, dict(OCTET, **{"Upload-Offset": "3"}))) as resp:
+        assert resp.status == 204
+    assert await lookups() == before + 1
 
 
 async def test_verifier_reads_all_but_cannot_write(secured, http):

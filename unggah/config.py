@@ -13,6 +13,8 @@ from typing import Literal
 
 import msgspec
 
+from buffer import keys
+
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
@@ -177,8 +179,8 @@ def load(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None 
 
 
 def _check(s: Settings) -> None:
-    if not 1 <= s.partitions <= 1024:
-        raise ConfigError("partitions must be between 1 and 1024")
+    if not 1 <= s.partitions <= keys.MAX_PARTITIONS:
+        raise ConfigError(f"partitions must be between 1 and {keys.MAX_PARTITIONS}")
     if s.entry_bytes < 4 * KiB:
         raise ConfigError("entry_bytes must be at least 4096")
     if s.checksum_patch_max_bytes < s.entry_bytes:
