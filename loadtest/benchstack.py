@@ -59,11 +59,12 @@ async def _issue_tokens(url: str, pairs: tuple[str, ...]) -> dict[str, str]:
 def start_process(args: list[str], url: str, state: Path, log_name: str, python: str = sys.executable,
                   **env_extra: str) -> subprocess.Popen:
     """`unggah <args>` in its own process; `python`: the interpreter to run it under (one with
-    the project installed, e.g. another version's venv)."""
+    the project installed, e.g. another version's venv, or a venv of an older commit's worktree:
+    -P keeps the working directory's code from shadowing what that venv has installed)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNGGAH_")}
     env.update({"UNGGAH_REDIS_URL": url, "UNGGAH_STATE_DIR": str(state), "UNGGAH_VALKEY_MAXMEMORY": "8gb",
                 "UNGGAH_LOG_LEVEL": "WARNING", **env_extra})
-    return subprocess.Popen([python, "-m", "unggah.cli", *args], env=env, stdout=subprocess.DEVNULL,
+    return subprocess.Popen([python, "-P", "-m", "unggah.cli", *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=open(state / log_name, "ab"))
 
 
