@@ -24,7 +24,7 @@ def unauthorized(detail: str) -> web.Response:
     return problem(401, "unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="unggah"'})
 
 
-def revoked() -> web.Response:
+def unknown_or_revoked() -> web.Response:
     return unauthorized("this token is unknown or was revoked; ask your administrator for a new one")
 
 
@@ -76,7 +76,7 @@ def middleware(tenants: TenantStore | None, shed: Shed | None = None):
                 principal = await tenants.lookup(token)
                 if principal is None:
                     recent.pop(token_hash, None)
-                    return revoked()
+                    return unknown_or_revoked()
                 recent[token_hash] = principal
                 recent.move_to_end(token_hash)
                 if len(recent) > RECENT:

@@ -25,7 +25,7 @@ from aiohttp import web
 from buffer.messages import RECEIVING, STORED, TERMINATED, UploadState, decode_metadata
 from buffer.store import Appended, UploadStore
 from gateway import checksum, headers
-from gateway.auth import may_read_uploads, may_write, revoked
+from gateway.auth import may_read_uploads, may_write, unknown_or_revoked
 from gateway.admission import Admission, Refused
 from gateway.context import ADMITTED, PRINCIPAL, READ_ALL, TENANT
 from gateway.windows import Windows, WindowClosed
@@ -494,7 +494,7 @@ class TusHandler:
                            f"Upload-Offset does not match the upload's offset {res.offset}; send HEAD and resume from there",
                            headers={"Upload-Offset": str(res.offset)}, offset=res.offset)
         if o == "revoked":
-            return revoked()
+            return unknown_or_revoked()
         if o == "notfound" or (o == "closed" and res.detail == TERMINATED):
             return self.not_found(upload_id)
         if o == "final":
