@@ -83,6 +83,7 @@ async def test_revoked_token_stops_working_at_once(secured, http):
     out = subprocess.run([sys.executable, "-m", "unggah.cli", "tenants", "revoke", principal.token_hash[:12]],
                          env=child_env(settings), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+    # The PATCH first: a HEAD's lookup would drop the token from the gateway's confirmed ones.
     async with http.patch(url, data=b"xyz", headers=bearer(token, dict(OCTET, **{"Upload-Offset": "3"}))) as resp:
         assert resp.status == 401
     async with http.head(url, headers=bearer(token)) as resp:
