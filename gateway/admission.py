@@ -72,13 +72,13 @@ class FairGate:
         # Per tenant: a heap of the waiting pieces, most urgent first (see _urgency); each
         # (urgency, arrival number, progress, future).
         self.waiting: dict[str, list[tuple[float, int, float, asyncio.Future]]] = {}
-        # The progress of every waiting piece, sorted: how many go before a newcomer, in log time.
-        # Both stay cheap with thousands waiting, which is when the gate is asked most often.
+        # The progress of every waiting piece, sorted: how many wait, and how many go before a
+        # newcomer, in log time. Both stay cheap with thousands waiting, which is when the gate
+        # is asked most often.
         self._progress: list[float] = []
         self._arrivals = itertools.count()
         self.turns: collections.deque[str] = collections.deque()
         self.last_seen: dict[str, float] = {}
-        self.n_waiting = 0
         # Pieces granted per active tenant: no tenant may run more than one ahead of another
         # active one (for at most ANTICIPATE while that one is between requests).
         self.served: collections.Counter[str] = collections.Counter()
@@ -87,6 +87,11 @@ class FairGate:
         # Mean time between two releases: how fast the queue drains, to predict a newcomer's wait.
         self.release_interval = 0.0
         self._last_release = 0.0
+
+    @property
+    def n_waiting(self) -> int:
+        """Pieces waiting for a slot, all tenants."""
+        return len(self._progress)
 
     def _active(self, now: float) -> int:
         for t, seen in list(self.last_seen.items()):
@@ -192,7 +197,6 @@ class FairGate:
         bisect.insort(self._progress, progress)
         if tenant not in self.turns:
             self.turns.append(tenant)
-        self.n_waiting += 1
         self._dispatch()  # a free slot may be this tenant's even though others are waiting
         try:
             await asyncio.wait_for(asyncio.shield(fut), self.max_wait if not in_progress else self.max_wait * 5)
@@ -221,7 +225,6 @@ class FairGate:
         """The most urgent waiter of `queue` (ties: first come), out of the queue."""
         _, _, progress, fut = heapq.heappop(queue)
         del self._progress[bisect.bisect_left(self._progress, progress)]
-        self.n_waiting -= 1
         return fut
 
     def _forget(self, tenant: str, fut: asyncio.Future) -> None:
@@ -233,7 +236,6 @@ class FairGate:
                 queue.pop()
                 heapq.heapify(queue)
                 del self._progress[bisect.bisect_left(self._progress, item[2])]
-                self.n_waiting -= 1
                 break
         fut.cancel()
 
