@@ -5,8 +5,11 @@ Three guards, each answering a different question:
 - BufferWatch: is the buffer filling faster than the ingesters drain it? Above the
   high watermark new uploads are refused; at the budget appends are refused too
   (the APPEND script enforces the per-partition share atomically).
-- FairGate: whose piece is read and committed next? Up to `append_slots` at once;
-  the rest wait in per-tenant queues served in turn. While several tenants are
+- FairGate: whose piece is read and committed next? Up to `append_slots` at once,
+  of which at most `append_read_slots` are having their bodies read (the CPU-heavy
+  part: fewer keeps the event loop's turns short, so refusals are answered quickly; a
+  piece waiting for Redis to commit it has given its read slot back, so commits still
+  group); the rest wait in per-tenant queues served in turn. While several tenants are
   active, each may have only `append_tenant_slots` pieces in progress whatever its
   number of operators, so eight connections cannot outrun one; within a tenant the
   upload nearest completion goes first. A new request whose predicted wait is above
@@ -56,8 +59,10 @@ class Refused(Exception):
 
 class FairGate:
     def __init__(self, slots: int, queue_limit: int, max_wait: float, clock=time.monotonic,
-                 contended_slots: int = 1, target_wait: float | None = None) -> None:
+                 contended_slots: int = 1, target_wait: float | None = None, read_slots: int | None = None) -> None:
         self.slots = slots
+        # Of the granted pieces, how many may be reading their bodies at once (see read_done).
+        self.read_slots = slots if read_slots is None else min(read_slots, slots)
         # A new request predicted to wait longer than this (scaled by completion first) is
         # refused on arrival; max_wait bounds how long any admitted request may wait.
         self.target_wait = max_wait if target_wait is None else target_wait
@@ -68,6 +73,7 @@ class FairGate:
         self.max_wait = max_wait
         self.clock = clock
         self.inflight = 0
+        self.reading = 0
         self.per_tenant: collections.Counter[str] = collections.Counter()
         # Per tenant: a heap of the waiting pieces, most urgent first (see _urgency); each
         # (urgency, arrival number, progress, future).
@@ -110,8 +116,12 @@ class FairGate:
         active = self._active(self.clock())
         return self.slots if active == 1 else max(1, min(self.contended_slots, self.slots // active))
 
+    def _room(self) -> bool:
+        return self.inflight < self.slots and self.reading < self.read_slots
+
     def _grant(self, tenant: str) -> None:
         self.inflight += 1
+        self.reading += 1
         self.per_tenant[tenant] += 1
         self.served[tenant] += 1
 
@@ -153,7 +163,7 @@ class FairGate:
         self._dispatch()
 
     def _free_for(self, tenant: str) -> bool:
-        return (self.inflight < self.slots and not self.n_waiting and self.per_tenant[tenant] < self.cap()
+        return (self._room() and not self.n_waiting and self.per_tenant[tenant] < self.cap()
                 and not self._owed(tenant, self.last_seen[tenant]))
 
     def _refusal(self, progress: float) -> Refused | None:
@@ -239,8 +249,17 @@ class FairGate:
                 break
         fut.cancel()
 
-    def release(self, tenant: str) -> None:
+    def read_done(self) -> None:
+        """A granted piece has its body read and checked: its read slot goes to the next waiter
+        while the piece is committed (it keeps its place in append_slots and its tenant's count)."""
+        self.reading -= 1
+        self._dispatch()
+
+    def release(self, tenant: str, reading: bool = True) -> None:
+        """A granted piece is done; `reading`: it had not called read_done."""
         self.inflight -= 1
+        if reading:
+            self.reading -= 1
         self.per_tenant[tenant] -= 1
         now = self.last_seen[tenant] = self.clock()
         if self._last_release:
@@ -252,7 +271,7 @@ class FairGate:
     def _dispatch(self) -> None:
         cap = self.cap()
         idle_turns = 0
-        while self.inflight < self.slots and self.turns and idle_turns < len(self.turns):
+        while self._room() and self.turns and idle_turns < len(self.turns):
             tenant = self.turns[0]
             self.turns.rotate(-1)
             queue = self.waiting.get(tenant)
@@ -370,7 +389,8 @@ class Admission:
     def __init__(self, settings, store) -> None:
         self.gate = FairGate(settings.append_slots, settings.append_queue, settings.append_max_wait_ms / 1000,
                              contended_slots=settings.append_tenant_slots,
-                             target_wait=settings.append_target_wait_ms / 1000)
+                             target_wait=settings.append_target_wait_ms / 1000,
+                             read_slots=settings.append_read_slots)
         self.bytes = ByteBudget(max(4 * settings.checksum_patch_max_bytes, 64 * settings.entry_bytes))
         self.buffer = BufferWatch(store, settings.buffer_budget, settings.buffer_high_ratio, settings.partitions)
         self.max_wait = settings.append_max_wait_ms / 1000
@@ -394,7 +414,7 @@ class Admission:
                 self.bytes.free(n)
         finally:
             if turn.held:
-                self.gate.release(tenant)
+                self.gate.release(tenant, reading=turn.reading)
 
 
 # A body read slower than this is a slow client, not CPU: it gives its slot back while it waits.
@@ -407,6 +427,14 @@ class Turn:
         self.tenant = tenant
         self.progress = progress
         self.held = True
+        self.reading = True
+
+    def read_done(self) -> None:
+        """The body is read and checked: what is left, the commit, waits on Redis, not on
+        this process's CPU, so the read slot goes to the next piece."""
+        if self.held and self.reading:
+            self.reading = False
+            self.gate.read_done()
 
     async def read(self, reading):
         """Await a body read inside the slot; if the client is slow, leave the slot to others
@@ -418,6 +446,6 @@ class Turn:
             self.held = False
             result = await task
             await self.gate.acquire(self.tenant, self.progress, in_progress=True)
-            self.held = True
+            self.held = self.reading = True
             return result
         return task.result()

@@ -374,6 +374,7 @@ class TusHandler:
                 else:
                     pieces = [(checksum.crc32c(body[i:i + step]), body[i:i + step]) for i in range(0, len(body), step)]
                 record = f"{len(body)}:{crc}"
+                turn.read_done()
                 res = await self.store.append(upload_id, offset, pieces, tenant=tenant, actor=self.actor(request),
                                               patch_start=offset, record=record, new_length=new_length,
                                               buffer_limit=self.admission.buffer.partition_limit,
@@ -427,6 +428,7 @@ class TusHandler:
                     received += len(piece)
                     last = eof or interrupted or (total is not None and received >= total)
                     record = f"{received}:{crc_all}" if last and not interrupted else ""
+                    turn.read_done()
                     res = await self.store.append(
                         upload_id, pos, [(piece_crc, piece)] if piece else [], tenant=tenant, actor=self.actor(request),
                         patch_start=offset, record=record, new_length=new_length if first else None,

@@ -156,6 +156,8 @@ GATE_METRICS = {
     "unggah_append_slots": "Pieces this gateway lets be read and committed at once (append_slots).",
     "unggah_append_in_progress": "Pieces being read and committed now.",
     "unggah_append_waiting": "Pieces waiting for a slot now.",
+    "unggah_append_read_slots": "Of those slots, pieces whose bodies may be read at once (append_read_slots).",
+    "unggah_append_reading": "Pieces whose bodies are being read now (the rest in progress are being committed).",
 }
 
 
@@ -171,7 +173,7 @@ class GateCollector(Collector):
 
     def collect(self):
         g = self.gate
-        for (name, doc), v in zip(GATE_METRICS.items(), (g.slots, g.inflight, g.n_waiting)):
+        for (name, doc), v in zip(GATE_METRICS.items(), (g.slots, g.inflight, g.n_waiting, g.read_slots, g.reading)):
             yield GaugeMetricFamily(name, doc, value=v)
 
 

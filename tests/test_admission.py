@@ -14,6 +14,7 @@ from buffer import keys
 from gateway.admission import ByteBudget, FairGate, Refused
 from gateway.problems import retry_after
 from tests.conftest import OCTET, TUS, Gateway, make_settings
+from unggah.config import ConfigError, load
 
 
 async def test_completion_first_within_a_tenant():
@@ -153,6 +154,32 @@ async def test_a_held_turn_is_given_when_the_hold_ends_even_if_the_loop_timer_fi
     t0 = time.perf_counter()
     await asyncio.wait_for(gate.acquire("b", 0.5, in_progress=False), 1.0)
     assert time.perf_counter() - t0 < 0.1, "the held turn was given only by the wait's own timeout"
+
+
+async def test_read_slots_bound_bodies_read_at_once_and_append_slots_bound_commits_too():
+    """A piece that has read its body gives its read slot to the next piece while Redis
+    commits it (so commits still group); it keeps its append slot until the commit is done."""
+    gate = FairGate(slots=2, queue_limit=100, max_wait=5, read_slots=1)
+    await gate.acquire("a", 0.5, False)
+    second = asyncio.create_task(gate.acquire("a", 0.5, False))
+    await asyncio.sleep(0.01)
+    assert not second.done(), "two bodies read at once with one read slot"
+    gate.read_done()  # the first piece is read; its commit is under way
+    await asyncio.wait_for(second, 1)
+    gate.read_done()
+    third = asyncio.create_task(gate.acquire("a", 0.5, False))
+    await asyncio.sleep(0.01)
+    assert not third.done(), "a third piece let in while both append slots are committing"
+    gate.release("a", reading=False)
+    await asyncio.wait_for(third, 1)
+    gate.release("a", reading=False)
+    gate.release("a")  # the third gives both its slots back
+    assert gate.inflight == gate.reading == 0
+
+
+def test_read_slots_below_one_are_refused_with_the_setting_named():
+    with pytest.raises(ConfigError, match="append_read_slots"):
+        load(env={"UNGGAH_APPEND_READ_SLOTS": "0"})
 
 
 async def test_tenants_take_turns_whatever_their_number_of_waiters():

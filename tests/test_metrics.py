@@ -227,8 +227,8 @@ async def test_event_loop_lag_is_sampled_and_sees_a_blocked_loop(gateway, http):
 
 
 async def test_the_gate_is_scraped_idle_and_under_contention(tmp_path, valkey, http):
-    """/metrics shows the gate: slots, pieces in progress, pieces waiting. One slot and six
-    uploaders at once: never more than one piece in progress, and some seen waiting."""
+    """/metrics shows the gate: slots, read slots, pieces in progress, reading and waiting. One
+    slot and six uploaders at once: never more than one piece in progress, and some seen waiting."""
     gw = await Gateway(make_settings(tmp_path, valkey.url, append_slots=1)).start()
     running = {"on": True}
     uploads: list[asyncio.Task] = []
@@ -244,11 +244,14 @@ async def test_the_gate_is_scraped_idle_and_under_contention(tmp_path, valkey, h
         m = await scrape(http, gw.url + "/metrics")
         assert (value(m, "unggah_append_slots"), value(m, "unggah_append_in_progress"),
                 value(m, "unggah_append_waiting")) == (1, 0, 0)
+        # append_read_slots (4 by default) takes effect up to append_slots.
+        assert (value(m, "unggah_append_read_slots"), value(m, "unggah_append_reading")) == (1, 0)
         uploads += [asyncio.create_task(uploader()) for _ in range(6)]
         seen_waiting = 0.0
         for _ in range(100):
             m = await scrape(http, gw.url + "/metrics")
             assert value(m, "unggah_append_in_progress") <= 1
+            assert value(m, "unggah_append_reading") <= value(m, "unggah_append_in_progress")
             seen_waiting = max(seen_waiting, value(m, "unggah_append_waiting"))
             if seen_waiting >= 1:
                 break

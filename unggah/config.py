@@ -77,6 +77,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Admission control (per gateway process unless said otherwise).
     # Pieces read and committed at once; further ones wait in per-tenant queues served in turn.
     append_slots: int = 16
+    # Of those, pieces whose bodies are being read and checksummed at once: the gateway's own
+    # CPU work. Few keeps every event-loop turn short, so a refusal is answered within a turn
+    # or two; a piece waiting for Redis to commit it holds no read slot, so group commit under
+    # appendfsync always still has all append_slots (at most append_slots take effect).
+    append_read_slots: int = 4
     # While several tenants are active, pieces each tenant may have in progress at once.
     append_tenant_slots: int = 1
     # Waiting pieces per process, a memory bound on waiters; refusals are normally decided
@@ -187,8 +192,8 @@ def _check(s: Settings) -> None:
         raise ConfigError("checksum_patch_max_bytes must be at least entry_bytes")
     if not 0 < s.buffer_high_ratio <= 1:
         raise ConfigError("buffer_high_ratio must be in (0, 1]")
-    if s.append_slots < 1 or s.append_queue < 0:
-        raise ConfigError("append_slots must be >= 1 and append_queue >= 0")
+    if s.append_slots < 1 or s.append_read_slots < 1 or s.append_queue < 0:
+        raise ConfigError("append_slots and append_read_slots must be >= 1, and append_queue >= 0")
     if s.read_chunk_bytes < 0 or 0 < s.read_chunk_bytes < 1 * KiB:
         raise ConfigError("read_chunk_bytes must be 0 (the event loop's own read size) or at least 1024")
     if not 0 < s.append_target_wait_ms <= s.append_max_wait_ms:
