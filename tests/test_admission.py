@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 
 from buffer import keys
-from gateway.admission import ByteBudget, FairGate, Refused
+from gateway.admission import SLOW_READ, ByteBudget, FairGate, Refused
+from gateway.app import TUS as TUS_HANDLER
 from gateway.problems import retry_after
-from tests.conftest import OCTET, TUS, Gateway, make_settings
+from tests.conftest import OCTET, TUS, Gateway, create, make_settings, patch
 from unggah.config import ConfigError, load
 
 
@@ -175,6 +177,34 @@ async def test_read_slots_bound_bodies_read_at_once_and_append_slots_bound_commi
     gate.release("a", reading=False)
     gate.release("a")  # the third gives both its slots back
     assert gate.inflight == gate.reading == 0
+
+
+async def test_a_slow_client_gives_its_slot_back_while_its_body_trickles_in_and_nothing_stays_held(
+        tmp_path, valkey, http):
+    """One slot, read slot included: a PATCH whose body trickles in for longer than SLOW_READ
+    lets another upload's PATCH through meanwhile; once both are done the gate holds nothing."""
+    gw = await Gateway(make_settings(tmp_path, valkey.url, append_slots=1, append_read_slots=1)).start()
+    writer = None
+    try:
+        slow_url, fast_url = await create(http, gw, 100), await create(http, gw, 100)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write((f"PATCH {urlsplit(slow_url).path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+                      "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+                      "Content-Length: 100\r\n\r\n").encode() + b"x" * 10)
+        await writer.drain()
+        await asyncio.sleep(SLOW_READ + 0.2)
+        # With the slot still held this would wait out append_max_wait_ms and get a 503.
+        resp = await asyncio.wait_for(patch(http, fast_url, 0, b"y" * 100), 5)
+        assert resp.status == 204 and resp.headers["Upload-Offset"] == "100"
+        writer.write(b"x" * 90)
+        await writer.drain()
+        assert b" 204 " in await asyncio.wait_for(reader.readline(), 5)
+        gate = gw.app[TUS_HANDLER].admission.gate
+        assert (gate.inflight, gate.reading, sum(gate.per_tenant.values())) == (0, 0, 0)
+    finally:
+        if writer:
+            writer.close()
+        await gw.stop()
 
 
 def test_read_slots_below_one_are_refused_with_the_setting_named():
