@@ -17,8 +17,7 @@ variant in turn, so the noise of a shared machine falls on all of them alike. Wi
 refusals are also timed on loopback by tcpdump (loadtest/wiretime.py): the gateway's own
 answer time, without either client's queueing in it. Each round also reports the CPU time the
 hypervisor took from this (virtual) machine during the overload (steal, /proc/stat): a round
-with steal in it ran on less machine than the others, and so does one whose fixed loop,
-timed before it (benchstack.loop_ms), ran slow.
+with steal in it ran on less machine than the others (but not every slow hour shows as steal).
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from loadtest import wiretime
-from loadtest.benchstack import cpu_steal, empty_buffer, gateway_stack, log, loop_ms, machine
+from loadtest.benchstack import cpu_steal, empty_buffer, gateway_stack, log, machine
 from loadtest.probe import ProbeResult
 from loadtest.tusload import KiB, MiB, LoadConfig, Result, percentile, run
 
@@ -60,7 +59,6 @@ class Round(NamedTuple):
     wire_refused: list[float]  # refusals' answer times on the wire (seconds); empty without --wire
     peak_rss: int  # the gateway's peak resident memory over the round, bytes
     steal: float  # CPU seconds the hypervisor took from the machine during the overload
-    loop_ms: float  # a fixed loop's time before the round (benchstack.loop_ms): how much machine there was
 
     @property
     def timeouts(self) -> int:
@@ -70,7 +68,6 @@ class Round(NamedTuple):
 def one_round(st, a, base) -> Round:
     """Capacity, then `factor` x capacity with the quiet client beside it (and, with --wire, a
     capture of the overload); the buffer is emptied after each."""
-    speed = loop_ms()
     cap = run(LoadConfig(concurrency=64, label="capacity", **base))
     empty_buffer(st.redis_url)
     quiet = subprocess.Popen(
@@ -89,7 +86,7 @@ def one_round(st, a, base) -> Round:
     since = began + base["warmup"]
     wire = wiretime.answer_times(pcap, port, since, since + a.duration) if a.wire else {}
     empty_buffer(st.redis_url)
-    return Round(cap, over, probe, wire.get(503, []), st.gateway_peak_rss(), stolen, speed)
+    return Round(cap, over, probe, wire.get(503, []), st.gateway_peak_rss(), stolen)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"timeouts {got.timeouts}, errors {over.errors}; quiet client: {probe.refused} refused "
                 f"(p50 {probe.refused_p50_ms:.1f} ms, p99 {probe.refused_p99_ms:.1f} ms), {probe.admitted} admitted "
                 f"(p50 {probe.admitted_p50_ms:.0f} ms){wire_note}; gateway peak RSS {got.peak_rss / MiB:.0f} MiB; "
-                f"host steal {got.steal:.2f} CPU s; fixed loop before the round {got.loop_ms:.0f} ms; "
+                f"host steal {got.steal:.2f} CPU s; "
                 f"refusals by reason {reasons}")
 
     med = statistics.median
@@ -153,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| settings | capacity (closed loop, 64 uploads) | offered | goodput | goodput / capacity | "
           "refusals per round | refusal answered p50 / p99, load generator | generator's own loop lag p99 | "
           "p50 / p99, quiet client (all rounds) | p50 / p99 on the wire (all rounds) | gateway peak RSS | timeouts | "
-          "host steal during 3x (rounds) | fixed loop before each round |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "host steal during 3x (rounds) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for variant, rs in rows.items():
         caps = [r.cap for r in rs]
         overs = [r.over for r in rs]
@@ -172,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{med(o.loop_lag_p99_ms for o in overs):.1f} ms | "
               f"{percentile(pooled, 0.5):.1f} / {percentile(pooled, 0.99):.1f} ms ({len(pooled)} refused) | "
               f"{wire_cell} | {med(r.peak_rss for r in rs) / MiB:.0f} MiB | {sum(r.timeouts for r in rs)} | "
-              f"{', '.join(f'{r.steal:.2f}' for r in rs)} CPU s | {', '.join(f'{r.loop_ms:.0f}' for r in rs)} ms |")
+              f"{', '.join(f'{r.steal:.2f}' for r in rs)} CPU s |")
     print("\nTargets: goodput >= 90% of capacity, refusal p99 <= 10 ms.")
     return 0
 

@@ -132,20 +132,6 @@ def cpu_steal() -> float:
     return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
 
 
-def loop_ms() -> float:
-    """Milliseconds a fixed pure-Python loop takes now, median of three: how much machine there
-    is. On a shared VM the gateway's capacity moved by 2x within an hour with no steal counted;
-    this says whether a round ran on a slower machine. Run it with the stack idle."""
-    times = []
-    for _ in range(3):
-        t = time.perf_counter()
-        x = 0
-        for i in range(1_000_000):
-            x += i
-        times.append((time.perf_counter() - t) * 1000)
-    return sorted(times)[1]
-
-
 def machine() -> str:
     cpu = ""
     try:
