@@ -244,7 +244,7 @@ async def test_the_gate_is_scraped_idle_and_under_contention(tmp_path, valkey, h
         m = await scrape(http, gw.url + "/metrics")
         assert (value(m, "unggah_append_slots"), value(m, "unggah_append_in_progress"),
                 value(m, "unggah_append_waiting")) == (1, 0, 0)
-        # append_read_slots (4 by default) takes effect up to append_slots.
+        # append_read_slots (2 by default) takes effect up to append_slots.
         assert (value(m, "unggah_append_read_slots"), value(m, "unggah_append_reading")) == (1, 0)
         uploads += [asyncio.create_task(uploader()) for _ in range(6)]
         seen_waiting = 0.0

@@ -81,7 +81,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # CPU work. Few keeps every event-loop turn short, so a refusal is answered within a turn
     # or two; a piece waiting for Redis to commit it holds no read slot, so group commit under
     # appendfsync always still has all append_slots (at most append_slots take effect).
-    append_read_slots: int = 4
+    append_read_slots: int = 2
     # While several tenants are active, pieces each tenant may have in progress at once.
     append_tenant_slots: int = 1
     # Waiting pieces per process, a memory bound on waiters; refusals are normally decided
