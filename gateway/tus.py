@@ -414,7 +414,8 @@ class TusHandler:
         step = self.s.entry_bytes
         pos, received, crc_all, first = offset, 0, 0, True
         interrupted = False
-        tenant = self.tenant(request)
+        # The same for every piece of this PATCH.
+        tenant, actor, token_hash = self.tenant(request), self.actor(request), self.token_hash(request)
         while True:
             want = step if total is None else min(step, total - received)
             try:
@@ -430,9 +431,9 @@ class TusHandler:
                     record = f"{received}:{crc_all}" if last and not interrupted else ""
                     turn.read_done()
                     res = await self.store.append(
-                        upload_id, pos, [(piece_crc, piece)] if piece else [], tenant=tenant, actor=self.actor(request),
+                        upload_id, pos, [(piece_crc, piece)] if piece else [], tenant=tenant, actor=actor,
                         patch_start=offset, record=record, new_length=new_length if first else None,
-                        buffer_limit=self.admission.buffer.partition_limit, token_hash=self.token_hash(request))
+                        buffer_limit=self.admission.buffer.partition_limit, token_hash=token_hash)
             except Refused as e:
                 # Nothing of this piece was committed; what came before it was. The client resumes from HEAD.
                 refusal = self.refused(e)
