@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 
 import aiohttp
@@ -21,6 +22,16 @@ from unggah.valkey import EmbeddedValkey, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
+def pytest_configure(config):
+    # A run stopped by SIGTERM (a CI timeout, `kill`) tears down as Ctrl-C does: the session's
+    # Valkey runs in its own session (unggah/valkey.py), so without teardown it would outlive us.
+    signal.signal(signal.SIGTERM, _interrupted)
 
 
 @pytest.fixture(scope="session")
