@@ -57,6 +57,11 @@ class Refused(Exception):
         self.retry_after = retry_after
 
 
+def busy() -> Refused:
+    return Refused("gateway-busy", "the gateway is at capacity; your bytes so far are safe, retry after the pause",
+                   retry_after=1)
+
+
 class FairGate:
     def __init__(self, slots: int, queue_limit: int, max_wait: float, clock=time.monotonic,
                  contended_slots: int = 1, target_wait: float | None = None, read_slots: int | None = None) -> None:
@@ -166,7 +171,7 @@ class FairGate:
         return (self._room() and not self.n_waiting and self.per_tenant[tenant] < self.cap()
                 and not self._owed(tenant, self.last_seen[tenant]))
 
-    def _refusal(self, progress: float) -> Refused | None:
+    def _too_long(self, progress: float) -> bool:
         """Whether a new request at `progress` would wait too long: decided before it queues."""
         # Completion first: a request just starting may use half the queue (and half the
         # target wait), one nearly done all of it. A request that would wait longer than
@@ -179,16 +184,13 @@ class FairGate:
             expected_wait = (ahead + 1) * self.release_interval
         else:
             expected_wait = 0.0
-        if self.n_waiting >= self.queue_limit * share or expected_wait > limit:
-            return Refused("gateway-busy", "the gateway is at capacity; your bytes so far are safe, "
-                           "retry after the pause", retry_after=1)
-        return None
+        return self.n_waiting >= self.queue_limit * share or expected_wait > limit
 
     def shed(self, tenant: str, progress: float) -> Refused | None:
         """The refusal a new request of `tenant` would get now, if any, without queueing it:
         lets the gateway answer before doing any other work for the request."""
         self._arrive(tenant)
-        return None if self._free_for(tenant) else self._refusal(progress)
+        return busy() if not self._free_for(tenant) and self._too_long(progress) else None
 
     async def acquire(self, tenant: str, progress: float, in_progress: bool, admitted: bool = False) -> None:
         """Wait for a commit slot; raise Refused for a new request that should come back later
@@ -197,10 +199,10 @@ class FairGate:
         if self._free_for(tenant):
             self._grant(tenant)
             return
-        if not in_progress and not admitted:
-            refusal = self._refusal(progress)
-            if refusal is not None:
-                raise refusal
+        if not in_progress and not admitted and self._too_long(progress):
+            # Raised, not held in a local first: a traceback holding this frame would then hold
+            # the exception, a cycle that keeps the request alive until the next GC collection.
+            raise busy()
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         queue = self.waiting.setdefault(tenant, [])
         heapq.heappush(queue, (self._urgency(progress, self.clock()), next(self._arrivals), progress, fut))
@@ -374,15 +376,17 @@ class BufferWatch:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=5)
 
-    def check_create(self) -> None:
+    def create_refusal(self) -> Refused | None:
         if self.fill >= self.high:
-            raise Refused("buffer-high", "the buffer is nearly full, so new uploads wait; uploads in progress "
-                          "continue. Retry after the pause", retry_after=5)
+            return Refused("buffer-high", "the buffer is nearly full, so new uploads wait; uploads in progress "
+                           "continue. Retry after the pause", retry_after=5)
+        return None
 
-    def check_append(self) -> None:
+    def append_refusal(self) -> Refused | None:
         if self.fill >= self.budget:
-            raise Refused("buffer-full", "the buffer is full; your bytes so far are safe, retry after the pause",
-                          retry_after=2)
+            return Refused("buffer-full", "the buffer is full; your bytes so far are safe, retry after the pause",
+                           retry_after=2)
+        return None
 
 
 class Admission:

@@ -162,20 +162,21 @@ class TusHandler:
         requests are refused, and this answers them without a round trip to Redis."""
         method = headers.tus_method(request)
         upload_id = request.match_info.get("upload_id")
-        try:
-            if method == "POST" and upload_id is None:
-                self.admission.buffer.check_create()
-            elif method == "PATCH" and upload_id is not None:
-                offset = request.headers.get("Upload-Offset", "")
-                if not offset.isdigit() or self.store.partition(upload_id) is None:
-                    return None  # bad input: the full path says what is wrong
-                self.admission.buffer.check_append()
-                refusal = self.admission.gate.shed(tenant, self.progress(upload_id, int(offset)))
-                if refusal is not None:
-                    raise refusal
-        except Refused as e:
-            return self.refused(e)
-        return None
+        # Nothing here raises: a raised refusal held in a local of this frame, which its
+        # traceback holds in turn, is a reference cycle that keeps the request alive until
+        # the garbage collector finds it, and under overload that is most requests (a young
+        # generation of 10-20k objects, collections of several ms in the loop's turn).
+        if method == "POST" and upload_id is None:
+            refusal = self.admission.buffer.create_refusal()
+        elif method == "PATCH" and upload_id is not None:
+            offset = request.headers.get("Upload-Offset", "")
+            if not offset.isdigit() or self.store.partition(upload_id) is None:
+                return None  # bad input: the full path says what is wrong
+            refusal = (self.admission.buffer.append_refusal()
+                       or self.admission.gate.shed(tenant, self.progress(upload_id, int(offset))))
+        else:
+            return None
+        return None if refusal is None else self.refused(refusal)
 
     @staticmethod
     def refused(e: Refused | WindowClosed, status: int = 503) -> web.Response:
@@ -238,10 +239,12 @@ class TusHandler:
         tenant = self.tenant(request)
         try:
             window, deadline = self.windows.for_creation(tenant)
-            self.admission.buffer.check_create()
-        except (Refused, WindowClosed) as e:
-            log.info("creation refused", extra={"tenant": tenant, "reason": getattr(e, "reason", "window-closed")})
+        except WindowClosed as e:
+            log.info("creation refused", extra={"tenant": tenant, "reason": "window-closed"})
             return self.refused(e)
+        if (refusal := self.admission.buffer.create_refusal()) is not None:
+            log.info("creation refused", extra={"tenant": tenant, "reason": refusal.reason})
+            return self.refused(refusal)
         ttl_end = int((self.clock() + self.s.upload_ttl_seconds) * 1000)
         expires_at = min(ttl_end, deadline) if deadline else ttl_end
         idem = request.headers.get("Idempotency-Key", "").strip()
@@ -326,10 +329,8 @@ class TusHandler:
             return self.not_found(upload_id)
         # No read before the body: the APPEND script checks existence, tenant and offset
         # in the same step that appends, so a PATCH costs one round trip.
-        try:
-            self.admission.buffer.check_append()
-        except Refused as e:
-            return self.refused(e)
+        if (refusal := self.admission.buffer.append_refusal()) is not None:
+            return self.refused(refusal)
         result = await self._receive(request, upload_id, offset)
         if isinstance(result, web.Response):
             return result

@@ -350,3 +350,51 @@ async def test_under_overload_a_known_token_is_refused_without_a_round_trip_and_
         assert await r.hget(keys.upload(gw.app[TUS_KEY].store.partition(upload_id), upload_id), "offset") == b"0"
     finally:
         await gw.stop()
+
+
+async def test_a_refused_request_leaves_no_garbage_for_the_collector(tmp_path, valkey, r):
+    """Under overload most requests are refused. A refusal raised from a local variable made a
+    reference cycle (the exception's traceback holds the frame, the frame holds the exception)
+    that kept the whole request alive until a garbage collection found it; under overload that
+    was most of the young generation, and its collections took several ms of the event loop's
+    turn (docs/BENCHMARKS.md). Refusals must be freed by reference counting alone: gateway busy,
+    buffer full (appends) and buffer high (creations)."""
+    import gc
+
+    from aiohttp import web
+    settings = make_settings(tmp_path, valkey.url, append_slots=1)
+    gw = await Gateway(settings).start()
+    tus = gw.app[TUS_HANDLER]
+    gate, watch = tus.admission.gate, tus.admission.buffer
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = await create(http, gw, 100)
+            await gate.acquire("public", 0.5, in_progress=False)  # the only slot is busy...
+            gate.release_interval = 10.0  # ...and the queue drains slowly: anything new is shed
+            gc.collect()
+            gc.disable()
+            gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds stays in gc.garbage
+            try:
+                for _ in range(5):
+                    resp = await patch(http, url, 0, b"abc")
+                    assert resp.status == 503 and resp.headers["Unggah-Reason"] == "gateway-busy"
+                for p in range(settings.partitions):
+                    await r.set(keys.buffered_bytes(p), 1 << 40)
+                deadline = time.monotonic() + 5
+                while watch.fill < watch.budget:
+                    assert time.monotonic() < deadline, "the gateway never saw the buffer full"
+                    await asyncio.sleep(0.05)
+                for _ in range(5):
+                    resp = await patch(http, url, 0, b"abc")
+                    assert resp.status == 503 and resp.headers["Unggah-Reason"] == "buffer-full"
+                    async with http.post(gw.files, headers=dict(TUS, **{"Upload-Length": "6"})) as resp:
+                        assert resp.status == 503 and resp.headers["Unggah-Reason"] == "buffer-high"
+                gc.collect()
+                cyclic = [type(o).__name__ for o in gc.garbage if isinstance(o, (Refused, web.BaseRequest))]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+                gc.enable()
+            assert cyclic == []
+    finally:
+        await gw.stop()
