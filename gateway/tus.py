@@ -164,8 +164,7 @@ class TusHandler:
         upload_id = request.match_info.get("upload_id")
         # Nothing here raises: a raised refusal held in a local of this frame, which its
         # traceback holds in turn, is a reference cycle that keeps the request alive until
-        # the garbage collector finds it, and under overload that is most requests (a young
-        # generation of 10-20k objects, collections of several ms in the loop's turn).
+        # the garbage collector finds it, and under overload that is most requests.
         if method == "POST" and upload_id is None:
             refusal = self.admission.buffer.create_refusal()
         elif method == "PATCH" and upload_id is not None:

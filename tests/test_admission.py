@@ -355,10 +355,9 @@ async def test_under_overload_a_known_token_is_refused_without_a_round_trip_and_
 async def test_a_refused_request_leaves_no_garbage_for_the_collector(tmp_path, valkey, r):
     """Under overload most requests are refused. A refusal raised from a local variable made a
     reference cycle (the exception's traceback holds the frame, the frame holds the exception)
-    that kept the whole request alive until a garbage collection found it; under overload that
-    was most of the young generation, and its collections took several ms of the event loop's
-    turn (docs/BENCHMARKS.md). Refusals must be freed by reference counting alone: gateway busy,
-    buffer full (appends) and buffer high (creations)."""
+    that kept the whole request alive until a garbage collection found it. Refusals must be
+    freed by reference counting alone: gateway busy, buffer full (appends) and buffer high
+    (creations)."""
     import gc
 
     from aiohttp import web
