@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import nullcontext
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -131,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[tuple[str, int], list[float]] = {}
     labels = ["this tree"]
-    tree = Worktree(a.against) if a.against else None
-    with tree if tree else _nothing() as rev_path:
+    with Worktree(a.against) if a.against else nullcontext() as rev_path:
         if rev_path:
             labels.append(a.against)
         for n in range(a.rounds):
@@ -151,14 +151,6 @@ def main(argv: list[str] | None = None) -> int:
             med = statistics.median(runs)
             print(f"| {label} | {size} B | {med:.0f} µs | {', '.join(f'{r:.0f}' for r in runs)} | {med / base:.2f} |")
     return 0
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return None
 
 
 if __name__ == "__main__":
