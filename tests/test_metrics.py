@@ -260,3 +260,27 @@ async def test_the_gate_is_scraped_idle_and_under_contention(tmp_path, valkey, h
         running["on"] = False
         await asyncio.gather(*uploads, return_exceptions=True)
         await gw.stop()
+
+
+async def test_garbage_collections_are_timed_by_generation_and_the_hook_goes_with_the_app(tmp_path, valkey, http):
+    """Every collection's pause is in unggah_gc_pause_seconds by generation (long ones hold the
+    event loop: they show in its lag and in the time to answer a refusal); a stopped gateway
+    leaves nothing in gc.callbacks."""
+    import gc
+    before = list(gc.callbacks)
+    gw = await Gateway(make_settings(tmp_path, valkey.url)).start()
+    try:
+        assert len(gc.callbacks) == len(before) + 1
+        m0 = await scrape(http, gw.url + "/metrics")
+        for generation in (0, 1, 2):
+            gc.collect(generation)
+        await asyncio.sleep(0.25)  # the pauses are recorded every 100 ms
+        m1 = await scrape(http, gw.url + "/metrics")
+        for generation in ("0", "1", "2"):
+            grew = (value(m1, "unggah_gc_pause_seconds_count", generation=generation)
+                    - value(m0, "unggah_gc_pause_seconds_count", generation=generation))
+            assert grew >= 1, f"generation {generation}'s collection was not timed"
+        assert value(m1, "unggah_gc_pause_seconds_sum", generation="2") > 0
+    finally:
+        await gw.stop()
+    assert gc.callbacks == before
