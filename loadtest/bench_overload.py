@@ -52,6 +52,20 @@ def refusal_reasons(metrics_url: str) -> dict[str, float]:
     return out
 
 
+def long_collections(metrics_url: str, over: float = 0.005) -> float:
+    """The gateway's garbage collections so far that held its loop longer than `over` seconds
+    (a bucket bound of unggah_gc_pause_seconds), all generations."""
+    import urllib.request
+    total = within = 0.0
+    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("unggah_gc_pause_seconds_count{"):
+                total += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("unggah_gc_pause_seconds_bucket{") and f'le="{over}"' in line:
+                within += float(line.rsplit(" ", 1)[1])
+    return total - within
+
+
 class Round(NamedTuple):
     cap: Result  # closed loop at 64 uploads
     over: Result  # factor x capacity, open loop
@@ -59,6 +73,7 @@ class Round(NamedTuple):
     wire_refused: list[float]  # refusals' answer times on the wire (seconds); empty without --wire
     peak_rss: int  # the gateway's peak resident memory over the round, bytes
     steal: float  # CPU seconds the hypervisor took from the machine during the overload
+    long_gcs: float  # the gateway's garbage collections over 5 ms during the overload
 
     @property
     def timeouts(self) -> int:
@@ -79,14 +94,16 @@ def one_round(st, a, base) -> Round:
     with wiretime.capture(port, pcap) if a.wire else nullcontext():
         began = time.time()  # the generator's start, give or take its setup: the same window on the wire
         stolen = cpu_steal()
+        gcs = long_collections(st.files.replace("/files/", "/metrics"))
         over = run(LoadConfig(concurrency=a.uploads, rate=a.factor * cap.chunks_per_s,
                               label=f"{a.factor:g}x offered", **base))
         stolen = cpu_steal() - stolen
+        gcs = long_collections(st.files.replace("/files/", "/metrics")) - gcs
     probe = msgspec.json.decode(quiet.communicate(timeout=60)[0], type=ProbeResult)
     since = began + base["warmup"]
     wire = wiretime.answer_times(pcap, port, since, since + a.duration) if a.wire else {}
     empty_buffer(st.redis_url)
-    return Round(cap, over, probe, wire.get(503, []), st.gateway_peak_rss(), stolen)
+    return Round(cap, over, probe, wire.get(503, []), st.gateway_peak_rss(), stolen, gcs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"timeouts {got.timeouts}, errors {over.errors}; quiet client: {probe.refused} refused "
                 f"(p50 {probe.refused_p50_ms:.1f} ms, p99 {probe.refused_p99_ms:.1f} ms), {probe.admitted} admitted "
                 f"(p50 {probe.admitted_p50_ms:.0f} ms){wire_note}; gateway peak RSS {got.peak_rss / MiB:.0f} MiB; "
-                f"host steal {got.steal:.2f} CPU s; "
+                f"host steal {got.steal:.2f} CPU s; gateway collections over 5 ms {got.long_gcs:.0f}; "
                 f"refusals by reason {reasons}")
 
     med = statistics.median
@@ -150,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| settings | capacity (closed loop, 64 uploads) | offered | goodput | goodput / capacity | "
           "refusals per round | refusal answered p50 / p99, load generator | generator's own loop lag p99 | "
           "p50 / p99, quiet client (all rounds) | p50 / p99 on the wire (all rounds) | gateway peak RSS | timeouts | "
-          "host steal during 3x (rounds) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "host steal during 3x (rounds) | gateway GC pauses over 5 ms during 3x (rounds) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for variant, rs in rows.items():
         caps = [r.cap for r in rs]
         overs = [r.over for r in rs]
@@ -169,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{med(o.loop_lag_p99_ms for o in overs):.1f} ms | "
               f"{percentile(pooled, 0.5):.1f} / {percentile(pooled, 0.99):.1f} ms ({len(pooled)} refused) | "
               f"{wire_cell} | {med(r.peak_rss for r in rs) / MiB:.0f} MiB | {sum(r.timeouts for r in rs)} | "
-              f"{', '.join(f'{r.steal:.2f}' for r in rs)} CPU s |")
+              f"{', '.join(f'{r.steal:.2f}' for r in rs)} CPU s | {', '.join(f'{r.long_gcs:.0f}' for r in rs)} |")
     print("\nTargets: goodput >= 90% of capacity, refusal p99 <= 10 ms.")
     return 0
 
