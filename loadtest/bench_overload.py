@@ -40,29 +40,30 @@ from loadtest.probe import ProbeResult
 from loadtest.tusload import KiB, MiB, LoadConfig, Result, percentile, run
 
 
+def _samples(metrics_url: str, prefix: str) -> list[tuple[str, float]]:
+    """The gateway's /metrics lines starting with `prefix`: (line, value)."""
+    import urllib.request
+    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
+        return [(line, float(line.rsplit(" ", 1)[1])) for line in resp.read().decode().splitlines()
+                if line.startswith(prefix)]
+
+
 def refusal_reasons(metrics_url: str) -> dict[str, float]:
     """The gateway's own count of refusals by reason (cumulative over the run)."""
-    import urllib.request
     out: dict[str, float] = {}
-    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith("unggah_refusals_total{"):
-                reason = line.split('reason="', 1)[1].split('"', 1)[0]
-                out[reason] = out.get(reason, 0) + float(line.rsplit(" ", 1)[1])
+    for line, value in _samples(metrics_url, "unggah_refusals_total{"):
+        reason = line.split('reason="', 1)[1].split('"', 1)[0]
+        out[reason] = out.get(reason, 0) + value
     return out
 
 
 def long_collections(metrics_url: str, over: float = 0.005) -> float:
     """The gateway's garbage collections so far that held its loop longer than `over` seconds
     (a bucket bound of unggah_gc_pause_seconds), all generations."""
-    import urllib.request
-    total = within = 0.0
-    with urllib.request.urlopen(metrics_url, timeout=10) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith("unggah_gc_pause_seconds_count{"):
-                total += float(line.rsplit(" ", 1)[1])
-            elif line.startswith("unggah_gc_pause_seconds_bucket{") and f'le="{over}"' in line:
-                within += float(line.rsplit(" ", 1)[1])
+    samples = _samples(metrics_url, "unggah_gc_pause_seconds_")
+    total = sum(v for line, v in samples if line.startswith("unggah_gc_pause_seconds_count{"))
+    within = sum(v for line, v in samples
+                 if line.startswith("unggah_gc_pause_seconds_bucket{") and f'le="{over}"' in line)
     return total - within
 
 

@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             for label in order:
                 run(label, {"PYTHONPATH": str(rev_path)} if label != "this tree" else {}, results)
 
-    print(f"Machine: {machine()}; {a.rounds} rounds, {a.connections} connections x {a.requests} refused PATCHes per body size\n")
+    print(f"Machine: {machine()}; {a.rounds} rounds, {a.connections} connections x {a.requests} refused PATCHes "
+          "per body size\n")
     print("| code | body | gateway CPU per refusal (median) | rounds | against the first |")
     print("|---|---:|---:|---|---:|")
     for size in a.body:

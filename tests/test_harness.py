@@ -32,8 +32,9 @@ def _alive(pid: int) -> bool:
 def test_sigterm_to_the_test_run_stops_its_valkey(tmp_path):
     pidfile = tmp_path / "valkey.pid"
     (tmp_path / "test_waits.py").write_text(WAITS_FOREVER.format(pidfile=str(pidfile)))
-    run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-c", str(ROOT / "pyproject.toml"),
-                            "--rootdir", str(ROOT), "-p", "no:cacheprovider", str(tmp_path / "test_waits.py")],
+    run = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest",
+                            "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(ROOT), "-p", "no:cacheprovider",
+                            str(tmp_path / "test_waits.py")],
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
