@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="compare gateway settings side by side: each round runs every variant in turn, each "
                         "on a fresh stack, e.g. --variant UNGGAH_APPEND_SLOTS=4 --variant UNGGAH_APPEND_SLOTS=16 "
                         "(repeatable; on top of --gateway-env). The key python=PATH runs that variant's gateway "
-                        "under another interpreter, e.g. --variant python=.venv-3.13/bin/python, or another "
-                        "commit's code: a worktree with its own venv (pip install -e WORKTREE)")
+                        "under another interpreter, e.g. --variant python=.venv-3.13/bin/python; "
+                        "PYTHONPATH=WORKTREE runs another commit's code (a checkout of it: git worktree add)")
     a = p.parse_args(argv)
     if a.wire and (why := wiretime.available()):
         p.error(f"--wire: {why}")

@@ -22,9 +22,7 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from contextlib import nullcontext
@@ -34,10 +32,7 @@ from urllib.parse import urlparse
 import redis as sync_redis
 
 from buffer import keys
-from loadtest.benchstack import Stack, gateway_stack, log, machine
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from loadtest.benchstack import Stack, gateway_stack, log, machine, worktree
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -52,8 +47,7 @@ def mark_buffer_full(st: Stack) -> str:
     with urllib.request.urlopen(req) as resp:
         path = urlparse(resp.headers["Location"]).path
     r = sync_redis.Redis.from_url(st.redis_url)
-    for p in range(keys.MAX_PARTITIONS):
-        r.set(keys.buffered_bytes(p), 1 << 40)
+    r.mset({keys.buffered_bytes(p): 1 << 40 for p in range(keys.MAX_PARTITIONS)})
     r.close()
     time.sleep(1.0)  # the gateway refreshes its view of the buffer every 0.2 s
     return path
@@ -97,22 +91,6 @@ def measure(st: Stack, path: str, body_size: int, connections: int, requests: in
     return used / sum(statuses.values()) * 1e6
 
 
-class Worktree:
-    """A detached checkout of `rev` in a temporary folder, removed afterwards."""
-
-    def __init__(self, rev: str) -> None:
-        self.rev = rev
-        self.path = Path(tempfile.mkdtemp(prefix="unggah-rev-")) / "tree"
-
-    def __enter__(self) -> Path:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(self.path), self.rev],
-                       check=True, capture_output=True)
-        return self.path
-
-    def __exit__(self, *exc) -> None:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(self.path)], capture_output=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtest.bench_refusal", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
@@ -132,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[tuple[str, int], list[float]] = {}
     labels = ["this tree"]
-    with Worktree(a.against) if a.against else nullcontext() as rev_path:
+    with worktree(a.against) if a.against else nullcontext() as rev_path:
         if rev_path:
             labels.append(a.against)
         for n in range(a.rounds):

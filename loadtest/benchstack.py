@@ -117,6 +117,23 @@ def gateway_stack(pairs: tuple[str, ...] = ("bench",), fsync: str = "everysec", 
         shutil.rmtree(work, ignore_errors=True)
 
 
+@contextmanager
+def worktree(rev: str):
+    """A detached checkout of git revision `rev` in a temporary folder, removed afterwards. A
+    gateway runs its code with PYTHONPATH=<the folder> (-P in start_process keeps the working
+    directory out; the editable install's finder comes after PYTHONPATH)."""
+    root = Path(__file__).resolve().parents[1]
+    parent = Path(tempfile.mkdtemp(prefix="unggah-rev-"))
+    path = parent / "tree"
+    subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(path), rev],
+                   check=True, capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(path)], capture_output=True)
+        shutil.rmtree(parent, ignore_errors=True)
+
+
 def empty_buffer(url: str) -> None:
     """Drop buffered uploads between runs (tenants and tokens stay)."""
     r = sync_redis.Redis.from_url(url)
