@@ -18,7 +18,7 @@ from buffer.connection import connect
 from buffer.messages import STORED
 from buffer.store import DurabilityError, UploadStore
 from buffer.tenants import TenantStore
-from gateway import auditing, auth
+from gateway import auditing, auth, reads
 from gateway.context import REQUEST_ID
 from gateway.problems import problem, retry_after
 from gateway.admission import Admission
@@ -100,6 +100,7 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
     public_key_pem = receipts.public_pem(signing_key)
     # /metrics, timing, graceful shutdown
     install_metrics(app, settings, client, store, admission.gate, ready=app[READY])
+    app.on_response_prepare.append(reads.drain_refused_body)
 
     async def upload_status(request: web.Request) -> web.Response:
         refusal = auth.may_read_uploads(request)

@@ -9,6 +9,11 @@ promises, and with thousands of connections near the deadline that is hundreds o
 Reading through a buffer of our own (asyncio.BufferedProtocol) caps each read at
 `read_chunk_bytes`: a waiting connection then holds at most 2 x read_bufsize plus one read,
 and the rest of its body stays in the kernel under TCP flow control until its turn.
+
+A refused request's body is the exception: the client sends it anyway (tus clients do not
+wait for 100-continue), and aiohttp reads and drops it to keep the connection. Small reads
+made that cost as much as the refusal itself, so such a body is read in large pieces
+(`drain_refused_body`).
 """
 
 from __future__ import annotations
@@ -24,17 +29,27 @@ class BoundedReads(asyncio.BufferedProtocol):
     The buffer is shared by every connection of a listener: the loop fills it and calls
     buffer_updated before it reads any other socket, and the bytes are copied out there."""
 
-    __slots__ = ("inner", "view")
+    __slots__ = ("inner", "view", "drain_view", "draining", "_last")
 
-    def __init__(self, inner: asyncio.Protocol, view: memoryview) -> None:
+    def __init__(self, inner: asyncio.Protocol, view: memoryview, drain_view: memoryview) -> None:
         self.inner = inner
         self.view = view
+        self.drain_view = drain_view
+        self.draining = 0  # bytes of a refused body still to come: read them in large pieces
+        self._last = view
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.view
+        if self.draining > 0:
+            # No further than the refused body: what follows it is the next request's.
+            self._last = self.drain_view[:self.draining]
+        else:
+            self._last = self.view
+        return self._last
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.inner.data_received(bytes(self.view[:nbytes]))
+        if self.draining > 0:
+            self.draining -= nbytes
+        self.inner.data_received(bytes(self._last[:nbytes]))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.inner.connection_made(transport)
@@ -52,6 +67,27 @@ class BoundedReads(asyncio.BufferedProtocol):
         self.inner.resume_writing()
 
 
+# Read size for the body of a refused request: it is dropped as it arrives, so it holds no
+# memory beyond the read itself.
+DRAIN_READ_BYTES = 256 * 1024
+
+
+async def drain_refused_body(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: an answer other than success to a request whose body is not read
+    yet means aiohttp will read it only to drop it. Let its connection read the rest in large
+    pieces."""
+    if response.status < 300 or not request.body_exists or request.content.is_eof():
+        return
+    transport = request.transport
+    protocol = transport.get_protocol() if transport is not None else None
+    if isinstance(protocol, BoundedReads):
+        # What is still to come: then reads are small again, so the next request on this
+        # connection waits for its turn holding a few KiB, as any other. A chunked body has no
+        # length: one large read, then small ones.
+        length = request.content_length
+        protocol.draining = length - request.content.total_bytes if length else DRAIN_READ_BYTES
+
+
 async def listen(runner: web.AppRunner, host: str, port: int, read_chunk_bytes: int) -> asyncio.AbstractServer:
     """Serve `runner`'s app on host:port; `read_chunk_bytes` 0 leaves reads to the loop.
 
@@ -61,9 +97,10 @@ async def listen(runner: web.AppRunner, host: str, port: int, read_chunk_bytes: 
     assert server is not None, "runner.setup() first"
     if read_chunk_bytes > 0:
         view = memoryview(bytearray(read_chunk_bytes))
+        drain_view = memoryview(bytearray(max(read_chunk_bytes, DRAIN_READ_BYTES)))
 
         def factory() -> asyncio.BaseProtocol:
-            return BoundedReads(server(), view)
+            return BoundedReads(server(), view, drain_view)
     else:
         factory = server
     return await asyncio.get_running_loop().create_server(factory, host, port, backlog=128)
