@@ -23,38 +23,65 @@ import asyncio
 from aiohttp import web
 
 
+class Drains:
+    """What the connections of one listener share to drop refused bodies: a large buffer, and
+    how many of them may be reading into it. Each large read is handed to aiohttp whole and
+    held until its lingering read drops it, so the count bounds that memory (`limit` x
+    `len(view)`) however many requests are refused at once; the others drain in small reads."""
+
+    def __init__(self, read_bytes: int, limit: int) -> None:
+        self.view = memoryview(bytearray(read_bytes))
+        self.limit = limit
+        self.active = 0
+
+
 class BoundedReads(asyncio.BufferedProtocol):
     """aiohttp's protocol for one connection, fed at most len(buffer) bytes per read.
 
-    The buffer is shared by every connection of a listener: the loop fills it and calls
+    The buffers are shared by every connection of a listener: the loop fills one and calls
     buffer_updated before it reads any other socket, and the bytes are copied out there."""
 
-    __slots__ = ("inner", "view", "drain_view", "draining", "_last")
+    __slots__ = ("inner", "view", "drains", "draining", "_last")
 
-    def __init__(self, inner: asyncio.Protocol, view: memoryview, drain_view: memoryview) -> None:
+    def __init__(self, inner: asyncio.Protocol, view: memoryview, drains: Drains) -> None:
         self.inner = inner
         self.view = view
-        self.drain_view = drain_view
-        self.draining = 0  # bytes of a refused body still to come: read them in large pieces
+        self.drains = drains
+        self.draining = 0  # bytes of a refused body still to come, read in large pieces
         self._last = view
 
+    def drain(self, nbytes: int) -> None:
+        """Read the next `nbytes` (the rest of a refused body) in large pieces, if the
+        listener's drains allow one more."""
+        if nbytes > 0 and not self.draining and self.drains.active < self.drains.limit:
+            self.drains.active += 1
+            self.draining = nbytes
+
+    def _drained(self) -> None:
+        self.draining = 0
+        self.drains.active -= 1
+
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self.draining > 0:
+        if self.draining:
             # No further than the refused body: what follows it is the next request's.
-            self._last = self.drain_view[:self.draining]
+            self._last = self.drains.view[:self.draining]
         else:
             self._last = self.view
         return self._last
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.draining > 0:
+        if self.draining:
             self.draining -= nbytes
+            if self.draining <= 0:
+                self._drained()
         self.inner.data_received(bytes(self._last[:nbytes]))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.inner.connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.draining:
+            self._drained()
         self.inner.connection_lost(exc)
 
     def eof_received(self) -> bool | None:
@@ -67,9 +94,10 @@ class BoundedReads(asyncio.BufferedProtocol):
         self.inner.resume_writing()
 
 
-# Read size for the body of a refused request: it is dropped as it arrives, so it holds no
-# memory beyond the read itself.
+# A refused body is read in pieces of this size, by at most DRAINS_AT_ONCE connections of a
+# listener at a time (4 MiB held at most); see Drains.
 DRAIN_READ_BYTES = 256 * 1024
+DRAINS_AT_ONCE = 16
 
 
 async def drain_refused_body(request: web.Request, response: web.StreamResponse) -> None:
@@ -85,7 +113,7 @@ async def drain_refused_body(request: web.Request, response: web.StreamResponse)
         # connection waits for its turn holding a few KiB, as any other. A chunked body has no
         # length: one large read, then small ones.
         length = request.content_length
-        protocol.draining = length - request.content.total_bytes if length else DRAIN_READ_BYTES
+        protocol.drain(length - request.content.total_bytes if length else DRAIN_READ_BYTES)
 
 
 async def listen(runner: web.AppRunner, host: str, port: int, read_chunk_bytes: int) -> asyncio.AbstractServer:
@@ -97,10 +125,10 @@ async def listen(runner: web.AppRunner, host: str, port: int, read_chunk_bytes: 
     assert server is not None, "runner.setup() first"
     if read_chunk_bytes > 0:
         view = memoryview(bytearray(read_chunk_bytes))
-        drain_view = memoryview(bytearray(max(read_chunk_bytes, DRAIN_READ_BYTES)))
+        drains = Drains(max(read_chunk_bytes, DRAIN_READ_BYTES), DRAINS_AT_ONCE)
 
         def factory() -> asyncio.BaseProtocol:
-            return BoundedReads(server(), view, drain_view)
+            return BoundedReads(server(), view, drains)
     else:
         factory = server
     return await asyncio.get_running_loop().create_server(factory, host, port, backlog=128)

@@ -113,11 +113,11 @@ async def refused_then_served(drain: bool) -> tuple[list[int], int, bytes, bytes
         app.on_response_prepare.append(reads.drain_refused_body)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    view, drain_view = memoryview(bytearray(16 * KiB)), memoryview(bytearray(reads.DRAIN_READ_BYTES))
+    view, drains = memoryview(bytearray(16 * KiB)), reads.Drains(reads.DRAIN_READ_BYTES, reads.DRAINS_AT_ONCE)
     protocols: list[CountedReads] = []
 
     def factory() -> CountedReads:
-        protocols.append(CountedReads(runner.server(), view, drain_view))
+        protocols.append(CountedReads(runner.server(), view, drains))
         protocols[-1].sizes = []
         return protocols[-1]
 
@@ -184,6 +184,41 @@ async def test_without_the_drain_a_refused_body_comes_in_small_reads():
 def test_a_read_chunk_below_1024_is_refused_with_the_setting_named(value):
     with pytest.raises(ConfigError, match="read_chunk_bytes"):
         load(env={"UNGGAH_READ_CHUNK_BYTES": value})
+
+
+class Received(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+
+def test_only_so_many_connections_drain_in_large_reads_at_once():
+    """Each large read is held until aiohttp drops it: the listener bounds how many
+    connections read that way at once, and a connection gives its place back when its refused
+    body is in, or when it is gone."""
+    drains = reads.Drains(256 * KiB, limit=1)
+    view = memoryview(bytearray(16 * KiB))
+    first, second = (reads.BoundedReads(Received(), view, drains) for _ in range(2))
+    first.drain(300 * KiB)
+    second.drain(300 * KiB)
+    assert len(first.get_buffer(-1)) == 256 * KiB and len(second.get_buffer(-1)) == 16 * KiB
+
+    def receive(protocol: reads.BoundedReads, nbytes: int) -> None:
+        buffer = protocol.get_buffer(-1)
+        buffer[:nbytes] = os.urandom(nbytes)
+        protocol.buffer_updated(nbytes)
+
+    receive(first, 256 * KiB)
+    assert len(first.get_buffer(-1)) == 44 * KiB  # no further than the refused body
+    receive(first, 44 * KiB)
+    assert len(first.get_buffer(-1)) == 16 * KiB and drains.active == 0  # the body is in: the place is free
+    assert len(first.inner.data) == 300 * KiB
+    second.drain(100 * KiB)
+    assert len(second.get_buffer(-1)) == 100 * KiB
+    second.connection_lost(None)
+    assert drains.active == 0
 
 
 async def test_the_gateway_drops_refused_chunks_and_keeps_serving_the_connection(tmp_path, valkey, r):
