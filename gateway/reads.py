@@ -13,7 +13,7 @@ and the rest of its body stays in the kernel under TCP flow control until its tu
 A refused request's body is the exception: the client sends it anyway (tus clients do not
 wait for 100-continue), and aiohttp reads and drops it to keep the connection. Small reads
 made that cost as much as the refusal itself, so such a body is read in large pieces
-(`drain_refused_body`).
+(`drain_refused_body`), by a bounded number of connections at once (`Drains`).
 """
 
 from __future__ import annotations

@@ -86,6 +86,10 @@ class CountedReads(reads.BoundedReads):
 
     __slots__ = ("sizes",)
 
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.sizes: list[int] = []
+
     def buffer_updated(self, nbytes: int) -> None:
         self.sizes.append(nbytes)
         super().buffer_updated(nbytes)
@@ -118,7 +122,6 @@ async def refused_then_served(drain: bool) -> tuple[list[int], int, bytes, bytes
 
     def factory() -> CountedReads:
         protocols.append(CountedReads(runner.server(), view, drains))
-        protocols[-1].sizes = []
         return protocols[-1]
 
     listener = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0)
@@ -222,8 +225,9 @@ def test_only_so_many_connections_drain_in_large_reads_at_once():
 
 
 async def test_the_gateway_drops_refused_chunks_and_keeps_serving_the_connection(tmp_path, valkey, r):
-    """Buffer full: every PATCH is refused on arrival with its 256 KiB chunk unread. The chunks
-    are dropped (in large reads) and the same connection goes on to the next request."""
+    """Buffer full: every PATCH is refused on arrival with its 256 KiB chunk unread. The gateway
+    has the drain installed, answers each with Retry-After, drops the chunks and goes on to the
+    next request on the same connection."""
     gw = await Gateway(make_settings(tmp_path, valkey.url)).start()
     try:
         assert reads.drain_refused_body in gw.app.on_response_prepare
