@@ -15,7 +15,14 @@ from redis.exceptions import ConnectionError, TimeoutError
 SOCKET_TIMEOUT = 30.0
 
 
-def connect(url: str, *, max_connections: int = 64) -> redis.Redis:
+def connect(url: str, *, max_connections: int = 64, retry: bool = True) -> redis.Redis:
+    """`retry`: replay a command on a fresh connection when its connection fails. After a
+    Valkey restart every pooled connection is dead, and the gateway's requests should not
+    fail for it: a replayed APPEND meets its own offset check and is recognised as a
+    duplicate. Consumers of a group pass False: an XREADGROUP whose reply was lost has still
+    delivered its entries (pending under the consumer's name), and a replay would read past
+    them, leaving them for the claim idle time; their loops see the error instead and take
+    up their own pending entries first."""
     # A blocking pool makes a burst of requests wait for a connection instead of
     # failing (the plain pool raises once it is exhausted).
     pool = redis.BlockingConnectionPool.from_url(
@@ -25,11 +32,8 @@ def connect(url: str, *, max_connections: int = 64) -> redis.Redis:
         socket_timeout=SOCKET_TIMEOUT,
         socket_connect_timeout=5.0,
         health_check_interval=30,
-        # After a Valkey restart every pooled connection is dead; retry on a fresh one
-        # instead of failing the request. Safe for our scripts: a replayed APPEND meets
-        # its own offset check and is recognised as a duplicate.
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
-        retry_on_error=[ConnectionError, TimeoutError],
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3 if retry else 0),
+        retry_on_error=[ConnectionError, TimeoutError] if retry else [],
     )
     return redis.Redis(connection_pool=pool)
 

@@ -237,7 +237,7 @@ class Ingester:
 
 
 async def run(settings: Settings, name: str, metrics_port: int | None = None) -> int:
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, retry=False)  # a group's consumer: see connect
     server = None if metrics_port is None else await ingest_metrics.MetricsServer(settings.host, metrics_port).start()
     blobs = LocalBlobStore(settings.blob_path)
     consumer = name if "." in name else f"{socket.gethostname()}.{name}"

@@ -250,6 +250,21 @@ class IngesterProcess:
             self.proc.kill()
             self.proc.wait()
 
+    def freeze(self) -> None:
+        """SIGSTOP, returning once the process is stopped (a signal is delivered asynchronously)."""
+        import signal
+        import time
+        self.proc.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "Tt":
+            if time.monotonic() > deadline:
+                raise AssertionError(f"ingester {self.name} did not stop on SIGSTOP")
+            time.sleep(0.0005)
+
+    def thaw(self) -> None:
+        import signal
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         import signal
         if self.proc.poll() is None:
