@@ -1,10 +1,11 @@
 """Valkey killed with SIGKILL and restarted on the same data directory.
 
 Under `appendfsync always` every acknowledged append is on disk before the
-answer. Under `everysec` a *machine* crash may lose the last second, but a
-process crash loses nothing (the AOF write happens before the reply); either
-way the state must be consistent: each upload's offset equals the bytes its
-stream entries hold, and the byte counter equals what the streams hold.
+answer. Under `everysec` a process crash usually loses nothing, but not always:
+while a background fsync is still running, Valkey postpones the AOF write for up
+to 2 s and keeps answering (docs/architecture.md). Either way the state must be
+consistent: each upload's offset equals the bytes its stream entries hold, and
+the byte counter equals what the streams hold.
 """
 
 from __future__ import annotations
@@ -80,8 +81,10 @@ async def test_sigkill_valkey_and_restart(tmp_path, policy):
                 # Consistent: the offset is exactly what the stream holds, and it is a prefix of the file.
                 assert len(data.get(uid, b"")) == offsets[uid]
                 assert data.get(uid, b"") == blob[:offsets[uid]]
-                # A process crash loses no acknowledged append under either policy.
-                assert offsets[uid] >= acked.get(uid, 0)
+                if policy == "always":
+                    # Nothing acknowledged is lost. (Under everysec a kill during a slow
+                    # background fsync may lose the last appends: only consistency holds.)
+                    assert offsets[uid] >= acked.get(uid, 0)
             assert counted == in_streams
 
             # Resume every upload from HEAD and let an ingester store them.
