@@ -203,7 +203,7 @@ async def ingester(settings):
     from ingest.blobstore import LocalBlobStore
     from ingest.worker import Ingester
 
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, retry=False)  # as `unggah ingest` connects
     ing = Ingester(settings, "test.ingest-0", client, LocalBlobStore(settings.blob_path))
     task = asyncio.create_task(ing.run())
     yield ing

@@ -91,7 +91,7 @@ async def test_sigkill_valkey_and_restart(tmp_path, policy):
             from ingest.blobstore import LocalBlobStore
             from ingest.worker import Ingester
             from buffer.connection import connect
-            ing_client = connect(vk.url)
+            ing_client = connect(vk.url, retry=False)  # as `unggah ingest` connects
             ing = Ingester(settings, "t.ingest", ing_client, LocalBlobStore(settings.blob_path))
             task = asyncio.create_task(ing.run())
             try:

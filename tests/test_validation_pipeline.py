@@ -97,7 +97,7 @@ async def tokens(r, settings):
 
 @pytest.fixture
 async def validator(settings):
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, retry=False)  # as `unggah validate` connects
     v = Validator.for_settings(settings, "test.validate-0", client)
     task = asyncio.create_task(v.run())
     yield v
@@ -438,7 +438,7 @@ async def test_without_an_election_lists_are_kept_but_not_judged(tmp_path, valke
     from ingest.blobstore import LocalBlobStore
 
     s = make_settings(tmp_path, valkey.url)  # no election_file
-    client = connect(s.redis_url)
+    client = connect(s.redis_url, retry=False)
     v = Validator.for_settings(s, "test.validate-x", client)
     assert v.ctx is None
     blobs = LocalBlobStore(s.blob_path)
