@@ -95,11 +95,11 @@ def one_round(st, a, base) -> Round:
     with wiretime.capture(port, pcap) if a.wire else nullcontext():
         began = time.time()  # the generator's start, give or take its setup: the same window on the wire
         stolen = cpu_steal()
-        gcs = long_collections(st.files.replace("/files/", "/metrics"))
+        gcs = long_collections(st.metrics)
         over = run(LoadConfig(concurrency=a.uploads, rate=a.factor * cap.chunks_per_s,
                               label=f"{a.factor:g}x offered", **base))
         stolen = cpu_steal() - stolen
-        gcs = long_collections(st.files.replace("/files/", "/metrics")) - gcs
+        gcs = long_collections(st.metrics) - gcs
     probe = msgspec.json.decode(quiet.communicate(timeout=60)[0], type=ProbeResult)
     since = began + base["warmup"]
     wire = wiretime.answer_times(pcap, port, since, since + a.duration) if a.wire else {}
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 base = dict(url=st.files, chunk=a.chunk, upload_size=16 * a.chunk, duration=a.duration, warmup=1.5,
                             checksum="crc32c", headers={"Authorization": f"Bearer {st.tokens['bench']}"}, timeout=30)
                 got = one_round(st, a, base)
-                reasons = refusal_reasons(st.files.replace("/files/", "/metrics"))
+                reasons = refusal_reasons(st.metrics)
             rows[variant].append(got)
             cap, over, probe = got.cap, got.over, got.probe
             on_wire = sorted(got.wire_refused)

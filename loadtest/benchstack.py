@@ -34,6 +34,11 @@ class Stack(msgspec.Struct):
     work: Path
     gateway_pid: int
 
+    @property
+    def metrics(self) -> str:
+        """The gateway's Prometheus endpoint."""
+        return self.files.replace("/files/", "/metrics")
+
     def gateway_peak_rss(self) -> int:
         """The gateway process's peak resident memory so far, in bytes (Linux: VmHWM)."""
         for line in Path(f"/proc/{self.gateway_pid}/status").read_text().splitlines():
