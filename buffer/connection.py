@@ -21,8 +21,9 @@ def connect(url: str, *, max_connections: int = 64, retry: bool = True) -> redis
     fail for it: a replayed APPEND meets its own offset check and is recognised as a
     duplicate. Consumers of a group pass False: an XREADGROUP whose reply was lost has still
     delivered its entries (pending under the consumer's name), and a replay would read past
-    them, leaving them for the claim idle time; their loops see the error instead and take
-    up their own pending entries first."""
+    them (the ingester would leave them for the claim idle time, the auditor would chain
+    later records first and then drop them); their loops see the error instead and take up
+    their own pending entries first."""
     # A blocking pool makes a burst of requests wait for a connection instead of
     # failing (the plain pool raises once it is exhausted).
     pool = redis.BlockingConnectionPool.from_url(

@@ -3,6 +3,7 @@ hash-chained on disk; `unggah audit verify` detects altered, removed or reordere
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from buffer.connection import connect
 from buffer.tenants import TenantStore
 from ingest.audit import Auditor, audit_dir
 from tests.conftest import OCTET, TUS, Gateway, child_env, make_settings, wait_for, wait_stored
+from tests.redis_cutter import ReplyCutter
 from unggah.valkey import EmbeddedValkey
 
 
@@ -123,6 +125,36 @@ async def test_auditor_restart_does_not_duplicate(trail, r):
     await auditor.drain_once()
     await client.aclose()
     assert len(events(settings)) == before
+    assert cli(settings, "verify").returncode == 0
+
+
+async def test_a_lost_read_reply_loses_no_audit_record(tmp_path, valkey, r):
+    """Valkey delivers a batch to the auditor but the reply never arrives (the connection breaks
+    with it in flight), and more events come in meanwhile. The auditor (the real `unggah audit
+    run`) still chains every record in stream order, and deletes none it has not chained."""
+    cutter = await ReplyCutter(valkey.url).start()
+    settings = make_settings(tmp_path, cutter.url, partitions=1)
+    stream = keys.audit(0)
+    first = [(await r.xadd(stream, {"event": "test", "n": str(i)})).decode() for i in range(5)]
+    later: list[str] = []
+
+    async def more_events() -> None:
+        later.extend([(await r.xadd(stream, {"event": "test", "n": str(i)})).decode() for i in range(5, 10)])
+
+    cutter.arm(lambda cmd: b"XREADGROUP" in cmd and b"\r\n$1\r\n>\r\n" in cmd, more_events)
+    proc = subprocess.Popen([sys.executable, "-m", "unggah.cli", "audit", "run"], env=child_env(settings),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async def all_moved() -> bool:
+            return len(later) == 5 and await r.xlen(stream) == 0
+        await wait_for(all_moved)
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 20)  # the loop keeps serving its connections meanwhile
+        await cutter.stop()
+    assert cutter.cuts == 1
+    chained = [orjson.loads(line)["id"] for line in (audit_dir(settings) / "audit-p0.jsonl").read_bytes().splitlines()]
+    assert chained == first + later
     assert cli(settings, "verify").returncode == 0
 
 
