@@ -1,6 +1,6 @@
 """The ingesters' side of the buffer: read, reclaim, acknowledge, finish, dead-letter.
 
-At-least-once: an entry leaves its stream only in ACK, FINISH or DEAD, each
+At-least-once: an entry leaves its stream only in ACK, FINISH, DEAD or PARK, each
 of which acknowledges and deletes it in the same step that updates the
 counters. A consumer that dies keeps its entries pending under its name until
 it comes back (stable names) or another consumer reclaims them (XAUTOCLAIM).
@@ -13,9 +13,14 @@ import redis.asyncio as redis
 
 from buffer import keys
 from buffer.connection import ensure_groups
-from buffer.messages import DATA, DeadLetter, Entry, UploadState, from_fields
+from buffer.messages import DATA, FAILED, DeadLetter, Entry, UploadState, from_fields
 from buffer.scripts import Scripts
 from buffer.store import now_ms
+
+# What DEAD writes before its reason, and what marks an upload as held (REPLAY, PARK).
+DEAD_LETTER = "dead-letter:"
+# Not an upload state: how `states` reports an upload failed by a dead letter.
+HELD = "held"
 
 
 def parse_entry(entry_id: bytes, fields: dict[bytes, bytes] | None) -> tuple[Entry, bytes] | None:
@@ -90,6 +95,14 @@ class Queue:
                                 args=[self.group, e.entry_id, reason, deliveries, now_ms()])
         await self.r.hdel(keys.errors(p), e.entry_id)
 
+    async def park(self, p: int, e: Entry) -> bool:
+        """Keep an entry of a held upload with its dead letter (False: no longer held)."""
+        reason = "kept for replay: its upload was held by a dead letter"
+        res = await self.scripts.park(keys=[keys.stream(p), keys.dead(p), keys.upload(p, e.u), keys.buffered_bytes(p)],
+                                      args=[self.group, e.entry_id, reason, await self.deliveries(p, e.entry_id), now_ms()])
+        await self.r.hdel(keys.errors(p), e.entry_id)
+        return bool(res)
+
     async def dead_letters(self, p: int) -> list[tuple[str, DeadLetter]]:
         out = []
         for entry_id, fields in await self.r.xrange(keys.dead(p)):
@@ -108,11 +121,16 @@ class Queue:
         return from_fields(raw, UploadState) if raw else None
 
     async def states(self, p: int, upload_ids: list[str]) -> dict[str, str]:
+        """Each upload's state, with HELD for one failed by a dead letter (see PARK)."""
         async with self.r.pipeline(transaction=False) as pipe:
             for u in upload_ids:
-                pipe.hget(keys.upload(p, u), "state")
+                pipe.hmget(keys.upload(p, u), "state", "reason")
             vals = await pipe.execute()
-        return {u: (v.decode() if v else "") for u, v in zip(upload_ids, vals)}
+        out = {}
+        for u, (state, reason) in zip(upload_ids, vals):
+            held = state == FAILED.encode() and (reason or b"").startswith(DEAD_LETTER.encode())
+            out[u] = HELD if held else (state.decode() if state else "")
+        return out
 
     async def backlog(self, p: int) -> tuple[int, int]:
         """(entries in the stream, entries pending in the group): XLEN is exact with delete-on-ack."""

@@ -27,6 +27,14 @@ local function maybe_fin(state_key, stream_key, id)
   redis.call('XADD', stream_key, '*', 'k', 'f', 'u', id)
   return 1
 end
+
+-- An upload failed by a dead letter is held rather than finished: `unggah dead replay`
+-- brings it back to receiving. Until then its other entries are kept for the replay, and
+-- the bytes of any that were written still count as stored.
+local function held(state_key)
+  local v = redis.call('HMGET', state_key, 'state', 'reason')
+  return v[1] == 'failed' and string.sub(v[2] or '', 1, 12) == 'dead-letter:'
+end
 """
 
 # KEYS: state, stream, audit, [idempotency record]
@@ -132,7 +140,9 @@ return {'ok'}
 # KEYS: stream, buffered-bytes counter, state of entry 1, state of entry 2, ...
 # ARGV: group, then per entry: entry_id, data_bytes, upload_id
 # XACK answers 1 only for the first acknowledgement, so a redelivered entry
-# that two consumers both wrote is counted once.
+# that two consumers both wrote is counted once. The caller acknowledges data
+# entries of a receiving upload only once written (those of a held upload go to
+# PARK instead), so a receiving or held upload counts an acknowledged entry.
 ACK = _PRELUDE + r"""
 local done = 0
 local j = 3
@@ -142,7 +152,7 @@ for i = 2, #ARGV, 3 do
   local nbytes = tonumber(ARGV[i + 1])
   if n == 1 and nbytes > 0 then
     redis.call('DECRBY', KEYS[2], nbytes)
-    if redis.call('HGET', KEYS[j], 'state') == 'receiving' then
+    if redis.call('HGET', KEYS[j], 'state') == 'receiving' or held(KEYS[j]) then
       redis.call('HINCRBY', KEYS[j], 'stored', nbytes)
       maybe_fin(KEYS[j], KEYS[1], ARGV[i + 2])
     end
@@ -179,38 +189,56 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 return changed
 """
 
-# Move an entry that keeps failing to the dead-letter stream, with its payload,
-# and mark its upload failed so the team sees why.
+# Move one entry, with its payload, to the dead-letter stream; 0 if it is gone.
+_BURY = r"""
+local function bury(stream, dead, counter, group, id, reason, deliveries, now)
+  local e = redis.call('XRANGE', stream, id, id)
+  if #e == 0 then
+    redis.call('XACK', stream, group, id)
+    return 0
+  end
+  local f = e[1][2]
+  local fields, nbytes = {}, 0
+  for i = 1, #f, 2 do
+    fields[#fields + 1] = f[i]
+    fields[#fields + 1] = f[i + 1]
+    if f[i] == 'd' then nbytes = #f[i + 1] end
+  end
+  redis.call('XADD', dead, '*', 'orig', id, 'reason', reason, 'deliveries', deliveries, 'at', now, unpack(fields))
+  local n = redis.call('XACK', stream, group, id)
+  redis.call('XDEL', stream, id)
+  if n == 1 and nbytes > 0 then redis.call('DECRBY', counter, nbytes) end
+  return 1
+end
+"""
+
+# Give up on an entry that keeps failing: bury it and mark its upload failed (held)
+# so the team sees why.
 # KEYS: stream, dead, state, buffered-bytes counter
 # ARGV: group, entry_id, reason, deliveries, now_ms
-DEAD = r"""
-local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
-if #e == 0 then
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-  return 0
-end
-local f = e[1][2]
-local fields, nbytes, kind = {}, 0, ''
-for i = 1, #f, 2 do
-  fields[#fields + 1] = f[i]
-  fields[#fields + 1] = f[i + 1]
-  if f[i] == 'd' then nbytes = #f[i + 1] end
-  if f[i] == 'k' then kind = f[i + 1] end
-end
-redis.call('XADD', KEYS[2], '*', 'orig', ARGV[2], 'reason', ARGV[3], 'deliveries', ARGV[4], 'at', ARGV[5], unpack(fields))
-local n = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-if n == 1 and nbytes > 0 then redis.call('DECRBY', KEYS[4], nbytes) end
-if redis.call('HGET', KEYS[3], 'state') == 'receiving' then
+DEAD = _BURY + r"""
+local buried = bury(KEYS[1], KEYS[2], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+if buried == 1 and redis.call('HGET', KEYS[3], 'state') == 'receiving' then
   redis.call('HSET', KEYS[3], 'state', 'failed', 'reason', 'dead-letter: ' .. ARGV[3])
 end
-return 1
+return buried
+"""
+
+# Keep an entry of a held upload with its dead letter, so one replay brings the whole
+# upload back (acknowledging it would drop bytes the client was told are safe).
+# 0: the upload is no longer held (replayed meanwhile); the entry stays pending and is
+# delivered again.
+# KEYS: stream, dead, state, buffered-bytes counter
+# ARGV: group, entry_id, reason, deliveries, now_ms
+PARK = _PRELUDE + _BURY + r"""
+if not held(KEYS[3]) then return 0 end
+return bury(KEYS[1], KEYS[2], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 """
 
 # Put a dead letter back on its stream after the cause was fixed.
 # KEYS: stream, dead, state, buffered-bytes counter
 # ARGV: dead_entry_id
-REPLAY = r"""
+REPLAY = _PRELUDE + r"""
 local e = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1])
 if #e == 0 then return 0 end
 local f = e[1][2]
@@ -226,8 +254,7 @@ end
 redis.call('XADD', KEYS[1], '*', unpack(fields))
 redis.call('XDEL', KEYS[2], ARGV[1])
 if nbytes > 0 then redis.call('INCRBY', KEYS[4], nbytes) end
-local st = redis.call('HMGET', KEYS[3], 'state', 'reason')
-if st[1] == 'failed' and string.sub(st[2] or '', 1, 12) == 'dead-letter:' then
+if held(KEYS[3]) then
   redis.call('HSET', KEYS[3], 'state', 'receiving', 'reason', '')
 end
 return 1
@@ -245,4 +272,5 @@ class Scripts:
         self.ack = client.register_script(ACK)
         self.finish = client.register_script(FINISH)
         self.dead = client.register_script(DEAD)
+        self.park = client.register_script(PARK)
         self.replay = client.register_script(REPLAY)

@@ -25,7 +25,7 @@ import redis.asyncio as redis
 from buffer import keys
 from buffer.connection import UNAVAILABLE, connect, until_available
 from buffer.messages import CONCAT, DATA, DROP, FIN, FAILED, RECEIVING, STORED, Entry, decode_metadata
-from buffer.queue import Queue, parse_entry
+from buffer.queue import HELD, Queue, parse_entry
 from buffer.store import UploadStore
 from ingest.blobstore import BlobStore, LocalBlobStore
 from metrics import ingest as ingest_metrics
@@ -187,7 +187,13 @@ class Ingester:
                 await self.q.note_error(p, e.entry_id, f"crc32c mismatch at offset {e.o}: the entry is corrupt")
                 log.error("corrupt entry", extra={"entry": e.entry_id, "upload": e.u})
                 continue
-            if states.get(e.u) == RECEIVING:
+            state = states.get(e.u)
+            if state == HELD:
+                # Another entry of this upload was dead-lettered; this one waits beside it for
+                # `unggah dead replay` (acknowledged unwritten, its bytes would be gone).
+                await self.q.park(p, e)
+                continue
+            if state == RECEIVING:
                 writes.append((e.u, e.o, d))
             done.append(e)  # terminated/failed/unknown uploads: nothing to write, just acknowledge
         try:

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from redis.exceptions import ResponseError
+
 from buffer import keys
 from buffer.connection import connect
 from buffer.queue import Queue, parse_entry
@@ -124,6 +126,45 @@ async def test_poison_entry_is_dead_lettered_and_replayed(gateway, http, r, sett
     dead_cli(settings, "replay")
     st = await wait_stored(http, url, 30)
     assert st["state"] == "stored" and st["sha256"] == hashlib.sha256(data).hexdigest()
+    assert await r.xlen(keys.dead(p)) == 0
+    await wait_for(lambda: buffer_empty(r))
+
+
+async def test_a_dead_letter_keeps_its_uploads_later_entries_for_the_replay(gateway, http, r, settings,
+                                                                           ingester_procs):
+    """The upload's first entry is dead-lettered while its later entries, already acknowledged to
+    the client, are still in the stream. Those are kept beside the dead letter, not dropped, so
+    `unggah dead replay` brings every byte back and the upload is stored."""
+    data = os.urandom(300_000)
+    url = await create(http, gateway, len(data))
+    upload_id = url.rsplit("/", 1)[1]
+    p = int(upload_id.split("-")[0])
+    blocker = Path(settings.blob_path) / "partial" / upload_id  # every write fails until it goes
+    blocker.mkdir(parents=True)
+    assert (await patch(http, url, 0, data[:100_000])).status == 204
+    ingester_procs("t.ingest-a")
+
+    async def first_failed_twice() -> bool:
+        try:
+            rows = await r.xpending_range(keys.stream(p), keys.GROUP, min="-", max="+", count=1)
+        except ResponseError:  # the ingester has not made its group yet
+            return False
+        return bool(rows) and rows[0]["times_delivered"] >= 2
+    await wait_for(first_failed_twice, 20)
+    # The rest arrives now, so the first entry runs out of deliveries before these do.
+    assert (await patch(http, url, 100_000, data[100_000:200_000])).status == 204
+    assert (await patch(http, url, 200_000, data[200_000:])).status == 204
+
+    async def all_three_dead() -> bool:
+        return await r.xlen(keys.dead(p)) == 3 and await r.xlen(keys.stream(p)) == 0
+    await wait_for(all_three_dead, 40)
+    st = await status(http, url)
+    assert st["state"] == "failed" and st["reason"].startswith("dead-letter:")
+    assert "kept for replay" in dead_cli(settings, "list")
+    blocker.rmdir()  # the fix
+    dead_cli(settings, "replay")
+    st = await wait_stored(http, url, 30)
+    assert st["sha256"] == hashlib.sha256(data).hexdigest()
     assert await r.xlen(keys.dead(p)) == 0
     await wait_for(lambda: buffer_empty(r))
 
