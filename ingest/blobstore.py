@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -50,18 +51,24 @@ class LocalBlobStore:
 
     def write(self, writes: list[tuple[str, int, bytes]]) -> None:
         fds: dict[str, int] = {}
+        created = False
         try:
             for upload_id, offset, data in writes:
                 fd = fds.get(upload_id)
                 if fd is None:
-                    fd = fds[upload_id] = os.open(self.partial_path(upload_id), os.O_WRONLY | os.O_CREAT, 0o644)
+                    path = self.partial_path(upload_id)
+                    created = created or not path.exists()
+                    fd = fds[upload_id] = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
                 view = memoryview(data)
                 while view:
                     n = os.pwrite(fd, view, offset)
                     view, offset = view[n:], offset + n
-            # One fsync per file per batch: the acknowledgement that follows promises durability.
+            # One fsync per file per batch: the acknowledgement that follows promises durability,
+            # and a new file's name is durable only once its directory is synced too.
             for fd in fds.values():
                 os.fsync(fd)
+            if created:
+                _fsync_dir(self.partial_dir)
         finally:
             for fd in fds.values():
                 os.close(fd)
@@ -84,13 +91,20 @@ class LocalBlobStore:
     def concat(self, final_id: str, part_ids: list[str]) -> None:
         if self.stored_path(final_id).exists():
             return
-        tmp = self.partial_path(final_id)
-        with open(tmp, "wb") as out:
-            for part in part_ids:
-                with open(self.stored_path(part), "rb") as f:
-                    shutil.copyfileobj(f, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
+        # Built under a name of its own and renamed whole: two ingesters may assemble the same
+        # final at once (its assembly can be queued twice), and neither may truncate the
+        # other's file while that one is being finalised.
+        tmp = self.partial_dir / f"{final_id}.concat-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            with open(tmp, "wb") as out:
+                for part in part_ids:
+                    with open(self.stored_path(part), "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.partial_path(final_id))
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def discard(self, upload_id: str) -> None:
         try:

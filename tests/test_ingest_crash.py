@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from redis.exceptions import ResponseError
@@ -167,6 +168,37 @@ async def test_a_dead_letter_keeps_its_uploads_later_entries_for_the_replay(gate
     assert st["sha256"] == hashlib.sha256(data).hexdigest()
     assert await r.xlen(keys.dead(p)) == 0
     await wait_for(lambda: buffer_empty(r))
+
+
+def test_two_assemblies_of_one_final_never_change_the_file_being_finalised(tmp_path):
+    """A final's assembly can be queued twice and so run in two ingesters at once. While one
+    finalises, the other's assembly must not truncate or rewrite the file under it: the stored
+    file and its sha256 (what the receipt signs) are always the partials' bytes in order."""
+    blobs = LocalBlobStore(tmp_path)
+    parts = [os.urandom(4 << 20) for _ in range(4)]
+    part_ids = [f"0-part{i}" for i in range(len(parts))]
+    for upload_id, data in zip(part_ids, parts):
+        blobs.write([(upload_id, 0, data)])
+        blobs.finalize(upload_id, len(data))
+    whole = b"".join(parts)
+    for n in range(8):
+        final = f"0-final{n}"
+        stop = threading.Event()
+
+        def rival() -> None:
+            while not stop.is_set():
+                blobs.concat(final, part_ids)
+
+        t = threading.Thread(target=rival)
+        t.start()
+        try:
+            blobs.concat(final, part_ids)
+            sha = blobs.finalize(final, len(whole))
+        finally:
+            stop.set()
+            t.join()
+        assert sha == hashlib.sha256(whole).hexdigest()
+        assert blobs.stored_path(final).read_bytes() == whole
 
 
 async def test_fifty_uploads_cut_patches_and_a_killed_ingester(gateway, http, r, settings, ingester_procs):
