@@ -19,6 +19,9 @@ RECEIVING = "receiving"
 STORED = "stored"
 FAILED = "failed"
 TERMINATED = "terminated"
+# The start of the reason of an upload failed by a dead letter: it is held, not finished,
+# and `unggah dead replay` brings it back (see PARK in buffer/scripts.py).
+DEAD_LETTER = "dead-letter:"
 
 UploadStateName = Literal["receiving", "stored", "failed", "terminated"]
 

@@ -13,12 +13,10 @@ import redis.asyncio as redis
 
 from buffer import keys
 from buffer.connection import ensure_groups
-from buffer.messages import DATA, FAILED, DeadLetter, Entry, UploadState, from_fields
+from buffer.messages import DATA, DEAD_LETTER, FAILED, DeadLetter, Entry, UploadState, from_fields
 from buffer.scripts import Scripts
 from buffer.store import now_ms
 
-# What DEAD writes before its reason, and what marks an upload as held (REPLAY, PARK).
-DEAD_LETTER = "dead-letter:"
 # Not an upload state: how `states` reports an upload failed by a dead letter.
 HELD = "held"
 

@@ -235,6 +235,17 @@ if not held(KEYS[3]) then return 0 end
 return bury(KEYS[1], KEYS[2], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 """
 
+# Queue a final upload's assembly entry, once (`finq`), while it is still receiving.
+# KEYS: state, stream
+# ARGV: id
+QUEUE_ASSEMBLY = r"""
+if redis.call('HGET', KEYS[1], 'state') ~= 'receiving' then return 0 end
+if redis.call('HGET', KEYS[1], 'finq') == '1' then return 0 end
+redis.call('HSET', KEYS[1], 'finq', '1')
+redis.call('XADD', KEYS[2], '*', 'k', 'c', 'u', ARGV[1])
+return 1
+"""
+
 # Put a dead letter back on its stream after the cause was fixed.
 # KEYS: stream, dead, state, buffered-bytes counter
 # ARGV: dead_entry_id
@@ -273,4 +284,5 @@ class Scripts:
         self.finish = client.register_script(FINISH)
         self.dead = client.register_script(DEAD)
         self.park = client.register_script(PARK)
+        self.queue_assembly = client.register_script(QUEUE_ASSEMBLY)
         self.replay = client.register_script(REPLAY)

@@ -12,7 +12,7 @@ import msgspec
 import redis.asyncio as redis
 
 from buffer import keys
-from buffer.messages import CONCAT, STORED, UploadState, from_fields
+from buffer.messages import DEAD_LETTER, FAILED, STORED, UploadState, from_fields
 from buffer.scripts import Scripts
 
 
@@ -116,10 +116,11 @@ class UploadStore:
         return res[0].decode()
 
     async def link_final(self, final: UploadState) -> None:
-        """Tell each partial which final includes it; queue the assembly if all are stored.
+        """Tell each partial which final includes it; queue the assembly if all are settled.
 
-        Not atomic across partitions, and need not be: the ingester that stores
-        the last partial also checks, and a duplicate assembly entry is harmless.
+        Not atomic across partitions, and need not be: the ingester that finishes the
+        last partial also checks, and so does a status read of a final still waiting
+        (which mends a link or a trigger lost to a crash between the steps).
         """
         parts = final.parts.split()
         for part in parts:
@@ -127,12 +128,16 @@ class UploadStore:
         await self.queue_concat_if_ready(final.id, parts)
 
     async def queue_concat_if_ready(self, final_id: str, parts: list[str]) -> bool:
+        """Queue the final's assembly once every partial is settled: stored, or failed for
+        good (the assembly then fails the final with that partial's reason). A partial held
+        by a dead letter may still be replayed, so it is waited for. Queued once only."""
         for part in parts:
-            if await self.r.hget(keys.upload(self.partition(part), part), "state") != STORED.encode():
+            state, reason = await self.r.hmget(keys.upload(self.partition(part), part), "state", "reason")
+            failed_for_good = state == FAILED.encode() and not (reason or b"").startswith(DEAD_LETTER.encode())
+            if state != STORED.encode() and not failed_for_good:
                 return False
         p = self.partition(final_id)
-        await self.r.xadd(keys.stream(p), {"k": CONCAT, "u": final_id})
-        return True
+        return bool(await self.scripts.queue_assembly(keys=[keys.upload(p, final_id), keys.stream(p)], args=[final_id]))
 
     def audit_fields(self, event: str, fields: dict[str, object]) -> dict[str, str]:
         """An audit record the scripts do not write themselves (refusals), stamped now."""

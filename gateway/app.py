@@ -15,7 +15,7 @@ import redis.asyncio as redis
 from aiohttp import web
 
 from buffer.connection import connect
-from buffer.messages import STORED
+from buffer.messages import RECEIVING, STORED
 from buffer.store import DurabilityError, UploadStore
 from buffer.tenants import TenantStore
 from gateway import auditing, auth, reads
@@ -109,6 +109,9 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
         state = await tus.load(request, request.match_info["upload_id"])
         if state is None:
             return tus.not_found(request.match_info["upload_id"])
+        if state.concat == "final" and state.state == RECEIVING and not state.finq:
+            # Its assembly is not queued yet: check again, in case the trigger was lost to a crash.
+            await store.link_final(state)
         body = status_body(state)
         if state.state == STORED:
             # Ed25519 is deterministic: signing on demand hands out the same receipt every time.

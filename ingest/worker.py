@@ -24,7 +24,7 @@ import redis.asyncio as redis
 
 from buffer import keys
 from buffer.connection import UNAVAILABLE, connect, until_available
-from buffer.messages import CONCAT, DATA, DROP, FIN, FAILED, RECEIVING, STORED, Entry, decode_metadata
+from buffer.messages import CONCAT, DATA, DEAD_LETTER, DROP, FIN, FAILED, RECEIVING, STORED, Entry, decode_metadata
 from buffer.queue import HELD, Queue, parse_entry
 from buffer.store import UploadStore
 from ingest.blobstore import BlobStore, LocalBlobStore
@@ -218,6 +218,10 @@ class Ingester:
             parts = state.parts.split()
             for part in parts:
                 ps = await self.q.upload(part)
+                if ps is not None and ps.state == FAILED and not ps.reason.startswith(DEAD_LETTER):
+                    await self.q.finish(p, e, FAILED, reason=f"partial upload {part} failed: {ps.reason}")
+                    log.warning("final upload failed with its partial", extra={"upload": e.u, "partial": part})
+                    return
                 if ps is None or ps.state != STORED:
                     raise EntryError(f"partial {part} is not stored yet")
             await asyncio.to_thread(self.blobs.concat, e.u, parts)
@@ -229,9 +233,10 @@ class Ingester:
             await self.q.finish(p, e, FAILED, sha256=sha,
                                 reason=f"sha256 mismatch: the client declared {declared}, the stored bytes have {sha}")
             log.warning("upload failed its declared checksum", extra={"upload": e.u})
-            return
-        await self.q.finish(p, e, STORED, sha256=sha)
-        log.info("upload stored", extra={"upload": e.u, "bytes": state.length, "sha256": sha})
+        else:
+            await self.q.finish(p, e, STORED, sha256=sha)
+            log.info("upload stored", extra={"upload": e.u, "bytes": state.length, "sha256": sha})
+        # A partial's final is assembled once all its partials are stored, and fails if one fails.
         # Read final_of only now, after FINISH: the gateway sets final_of and then checks
         # the partials' states, we set the state and then check final_of, so one of us
         # always sees both and queues the assembly (a duplicate is harmless).

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tusclient import client as tus_client
 
+from buffer import keys
 from tests.conftest import OCTET, TUS, buffer_empty, create, head, patch, status, wait_for, wait_stored
 
 
@@ -97,6 +98,52 @@ async def test_concatenation_final_is_assembled(gateway, ingester, http, setting
     whole = b"".join(parts)
     assert st["state"] == "stored" and st["sha256"] == hashlib.sha256(whole).hexdigest()
     assert stored_bytes(settings, final) == whole
+
+
+async def test_a_final_fails_when_one_of_its_partials_fails(gateway, ingester, http):
+    """A partial that fails for good (its declared sha256 does not match) fails its final too,
+    with a reason that names it, instead of leaving the final receiving forever."""
+    good = await create(http, gateway, 3, Upload_Concat="partial")
+    declared = base64.b64encode(hashlib.sha256(b"xyz").hexdigest().encode()).decode()
+    bad = await create(http, gateway, 3, Upload_Concat="partial", Upload_Metadata="sha256 " + declared)
+    assert (await patch(http, good, 0, b"abc")).status == 204
+    assert (await patch(http, bad, 0, b"def")).status == 204
+    final = await create(http, gateway, None, Upload_Concat=f"final;{good} {bad}")
+
+    async def failed():
+        st = await status(http, final)
+        return st if st["state"] == "failed" else None
+    st = await wait_for(failed)
+    assert bad.rsplit("/", 1)[1] in st["reason"] and "sha256 mismatch" in st["reason"]
+    assert (await status(http, good))["state"] == "stored"
+
+
+async def test_a_final_whose_assembly_trigger_was_lost_is_assembled_when_its_status_is_read(
+        gateway, http, r, ingester_procs, settings):
+    """A crash between a partial's FINISH and its check of the final (or a Redis error in the
+    middle of creating the final) can lose the one trigger of the final's assembly. Reading the
+    final's status queues it again."""
+    parts = [os.urandom(n) for n in (200_000, 100_000)]
+    urls = [await create(http, gateway, len(c), Upload_Concat="partial") for c in parts]
+    for u, c in zip(urls, parts):
+        assert (await patch(http, u, 0, c)).status == 204
+    ing = ingester_procs("t.ingest-a")
+    for u in urls:
+        await wait_stored(http, u)
+    ing.stop()
+    final = await create(http, gateway, None, Upload_Concat="final;" + " ".join(urls))
+    final_id = final.rsplit("/", 1)[1]
+    p = int(final_id.split("-")[0])
+    # The trigger is lost: no assembly entry, none recorded as queued.
+    queued = [i for i, f in await r.xrange(keys.stream(p)) if f[b"u"] == final_id.encode()]
+    assert len(queued) == 1
+    await r.xdel(keys.stream(p), *queued)
+    await r.hdel(keys.upload(p, final_id), "finq")
+    assert (await status(http, final))["state"] == "receiving"
+    assert [i for i, f in await r.xrange(keys.stream(p)) if f[b"u"] == final_id.encode()]
+    ingester_procs("t.ingest-a")
+    st = await wait_stored(http, final)
+    assert st["sha256"] == hashlib.sha256(b"".join(parts)).hexdigest()
 
 
 async def test_zero_length_upload_is_stored(gateway, ingester, http):
