@@ -63,7 +63,8 @@ return {'created', id}
 # KEYS: state, stream, buffered-bytes counter, records, audit, revoked tokens
 # ARGV: id, offset, now_ms, patch_start, record ('' unless last piece of the PATCH),
 #       new_length ('' if none), buffer_limit (0 = none), tenant, actor,
-#       token hash ('' when access control is off), then crc, data, crc, data, ...
+#       token hash ('' when access control is off), the PATCH's whole body size ('' if not
+#       known in advance), max_upload_bytes, then crc, data, crc, data, ...
 # Another tenant's upload answers 'notfound', so its existence does not leak. A revoked
 # token answers 'revoked' in the same step: the gateway appends without looking the token up.
 APPEND = _PRELUDE + r"""
@@ -82,7 +83,7 @@ if tonumber(ARGV[2]) ~= offset then
   return {'conflict', offset, redis.call('HGET', KEYS[4], ARGV[4]) or ''}
 end
 local total = 0
-for i = 12, #ARGV, 2 do total = total + #ARGV[i] end
+for i = 14, #ARGV, 2 do total = total + #ARGV[i] end
 if length >= 0 and offset == length and total > 0 then return {'complete', offset} end
 local declared = false
 if ARGV[6] ~= '' then
@@ -92,13 +93,17 @@ if ARGV[6] ~= '' then
   if length < 0 then declared = true end
   length = nl
 end
-if length >= 0 and offset + total > length then return {'exceeds', length} end
+-- A body known to be too long is refused whole, before its first piece: not cut after it.
+local reach = offset + total
+if ARGV[11] ~= '' and offset == tonumber(ARGV[4]) then reach = math.max(reach, offset + tonumber(ARGV[11])) end
+if length >= 0 and reach > length then return {'exceeds', length} end
+if length < 0 and reach > tonumber(ARGV[12]) then return {'too_large', tonumber(ARGV[12])} end
 local limit = tonumber(ARGV[7])
 if limit > 0 and total > 0 and tonumber(redis.call('GET', KEYS[3]) or '0') + total > limit then
   return {'full', offset}
 end
 local off = offset
-for i = 11, #ARGV, 2 do
+for i = 13, #ARGV, 2 do
   local data = ARGV[i + 1]
   if #data > 0 then
     redis.call('XADD', KEYS[2], '*', 'k', 'd', 'u', ARGV[1], 'o', off, 'c', ARGV[i], 'd', data)

@@ -86,13 +86,17 @@ class UploadStore:
 
     async def append(self, upload_id: str, offset: int, pieces: list[tuple[int, bytes]], *,
                      tenant: str, patch_start: int, record: str = "", new_length: int | None = None,
-                     buffer_limit: int = 0, actor: str = "", token_hash: str = "") -> Appended:
+                     buffer_limit: int = 0, actor: str = "", token_hash: str = "",
+                     patch_bytes: int | None = None, max_bytes: int) -> Appended:
+        """`patch_bytes`: the whole PATCH body's size when known (Content-Length), so a body
+        too long for the upload is refused before any of it is taken; `max_bytes`: the cap on
+        an upload whose length is still deferred."""
         p = self.partition(upload_id)
         if p is None:
             return Appended("notfound")
         args: list[object] = [upload_id, offset, int(self.clock() * 1000), patch_start, record,
                               "" if new_length is None else new_length, buffer_limit, tenant, actor or tenant,
-                              token_hash]
+                              token_hash, "" if patch_bytes is None else patch_bytes, max_bytes]
         for crc, data in pieces:
             args += [crc, data]
         res = await self._durable(self.scripts.append,

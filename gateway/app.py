@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from typing import Callable
@@ -18,8 +19,8 @@ from buffer.connection import connect
 from buffer.messages import RECEIVING, STORED
 from buffer.store import DurabilityError, UploadStore
 from buffer.tenants import TenantStore
-from gateway import auditing, auth, reads
-from gateway.context import REQUEST_ID
+from gateway import auditing, auth, headers, reads
+from gateway.context import REQUEST_ID, STREAMING
 from gateway.problems import problem, retry_after
 from gateway.admission import Admission
 from gateway.progress import add_routes as add_result_routes
@@ -38,14 +39,22 @@ READY = web.AppKey("ready", dict)
 TUS = web.AppKey("tus", TusHandler)
 
 
+# A client's own request id is echoed and logged only if it looks like one.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
 @web.middleware
 async def errors(request: web.Request, handler):
     """Every error leaves as problem+json with a request id; Redis trouble is a
     503 with Retry-After, which every tus client retries."""
-    request[REQUEST_ID] = request.headers.get("X-Request-Id") or secrets.token_hex(8)
+    given = request.headers.get("X-Request-Id", "")
+    request[REQUEST_ID] = given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
     error: BaseException | None = None  # logged once, with the problem, by log_problem below
     try:
-        response = await handler(request)
+        if (name := headers.unreadable(request)) is not None:
+            response = problem(400, "bad-header", f"the {name} header is not UTF-8 text; send it as ASCII")
+        else:
+            response = await handler(request)
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -66,6 +75,8 @@ async def errors(request: web.Request, handler):
             response = problem(500, "internal", "internal error; retry, and report the request id if it persists",
                                request_id=request[REQUEST_ID])
     except Exception as e:
+        if request.get(STREAMING):
+            raise  # aiohttp logs it and closes the connection: the only honest end of a cut stream
         error = e
         response = problem(500, "internal", "internal error; retry, and report the request id if it persists",
                            request_id=request[REQUEST_ID])

@@ -14,3 +14,6 @@ READ_ALL = web.RequestKey("read_all", bool)
 # Admission already let this request in on arrival (gateway.auth): it may wait its turn but
 # is not refused as busy later, so a refusal is always decided the moment a request arrives.
 ADMITTED = web.RequestKey("admitted", bool)
+# A streamed answer has begun: an error after this can only close the connection, since a
+# problem answer in its place would be written into the middle of the stream.
+STREAMING = web.RequestKey("streaming", bool)

@@ -24,6 +24,24 @@ def tus_method(request) -> str:
     return request.method
 
 
+def is_offset(value: str) -> bool:
+    """What non_negative_int accepts (ASCII digits, at most 19), without raising."""
+    return _DIGITS.match(value) is not None
+
+
+def unreadable(request) -> str | None:
+    """The name of the first header whose value is not UTF-8 text, if any. aiohttp passes
+    such bytes on as surrogates, which nothing after it can encode: not a token's hash, not
+    a Redis key, not a log line, not a JSON answer."""
+    for name, value in request.headers.items():
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return name if name.isascii() else "a"
+    return None
+
+
 def non_negative_int(name: str, value: str | None) -> int | None:
     if value is None:
         return None
@@ -51,6 +69,10 @@ def concat(value: str | None) -> tuple[str, list[str]]:
         urls = value[len("final;"):].split()
         if not urls:
             raise HeaderError("Upload-Concat: final; must list the partial uploads' URLs")
-        ids = [urlsplit(u).path.rstrip("/").rsplit("/", 1)[-1] for u in urls]
+        try:
+            ids = [urlsplit(u).path.rstrip("/").rsplit("/", 1)[-1] for u in urls]
+        except ValueError as e:
+            raise HeaderError(f"Upload-Concat: final; lists something that is not a URL ({e}); "
+                              "send the partial uploads' URLs as their creation returned them") from None
         return "final", ids
     raise HeaderError("Upload-Concat must be 'partial' or 'final;<url> <url> ...'")

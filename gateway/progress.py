@@ -29,8 +29,9 @@ from aiohttp import web
 from dukungan.election import Election, load_election
 from dukungan.export import EXPORT_HEADER, verdict_records
 from dukungan.windows import window_state
+from buffer.tenants import TENANT_ID
 from gateway.auth import PUBLIC
-from gateway.context import PRINCIPAL
+from gateway.context import PRINCIPAL, STREAMING
 from gateway.problems import problem
 from ingest.results import SQLiteResults
 from unggah.config import Settings
@@ -71,6 +72,8 @@ class ResultsAPI:
         if not asked:
             return problem(400, "tenant-required",
                            "name the pair with ?tenant=<id>; /progress/all lists every pair")
+        if not TENANT_ID.match(asked):  # it also names the CSV download: no stray characters
+            return problem(404, "tenant-not-found", f"no tenant {asked[:64]!r} here")
         return asked
 
     # ---- reading (blocking SQLite reads run in a thread)
@@ -174,6 +177,7 @@ class ResultsAPI:
             "Content-Type": "text/csv; charset=utf-8", "Cache-Control": "no-store",
             "Content-Disposition": f'attachment; filename="verdicts-{upload or tenant}.csv"'})
         await resp.prepare(request)
+        request[STREAMING] = True
         await resp.write("\ufeff".encode())  # UTF-8 with BOM, as dukungan.export writes it
         if upload is not None:
             # One file: exactly what `unggah check --export` writes for the same file.

@@ -169,7 +169,7 @@ class TusHandler:
             refusal = self.admission.buffer.create_refusal()
         elif method == "PATCH" and upload_id is not None:
             offset = request.headers.get("Upload-Offset", "")
-            if not offset.isdigit() or self.store.partition(upload_id) is None:
+            if not headers.is_offset(offset) or self.store.partition(upload_id) is None:
                 return None  # bad input: the full path says what is wrong
             refusal = (self.admission.buffer.append_refusal()
                        or self.admission.gate.shed(tenant, self.progress(upload_id, int(offset))))
@@ -210,10 +210,22 @@ class TusHandler:
             return problem(400, "bad-header", str(e))
         if defer is not None and defer.strip() != "1":
             return problem(400, "bad-header", "Upload-Defer-Length must be 1")
-        has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        has_body = (request.content_length or 0) > 0 or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+        if has_body and (encoded := _encoded_body(request)) is not None:
+            return encoded
         if has_body and request.content_type != OFFSET_STREAM:
             return problem(415, "unsupported-media-type",
                            f"a creation request with a body must have Content-Type: {OFFSET_STREAM}")
+        if has_body:
+            # What would refuse the body anyway refuses the creation, so nothing is created for it.
+            try:
+                if (ck := request.headers.get("Upload-Checksum")) is not None:
+                    checksum.parse(ck)
+            except checksum.ChecksumHeaderError as e:
+                return problem(400, "bad-header", str(e))
+            if length is not None and (request.content_length or 0) > length:
+                return problem(413, "exceeds-length", f"the body carries {request.content_length} bytes but "
+                                                      f"Upload-Length is {length}; nothing was created")
 
         final_parts: list[UploadState] = []
         if concat == "final":
@@ -318,6 +330,8 @@ class TusHandler:
     async def patch(self, request: web.Request, upload_id: str) -> web.Response:
         if request.content_type != OFFSET_STREAM:
             return problem(415, "unsupported-media-type", f"PATCH requests must have Content-Type: {OFFSET_STREAM}")
+        if (encoded := _encoded_body(request)) is not None:
+            return encoded
         try:
             offset = headers.non_negative_int("Upload-Offset", request.headers.get("Upload-Offset"))
         except headers.HeaderError as e:
@@ -378,7 +392,8 @@ class TusHandler:
                 res = await self.store.append(upload_id, offset, pieces, tenant=tenant, actor=self.actor(request),
                                               patch_start=offset, record=record, new_length=new_length,
                                               buffer_limit=self.admission.buffer.partition_limit,
-                                              token_hash=self.token_hash(request))
+                                              token_hash=self.token_hash(request), patch_bytes=len(body),
+                                              max_bytes=self.s.max_upload_bytes)
         except Refused as e:
             return self.refused(e)
         if res.outcome == "conflict" and res.record == record:
@@ -433,7 +448,8 @@ class TusHandler:
                     res = await self.store.append(
                         upload_id, pos, [(piece_crc, piece)] if piece else [], tenant=tenant, actor=actor,
                         patch_start=offset, record=record, new_length=new_length if first else None,
-                        buffer_limit=self.admission.buffer.partition_limit, token_hash=token_hash)
+                        buffer_limit=self.admission.buffer.partition_limit, token_hash=token_hash,
+                        patch_bytes=total, max_bytes=self.s.max_upload_bytes)
             except Refused as e:
                 # Nothing of this piece was committed; what came before it was. The client resumes from HEAD.
                 refusal = self.refused(e)
@@ -510,11 +526,16 @@ class TusHandler:
             return problem(410, "upload-expired", "this upload expired before it was complete (its registration "
                            "window closed, or it was left unfinished too long); create a new one if a window is open")
         if o == "exceeds":
-            return problem(413, "exceeds-length", f"the body would take the upload past its Upload-Length of {res.offset}")
+            return problem(413, "exceeds-length", f"the body would take the upload past its Upload-Length of "
+                                                  f"{res.offset}; send HEAD to see what was kept, then at most the rest")
+        if o == "too_large":
+            return problem(413, "upload-too-large", f"the upload would exceed the maximum of {res.offset} bytes; "
+                                                    "split the file, or send HEAD to see what was kept")
         if o == "length_fixed":
             return problem(400, "length-fixed", f"Upload-Length is already {res.offset} and cannot change")
         if o == "length_short":
-            return problem(400, "length-too-small", f"Upload-Length must be at least {res.offset}, the bytes already sent")
+            return problem(400, "length-too-small", f"Upload-Length must be at least {res.offset}: the bytes already "
+                                                    "sent and this body")
         if o == "full":
             return problem(503, "buffer-full", "the upload buffer is full; your bytes so far are safe, retry after the pause",
                            headers={"Retry-After": retry_after(2), "Upload-Offset": str(res.offset)})
@@ -534,6 +555,18 @@ class TusHandler:
             return self.not_found(upload_id)
         return problem(403, "upload-immutable",
                        "this upload is complete; accepted files are never deleted or overwritten")
+
+
+def _encoded_body(request: web.Request) -> web.Response | None:
+    """A refusal for a compressed body. aiohttp would decompress it while Upload-Offset and
+    Content-Length count the bytes on the wire, so the stored bytes would not be the file's."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    transfer = {t.strip().lower() for t in request.headers.get("Transfer-Encoding", "").split(",")} - {"", "chunked"}
+    if (encoding and encoding != "identity") or transfer:
+        return problem(415, "encoded-body",
+                       "send the file's bytes as they are, without Content-Encoding or a Transfer-Encoding "
+                       "other than chunked: tus offsets count the bytes of the file")
+    return None
 
 
 def status_body(state: UploadState) -> dict:

@@ -153,3 +153,15 @@ async def test_tenant_cli_round_trip(secured):
     listing = run("list").stdout
     assert "pair-c" in listing and token not in listing
     assert run("issue", "pair-zzz", "--name", "x").returncode == 1
+
+
+async def test_a_tenant_name_that_cannot_be_one_is_not_found_and_the_connection_stays_usable(secured, http):
+    """The asked tenant names the CSV download (Content-Disposition): a line break in it once
+    broke the answer's framing for the next request on the same connection."""
+    gw, tokens, _, _ = secured
+    v = tokens["verifier"]
+    async with http.get(gw.url + "/verdicts.csv", params={"tenant": "pair-a\nX-Injected: 1"},
+                        headers=bearer(v, {})) as resp:
+        assert resp.status == 404 and (await resp.json())["reason"] == "tenant-not-found"
+    async with http.get(gw.url + "/progress", params={"tenant": "pair-a"}, headers=bearer(v, {})) as resp:
+        assert resp.status == 200

@@ -9,7 +9,9 @@ import hashlib
 
 import pytest
 
-from tests.conftest import OCTET, TUS, create, patch
+import orjson
+
+from tests.conftest import OCTET, TUS, Gateway, create, make_settings, patch
 
 
 async def snapshot(r) -> dict:
@@ -65,6 +67,7 @@ CREATE_CASES = [
     ("final of unknown", {"Upload-Concat": "final;/files/0-00000000000000000000000000000000"}, 400, "bad-partial"),
     ("final with length", {"Upload-Length": "5", "Upload-Concat": "final;/files/x"}, 400, "bad-header"),
     ("long idempotency key", {"Upload-Length": "5", "Idempotency-Key": "k" * 300}, 400, "bad-header"),
+    ("final of something not a URL", {"Upload-Concat": "final;http://[::1/files/a"}, 400, "bad-header"),
 ]
 
 
@@ -91,6 +94,10 @@ def _patch_cases():
         ("no offset", {"Upload-Offset": None}, b"efg", 400, "missing-offset"),
         ("negative offset", {"Upload-Offset": "-4"}, b"efg", 400, "bad-header"),
         ("non-numeric offset", {"Upload-Offset": "four"}, b"efg", 400, "bad-header"),
+        ("superscript digit offset", {"Upload-Offset": "\u00b2"}, b"efg", 400, "bad-header"),
+        ("offset of 5000 digits", {"Upload-Offset": "4" * 5000}, b"efg", 400, "bad-header"),
+        ("offset of 401 digits", {"Upload-Offset": "1" + "0" * 400}, b"efg", 400, "bad-header"),
+        ("gzip body", {"Upload-Offset": "4", "Content-Encoding": "gzip"}, b"efg", 415, "encoded-body"),
         ("offset behind", {"Upload-Offset": "2"}, b"efg", 409, "offset-mismatch"),
         ("offset ahead", {"Upload-Offset": "5"}, b"efg", 409, "offset-mismatch"),
         ("offset past length", {"Upload-Offset": "11"}, b"e", 409, "offset-mismatch"),
@@ -190,3 +197,103 @@ async def test_truncated_checksummed_body_stores_nothing(gateway, r):
     writer.close()
     await asyncio.sleep(0.3)
     assert await snapshot(r) == before
+
+
+async def test_creation_with_a_body_that_would_be_refused_creates_nothing(gateway, http, r):
+    """A creation-with-upload whose body cannot be taken (too long for its Upload-Length, or a
+    malformed Upload-Checksum) is refused before the upload exists."""
+    before = await snapshot(r)
+    h = dict(OCTET, **{"Upload-Length": "3"})
+    h.pop("Upload-Offset", None)
+    async with http.post(gateway.files, data=b"abcdef", headers=h) as resp:
+        await expect_problem(resp, 413, "exceeds-length")
+        assert "Location" not in resp.headers
+    async with http.post(gateway.files, data=b"abc", headers=dict(h, **{"Upload-Checksum": "zz AAAA"})) as resp:
+        await expect_problem(resp, 400, "bad-header")
+        assert "Location" not in resp.headers
+    assert await snapshot(r) == before
+
+
+async def test_a_body_longer_than_the_upload_is_refused_whole(gateway, http, r):
+    """The body is known (Content-Length) to overrun the upload: none of it is taken, not the
+    first entries of it before the refusal."""
+    size = gateway.settings.entry_bytes * 3 // 2
+    url = await create(http, gateway, size)
+    before = await snapshot(r)
+    async with http.patch(url, data=b"x" * (gateway.settings.entry_bytes * 2),
+                          headers=dict(OCTET, **{"Upload-Offset": "0"})) as resp:
+        await expect_problem(resp, 413, "exceeds-length")
+    assert await snapshot(r) == before
+
+
+async def test_a_deferred_length_upload_cannot_outgrow_the_maximum(tmp_path, valkey, r, http):
+    settings = make_settings(tmp_path, valkey.url, max_upload_bytes=100_000)
+    gw = await Gateway(settings).start()
+    try:
+        url = await create(http, gw, None, Upload_Defer_Length="1")
+        before = await snapshot(r)
+        async with http.patch(url, data=b"x" * 120_000, headers=dict(OCTET, **{"Upload-Offset": "0"})) as resp:
+            await expect_problem(resp, 413, "upload-too-large")
+        assert await snapshot(r) == before
+        assert (await patch(http, url, 0, b"x" * 100_000)).status == 204
+    finally:
+        await gw.stop()
+
+
+async def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One request written as bytes (headers no client library would send), one answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        return int(lines[0].split()[1]), headers, body
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("header", [b"Idempotency-Key: k\xff", b"X-HTTP-Method-Override: \xff",
+                                    b"X-Anything: \xc3\x28"])
+async def test_a_header_that_is_not_utf8_is_refused_clearly(gateway, r, header):
+    before = await snapshot(r)
+    status, headers, body = await raw_exchange(gateway.port, b"POST /files/ HTTP/1.1\r\nHost: x\r\n"
+                                               b"Tus-Resumable: 1.0.0\r\nUpload-Length: 5\r\n" + header +
+                                               b"\r\nContent-Length: 0\r\n\r\n")
+    assert status == 400 and headers["content-type"].startswith("application/problem+json")
+    doc = orjson.loads(body)
+    assert doc["reason"] == "bad-header" and "UTF-8" in doc["detail"]
+    assert await snapshot(r) == before
+
+
+async def test_a_token_that_is_not_utf8_is_refused_as_any_bad_token(tmp_path, valkey, r):
+    gw = await Gateway(make_settings(tmp_path, valkey.url, auth="tokens")).start()
+    try:
+        status, headers, body = await raw_exchange(gw.port, b"GET /files/0-abc/status HTTP/1.1\r\nHost: x\r\n"
+                                                   b"Tus-Resumable: 1.0.0\r\nAuthorization: Bearer ung_\xff\r\n\r\n")
+        assert status == 400
+    finally:
+        await gw.stop()
+
+
+async def test_only_a_plain_request_id_is_echoed(gateway):
+    _, headers, _ = await raw_exchange(gateway.port, b"OPTIONS /files/ HTTP/1.1\r\nHost: x\r\n"
+                                       b"X-Request-Id: trace-1234.abc\r\n\r\n")
+    assert headers["x-request-id"] == "trace-1234.abc"
+    _, headers, _ = await raw_exchange(gateway.port, b"OPTIONS /files/ HTTP/1.1\r\nHost: x\r\n"
+                                       b"X-Request-Id: <script>\r\n\r\n")
+    assert headers["x-request-id"] != "<script>" and len(headers["x-request-id"]) == 16
+
+
+def test_a_log_line_survives_text_that_is_not_utf8():
+    """aiohttp hands a header's bytes that are not UTF-8 on as surrogates; the line that reports
+    the request must still be written, with those bytes shown escaped."""
+    import logging
+
+    from unggah.logs import JsonFormatter
+    record = logging.LogRecord("unggah.gateway", logging.INFO, __file__, 1, "request refused", None, None)
+    record.method = "\udcff"
+    line = orjson.loads(JsonFormatter().format(record))
+    assert line["msg"] == "request refused" and line["method"] == "\\udcff"

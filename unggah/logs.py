@@ -24,7 +24,18 @@ class JsonFormatter(logging.Formatter):
                 out[k] = v
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+        try:
+            return orjson.dumps(out, default=str).decode()
+        except orjson.JSONEncodeError:
+            # A client's bytes that are not UTF-8 (aiohttp passes them on as surrogates) must
+            # not cost the log line that reports them.
+            return orjson.dumps({k: _printable(v) for k, v in out.items()}, default=str).decode()
+
+
+def _printable(value: object) -> object:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 def setup(level: str = "INFO") -> None:
