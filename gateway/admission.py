@@ -37,6 +37,7 @@ import itertools
 import logging
 import time
 from contextlib import asynccontextmanager
+from typing import Callable
 
 log = logging.getLogger("unggah.admission")
 
@@ -398,6 +399,7 @@ class Admission:
         self.bytes = ByteBudget(max(4 * settings.checksum_patch_max_bytes, 64 * settings.entry_bytes))
         self.buffer = BufferWatch(store, settings.buffer_budget, settings.buffer_high_ratio, settings.partitions)
         self.max_wait = settings.append_max_wait_ms / 1000
+        self.body_idle = settings.body_idle_seconds
 
     @asynccontextmanager
     async def turn(self, n: int, tenant: str, progress: float, in_progress: bool, admitted: bool = False):
@@ -405,7 +407,7 @@ class Admission:
         and committed. Reading a fast client's body is most of a request's cost, so it
         happens inside the slot; see Turn.read for slow clients."""
         await self.gate.acquire(tenant, progress, in_progress, admitted)
-        turn = Turn(self.gate, tenant, progress)
+        turn = Turn(self.gate, tenant, progress, self.body_idle)
         try:
             # Pieces under way (or let in on arrival) wait for memory; a new request is told at once.
             wait = self.max_wait * 5 if in_progress else self.max_wait if admitted else 0
@@ -425,11 +427,16 @@ class Admission:
 SLOW_READ = 0.25
 
 
+class BodyStalled(Exception):
+    """No byte of a request body arrived for body_idle_seconds."""
+
+
 class Turn:
-    def __init__(self, gate: FairGate, tenant: str, progress: float) -> None:
+    def __init__(self, gate: FairGate, tenant: str, progress: float, idle: float) -> None:
         self.gate = gate
         self.tenant = tenant
         self.progress = progress
+        self.idle = idle
         self.held = True
         self.reading = True
 
@@ -440,15 +447,24 @@ class Turn:
             self.reading = False
             self.gate.read_done()
 
-    async def read(self, reading):
+    async def read(self, reading, arrived: Callable[[], int]):
         """Await a body read inside the slot; if the client is slow, leave the slot to others
-        while it trickles in, then queue again (as work in progress) for the commit."""
+        while it trickles in, then queue again (as work in progress) for the commit. If no
+        byte arrives (`arrived`: bytes of the body received so far) for `idle` seconds, give
+        the read up: BodyStalled, and the turn's memory goes back to the others."""
         task = asyncio.ensure_future(reading)
         done, _ = await asyncio.wait({task}, timeout=SLOW_READ)
         if not done:
             self.gate.release(self.tenant)
             self.held = False
-            result = await task
+            seen = arrived()
+            while not (await asyncio.wait({task}, timeout=self.idle))[0]:
+                if arrived() == seen:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    raise BodyStalled()
+                seen = arrived()
+            result = task.result()
             await self.gate.acquire(self.tenant, self.progress, in_progress=True)
             self.held = self.reading = True
             return result

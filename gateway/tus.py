@@ -26,7 +26,7 @@ from buffer.messages import RECEIVING, STORED, TERMINATED, UploadState, decode_m
 from buffer.store import Appended, UploadStore
 from gateway import checksum, headers
 from gateway.auth import may_read_uploads, may_write, unknown_or_revoked
-from gateway.admission import Admission, Refused
+from gateway.admission import Admission, BodyStalled, Refused
 from gateway.context import ADMITTED, PRINCIPAL, READ_ALL, TENANT
 from gateway.windows import Windows, WindowClosed
 from gateway.problems import TUS_VERSION, problem, retry_after
@@ -176,6 +176,13 @@ class TusHandler:
         else:
             return None
         return None if refusal is None else self.refused(refusal)
+
+    def stalled(self, offset: int, kept: str) -> web.Response:
+        response = problem(408, "body-stalled", f"no byte of the body arrived for {self.s.body_idle_seconds:g} s; "
+                           f"{kept}; resume from HEAD", headers={"Upload-Offset": str(offset)})
+        # The connection goes too (after aiohttp's lingering read): more of this body is of no use.
+        response.force_close()
+        return response
 
     @staticmethod
     def refused(e: Refused | WindowClosed, status: int = 503) -> web.Response:
@@ -373,7 +380,7 @@ class TusHandler:
         try:
             async with self.admission.turn(request.content_length or cap, tenant, self.progress(upload_id, offset),
                                            in_progress=False, admitted=request.get(ADMITTED, False)) as turn:
-                body = await turn.read(self._read_whole(request, upload_id, cap))
+                body = await turn.read(self._read_whole(request, upload_id, cap), arrived(request))
                 if isinstance(body, web.Response):
                     return body
                 algo, digest = expected
@@ -396,6 +403,8 @@ class TusHandler:
                                               max_bytes=self.s.max_upload_bytes)
         except Refused as e:
             return self.refused(e)
+        except BodyStalled:
+            return self.stalled(offset, "nothing of this chunk was stored")
         if res.outcome == "conflict" and res.record == record:
             return res.offset  # a retry of a PATCH we already took
         return self.refusal(res, upload_id) if res.outcome != "ok" else res.offset
@@ -437,7 +446,7 @@ class TusHandler:
                 async with self.admission.turn(max(want, 1), tenant, self.progress(upload_id, pos),
                                                in_progress=not first,
                                                admitted=request.get(ADMITTED, False)) as turn:
-                    piece, eof, interrupted = await turn.read(self._read_piece(request, want))
+                    piece, eof, interrupted = await turn.read(self._read_piece(request, want), arrived(request))
                     piece_crc = checksum.crc32c(piece)
                     # CRC of the whole PATCH so far; with one piece it is the piece's own.
                     crc_all = piece_crc if received == 0 else checksum.crc32c(piece, crc_all)
@@ -455,6 +464,8 @@ class TusHandler:
                 refusal = self.refused(e)
                 refusal.headers["Upload-Offset"] = str(pos)
                 return refusal
+            except BodyStalled:
+                return self.stalled(pos, f"the bytes up to offset {pos} are kept")
             if res.outcome != "ok":
                 if res.outcome == "conflict" and first and res.record:
                     return await self._maybe_duplicate(request, res, received, crc_all, last, upload_id)
@@ -555,6 +566,12 @@ class TusHandler:
             return self.not_found(upload_id)
         return problem(403, "upload-immutable",
                        "this upload is complete; accepted files are never deleted or overwritten")
+
+
+def arrived(request: web.Request) -> Callable[[], int]:
+    """How many bytes of the request's body have arrived so far (for the stall watch)."""
+    content = request.content
+    return lambda: content.total_bytes
 
 
 def _encoded_body(request: web.Request) -> web.Response | None:

@@ -207,6 +207,40 @@ async def test_a_slow_client_gives_its_slot_back_while_its_body_trickles_in_and_
         await gw.stop()
 
 
+async def test_stalled_bodies_are_given_up_and_their_memory_goes_back(tmp_path, valkey, http):
+    """Clients that send a PATCH head, a byte of the body and then nothing (a dead mobile
+    link, or on purpose) hold the memory reserved for their bodies: four checksummed PATCHes
+    can take all of it, and every other pair is refused. After body_idle_seconds without a
+    byte each is answered 408 (and its connection closed), and the memory is free again."""
+    cap = 1 << 20  # the byte budget is then 4 x cap: four stalled checksummed PATCHes fill it
+    settings = make_settings(tmp_path, valkey.url, entry_bytes=4096, checksum_patch_max_bytes=cap,
+                             body_idle_seconds=1.0)
+    gw = await Gateway(settings).start()
+    stalled = []
+    try:
+        urls = [await create(http, gw, cap) for _ in range(5)]
+        for url in urls[:4]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            writer.write((f"PATCH {urlsplit(url).path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+                          "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+                          f"Upload-Checksum: sha1 {'A' * 27}=\r\nContent-Length: {cap}\r\n\r\n").encode() + b"x")
+            await writer.drain()
+            stalled.append((reader, writer))
+        for reader, _ in stalled:
+            assert b" 408 " in await asyncio.wait_for(reader.readline(), 10)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert b"Connection: close" in head and b"Upload-Offset: 0" in head
+        assert gw.app[TUS_HANDLER].admission.bytes.used == 0
+        resp = await patch(http, urls[4], 0, b"y" * 10)
+        assert resp.status == 204
+        async with http.head(urls[0], headers=TUS) as resp:
+            assert resp.headers["Upload-Offset"] == "0"  # nothing of a stalled body was stored
+    finally:
+        for _, writer in stalled:
+            writer.close()
+        await gw.stop()
+
+
 def test_read_slots_below_one_are_refused_with_the_setting_named():
     with pytest.raises(ConfigError, match="append_read_slots"):
         load(env={"UNGGAH_APPEND_READ_SLOTS": "0"})

@@ -104,6 +104,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # reads up to 256,000 at once, past read_buffer_bytes. 0: the loop's own read size.
     read_chunk_bytes: int = 16 * KiB
 
+    # A request body from which no byte arrives for this long is given up (408, then the
+    # connection is closed): a stalled client must not hold its reserved memory for ever.
+    body_idle_seconds: float = 60.0
+
     # Graceful shutdown (SIGTERM): the gateway turns unready, refuses new uploads and keeps
     # listening while appends are in flight, at least drain and at most grace seconds.
     shutdown_drain_seconds: float = 0.0
