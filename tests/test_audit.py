@@ -20,6 +20,7 @@ from buffer.tenants import TenantStore
 from ingest.audit import Auditor, audit_dir
 from tests.conftest import OCTET, TUS, Gateway, child_env, make_settings, wait_for, wait_stored
 from tests.redis_cutter import ReplyCutter
+from unggah.auditlog import Chain
 from unggah.valkey import EmbeddedValkey
 
 
@@ -114,6 +115,37 @@ async def test_tampering_is_detected(trail, tamper):
     path.write_bytes(b"\n".join(lines) + b"\n")
     out = cli(settings, "verify")
     assert out.returncode == 1 and "BROKEN at line 2" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("tamper", ["cut the end", "delete a chain", "rewrite a chain"])
+async def test_kept_heads_detect_what_a_chain_alone_cannot(trail, tmp_path, tamper):
+    """A chain shows a record altered, removed or reordered inside it, but not records cut from
+    its end, a chain file deleted, or a chain rewritten and re-hashed whole. Heads kept outside
+    the system (`unggah audit heads`) show those too."""
+    settings, _, _ = trail
+    out = cli(settings, "heads")
+    assert out.returncode == 0, out.stderr
+    kept = tmp_path / "heads.json"
+    kept.write_text(out.stdout)
+    assert cli(settings, "verify", "--heads", str(kept)).returncode == 0
+    path = max(audit_dir(settings).glob("audit-p*.jsonl"), key=lambda f: len(f.read_bytes().splitlines()))
+    lines = path.read_bytes().splitlines()
+    assert len(lines) >= 2
+    if tamper == "cut the end":
+        path.write_bytes(b"\n".join(lines[:-1]) + b"\n")
+        expected = "removed from its end"
+    elif tamper == "delete a chain":
+        path.unlink()
+        expected = "MISSING"
+    else:  # alter the first record and chain every record anew: every link checks out
+        records = [orjson.loads(line) for line in lines]
+        records[0]["event"]["at"] = "0"
+        path.unlink()
+        Chain(path).append([(r["id"], r["event"]) for r in records])
+        expected = "rewritten"
+    assert cli(settings, "verify").returncode == 0  # what a chain alone cannot see
+    out = cli(settings, "verify", "--heads", str(kept))
+    assert out.returncode == 1 and expected in out.stdout, out.stdout
 
 
 async def test_auditor_restart_does_not_duplicate(trail, r):

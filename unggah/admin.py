@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 from pathlib import Path
 
@@ -77,10 +78,29 @@ async def audit(settings: Settings, args: argparse.Namespace) -> int:
     if not files:
         print(f"no audit chains in {directory}", file=sys.stderr)
         return 2
+    if args.action == "heads":
+        taken = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        partitions = sorted({int(f.stem.removeprefix("audit-p")) for f in files} | set(range(settings.partitions)))
+        print(msgspec.json.format(msgspec.json.encode(auditlog.Heads(
+            taken_at=taken, heads=auditlog.heads(directory, partitions)))).decode())
+        return 0
     if args.action == "verify":
+        pins: dict[int, auditlog.Head] = {}
+        if args.heads:
+            try:
+                kept = msgspec.json.decode(Path(args.heads).read_bytes(), type=auditlog.Heads)
+            except (OSError, msgspec.DecodeError) as e:
+                print(f"cannot read heads from {args.heads}: {e}", file=sys.stderr)
+                return 2
+            pins = {h.partition: h for h in kept.heads}
         bad = 0
+        for p in sorted(pins.keys() - {int(f.stem.removeprefix("audit-p")) for f in files}):
+            if pins[p].seq > 0:
+                bad += 1
+                print(f"{auditlog.chain_path(directory, p).name}: MISSING, but a head kept earlier is at record "
+                      f"{pins[p].seq}")
         for f in files:
-            n, head, problem = auditlog.verify(f)
+            n, head, problem = auditlog.verify(f, pins.get(int(f.stem.removeprefix("audit-p"))))
             if problem:
                 bad += 1
                 print(f"{f.name}: BROKEN at line {problem.line}: {problem.problem} ({n} records verified before it)")
@@ -123,9 +143,13 @@ def add_parsers(sub) -> None:
     asub = au.add_subparsers(dest="action", required=True)
     asub.add_parser("run", help="the auditor process (exactly one; `unggah up` starts it)")
     for name, text in (("verify", "detect any altered, removed or reordered record"),
+                       ("heads", "print each chain's head, to keep outside the system (JSON)"),
                        ("show", "print the trail, optionally for one tenant or upload")):
         x = asub.add_parser(name, help=text)
         x.add_argument("--dir", help="folder of audit-p*.jsonl (default: <state_dir>/audit)")
+        if name == "verify":
+            x.add_argument("--heads", help="heads kept earlier (`unggah audit heads`): also detect records "
+                                           "removed from a chain's end, or a chain rewritten or deleted whole")
         if name == "show":
             x.add_argument("--tenant")
             x.add_argument("--upload")

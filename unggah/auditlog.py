@@ -4,8 +4,9 @@ Each record is {"seq", "id", "event", "prev", "hash"}: `id` is the audit stream
 entry it came from, `event` the event's fields, `prev` the previous record's hash
 and `hash` = sha256 over prev, seq, id and the canonical event. Changing,
 removing or reordering any record breaks the chain from that point on, and
-`verify` says where. The head hash of each chain is what to publish (or hand to
-the supervisor) to pin the trail at a moment in time.
+`verify` says where. What a chain cannot show by itself (records cut from its end,
+a chain rewritten whole) shows against its head kept outside the system: `heads`
+writes them, `verify` checks a chain against one.
 """
 
 from __future__ import annotations
@@ -82,8 +83,45 @@ class ChainProblem(msgspec.Struct):
     problem: str
 
 
-def verify(path: str | os.PathLike[str]) -> tuple[int, str, ChainProblem | None]:
-    """(records checked, head hash, first problem or None)."""
+class Head(msgspec.Struct, kw_only=True):
+    """Where one partition's chain stood: kept outside the system (the supervisor's copy), it
+    lets `verify` see records removed from a chain's end, or a chain rewritten whole."""
+    partition: int
+    seq: int
+    hash: str
+
+
+class Heads(msgspec.Struct, kw_only=True):
+    taken_at: str  # UTC, ISO 8601
+    heads: list[Head]
+
+
+def heads(directory: str | os.PathLike[str], partitions: list[int]) -> list[Head]:
+    out = []
+    for p in partitions:
+        path = chain_path(directory, p)
+        last = None
+        if path.exists():
+            with open(path, "rb") as f:
+                for line in f:
+                    if line.strip():
+                        last = line
+        rec = msgspec.json.decode(last, type=Record) if last else None
+        out.append(Head(partition=p, seq=rec.seq if rec else 0, hash=rec.hash if rec else GENESIS))
+    return out
+
+
+def verify(path: str | os.PathLike[str], pinned: Head | None = None) -> tuple[int, str, ChainProblem | None]:
+    """(records checked, head hash, first problem or None). `pinned`: a head kept earlier for
+    this chain, which it must still pass through."""
+    n, head, problem = _verify(path, pinned)
+    if problem is None and pinned is not None and n < pinned.seq:
+        problem = ChainProblem(n + 1, f"the chain ends at record {n}, but a head kept earlier is at record "
+                                      f"{pinned.seq}: records were removed from its end")
+    return n, head, problem
+
+
+def _verify(path, pinned: Head | None) -> tuple[int, str, ChainProblem | None]:
     prev, seq, last_id = GENESIS, 0, "0-0"
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
@@ -103,6 +141,9 @@ def verify(path: str | os.PathLike[str]) -> tuple[int, str, ChainProblem | None]
                 return seq, prev, ChainProblem(n, "its hash does not match its contents: the record was altered")
             if _id_key(rec.id) <= _id_key(last_id):
                 return seq, prev, ChainProblem(n, "entry ids go backwards: records were reordered")
+            if pinned is not None and rec.seq == pinned.seq and rec.hash != pinned.hash:
+                return seq, prev, ChainProblem(n, "differs from the head kept earlier for this record: the chain "
+                                                  "was rewritten up to here")
             prev, seq, last_id = rec.hash, rec.seq, rec.id
     return seq, prev, None
 
