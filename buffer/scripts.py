@@ -251,6 +251,27 @@ redis.call('XADD', KEYS[2], '*', 'k', 'c', 'u', ARGV[1])
 return 1
 """
 
+# A partial belongs to one final: the first to claim it. 1 if it is (now) this final's.
+# KEYS: the partial's state
+# ARGV: final id
+CLAIM_PART = r"""
+local cur = redis.call('HGET', KEYS[1], 'final_of')
+if not cur or cur == '' then
+  redis.call('HSET', KEYS[1], 'final_of', ARGV[1])
+  return 1
+end
+if cur == ARGV[1] then return 1 end
+return 0
+"""
+
+# Give a claimed partial back (a final abandoned because another final holds one of its parts).
+# KEYS: the partial's state
+# ARGV: final id
+RELEASE_PART = r"""
+if redis.call('HGET', KEYS[1], 'final_of') == ARGV[1] then redis.call('HSET', KEYS[1], 'final_of', '') end
+return 0
+"""
+
 # Put a dead letter back on its stream after the cause was fixed.
 # KEYS: stream, dead, state, buffered-bytes counter
 # ARGV: dead_entry_id
@@ -290,4 +311,6 @@ class Scripts:
         self.dead = client.register_script(DEAD)
         self.park = client.register_script(PARK)
         self.queue_assembly = client.register_script(QUEUE_ASSEMBLY)
+        self.claim_part = client.register_script(CLAIM_PART)
+        self.release_part = client.register_script(RELEASE_PART)
         self.replay = client.register_script(REPLAY)

@@ -12,7 +12,7 @@ import msgspec
 import redis.asyncio as redis
 
 from buffer import keys
-from buffer.messages import DEAD_LETTER, FAILED, STORED, UploadState, from_fields
+from buffer.messages import DEAD_LETTER, FAILED, STORED, TERMINATED, UploadState, from_fields
 from buffer.scripts import Scripts
 
 
@@ -119,8 +119,9 @@ class UploadStore:
                                   [upload_id, actor, int(self.clock() * 1000)])
         return res[0].decode()
 
-    async def link_final(self, final: UploadState) -> None:
-        """Tell each partial which final includes it; queue the assembly if all are settled.
+    async def link_final(self, final: UploadState) -> str | None:
+        """Claim each partial for this final (a partial belongs to the first final that claims
+        it); queue the assembly if all are settled. The partial another final holds, or None.
 
         Not atomic across partitions, and need not be: the ingester that finishes the
         last partial also checks, and so does a status read of a final still waiting
@@ -128,8 +129,19 @@ class UploadStore:
         """
         parts = final.parts.split()
         for part in parts:
-            await self.r.hset(keys.upload(self.partition(part), part), "final_of", final.id)
+            if not await self.scripts.claim_part(keys=[keys.upload(self.partition(part), part)], args=[final.id]):
+                return part
         await self.queue_concat_if_ready(final.id, parts)
+        return None
+
+    async def abandon_final(self, final: UploadState, actor: str) -> None:
+        """Undo a final that lost a partial to another final created at the same moment."""
+        for part in final.parts.split():
+            await self.scripts.release_part(keys=[keys.upload(self.partition(part), part)], args=[final.id])
+        p = self.partition(final.id)
+        await self.r.hset(keys.upload(p, final.id), "state", TERMINATED)
+        await self.audit_many([(p, self.audit_fields("terminate", {"u": final.id, "t": final.tenant, "a": actor,
+                                                                    "reason": "partial-taken"}))])
 
     async def queue_concat_if_ready(self, final_id: str, parts: list[str]) -> bool:
         """Queue the final's assembly once every partial is settled: stored, or failed for

@@ -298,7 +298,10 @@ class TusHandler:
         h = {"Tus-Resumable": TUS_VERSION, "Location": self.location(request, upload_id)}
         if concat == "final":
             state = await self.store.get(upload_id)
-            await self.store.link_final(state)
+            if (taken := await self.store.link_final(state)) is not None:
+                # Another final claimed it between our check and now: that one has it.
+                await self.store.abandon_final(state, self.actor(request))
+                return problem(400, "bad-partial", f"partial upload {taken} already belongs to another final upload")
             return web.Response(status=201, headers=h)
         h["Upload-Expires"] = _http_date(expires_at)
         self.remember_length(upload_id, -1 if length is None else length)
@@ -319,14 +322,16 @@ class TusHandler:
     async def _check_parts(self, request: web.Request, parts: list[str]) -> tuple[list[UploadState], web.Response | None]:
         states = []
         for pid in parts:
+            if parts.count(pid) > 1:
+                return [], problem(400, "bad-partial", f"partial upload {pid[:80]!r} is listed twice")
             st = await self.load(request, pid)
             if st is None:
                 return [], problem(400, "bad-partial", f"partial upload {pid[:80]!r} does not exist")
             if st.concat != "partial":
                 return [], problem(400, "bad-partial", f"upload {pid} was not created with Upload-Concat: partial")
             if not st.complete:
-                return [], problem(400, "partial-incomplete",
-                                   f"partial upload {pid} has {st.offset} of {st.length} bytes; finish it first")
+                of = f"of {st.length} bytes" if st.length >= 0 else "bytes and no declared length yet"
+                return [], problem(400, "partial-incomplete", f"partial upload {pid} has {st.offset} {of}; finish it first")
             if st.final_of:
                 return [], problem(400, "bad-partial", f"partial upload {pid} already belongs to final upload {st.final_of}")
             states.append(st)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import base64
 import email.utils
 import hashlib
@@ -149,6 +151,33 @@ async def test_concatenation_refuses_incomplete_partials(gateway, http):
     async with http.post(gateway.files, headers=dict(TUS, **{"Upload-Concat": f"final;{a}"})) as resp:
         assert resp.status == 400
         assert (await resp.json())["reason"] == "partial-incomplete"
+
+
+async def test_a_partial_goes_into_one_final_even_when_finals_are_created_at_once(gateway, http):
+    """Several finals naming the same partial at the same moment: exactly one gets it (201); the
+    others are told it belongs to another final, and are not left behind."""
+    a = await create(http, gateway, 3, Upload_Concat="partial")
+    await patch(http, a, 0, b"abc")
+
+    async def final() -> tuple[int, str, str]:
+        async with http.post(gateway.files, headers=dict(TUS, **{"Upload-Concat": f"final;{a}"})) as resp:
+            body = await resp.read()
+            return resp.status, resp.headers.get("Location", ""), body.decode()
+
+    results = await asyncio.gather(*(final() for _ in range(8)))
+    won = [loc for status, loc, _ in results if status == 201]
+    assert len(won) == 1, results
+    assert all(status == 400 and "bad-partial" in body for status, _, body in results if status != 201)
+    assert (await head(http, won[0])).status == 200
+    again = await final()
+    assert again[0] == 400 and "already belongs to final upload" in again[2]
+
+
+async def test_a_final_cannot_list_a_partial_twice(gateway, http):
+    a = await create(http, gateway, 3, Upload_Concat="partial")
+    await patch(http, a, 0, b"abc")
+    async with http.post(gateway.files, headers=dict(TUS, **{"Upload-Concat": f"final;{a} {a}"})) as resp:
+        assert resp.status == 400 and "listed twice" in (await resp.json())["detail"]
 
 
 async def test_status_endpoint_reports_receiving(gateway, http):
