@@ -75,13 +75,14 @@ if st[5] == 'final' then return {'final'} end
 -- A stored upload still answers offset checks, so a retried last PATCH is
 -- recognised as a duplicate instead of failing the client.
 if st[1] ~= 'receiving' and st[1] ~= 'stored' then return {'closed', st[1]} end
-local now = tonumber(ARGV[3])
-local exp = tonumber(st[4])
-if st[1] == 'receiving' and exp > 0 and now >= exp then return {'expired'} end
 local offset, length = tonumber(st[2]), tonumber(st[3])
 if tonumber(ARGV[2]) ~= offset then
   return {'conflict', offset, redis.call('HGET', KEYS[4], ARGV[4]) or ''}
 end
+-- After the offset check: a retried PATCH that was taken before expiry is still recognised.
+local now = tonumber(ARGV[3])
+local exp = tonumber(st[4])
+if st[1] == 'receiving' and exp > 0 and now >= exp then return {'expired'} end
 local total = 0
 for i = 14, #ARGV, 2 do total = total + #ARGV[i] end
 if length >= 0 and offset == length and total > 0 then return {'complete', offset} end

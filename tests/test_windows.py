@@ -104,3 +104,18 @@ async def test_extension_by_letter(windowed, http):
     now[0] = at(2024, 5, 16, 0, 30)
     status, _, _, body = await create(http, gw)
     assert status == 403
+
+
+async def test_a_retried_last_patch_after_the_close_is_still_its_own_duplicate(windowed, http):
+    """The last PATCH was taken before the close, but its answer was lost; the client retries it
+    after the close (and grace). It is recognised as already taken, not refused as expired."""
+    gw, now = await windowed()
+    now[0] = at(2024, 5, 12, 23, 50)
+    status, url, _, _ = await create(http, gw)
+    assert status == 201
+    h = dict(OCTET, **{"Upload-Offset": "0"})
+    async with http.patch(url, data=b"abcdef", headers=h) as resp:
+        assert resp.status == 204
+    now[0] = at(2024, 5, 13, 0, 20)  # closed, grace over
+    async with http.patch(url, data=b"abcdef", headers=h) as resp:
+        assert resp.status == 204 and resp.headers["Upload-Offset"] == "6"
