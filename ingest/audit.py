@@ -30,6 +30,10 @@ def audit_dir(settings: Settings) -> Path:
     return Path(settings.state_dir) / "audit"
 
 
+class LeaseLost(Exception):
+    """Another auditor holds the lease now: chaining on would fork the chains."""
+
+
 class Auditor:
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.s = settings
@@ -63,6 +67,10 @@ class Auditor:
                 entries = res[0][1] if res else []
                 if not entries:
                     continue
+                # Checked before every write, not once per drain: a drain slowed by a slow disk
+                # must not outlive the lease and write beside the auditor that took it over.
+                if not await self.renew():
+                    raise LeaseLost()
                 live = [(i.decode(), {k.decode(): v.decode() for k, v in f.items()}) for i, f in entries if f]
                 moved += await asyncio.to_thread(self.chains[p].append, live)
                 async with self.r.pipeline(transaction=True) as pipe:
@@ -84,13 +92,15 @@ class Auditor:
         while not self.stopping.is_set():
             try:
                 if not await self.renew():
-                    log.error("lost the auditor lease; stopping so chains are not forked")
-                    return 1
+                    raise LeaseLost()
                 if not await self.drain_once():
                     try:
                         await asyncio.wait_for(self.stopping.wait(), 0.2)
                     except asyncio.TimeoutError:
                         pass
+            except LeaseLost:
+                log.error("lost the auditor lease; stopping so chains are not forked")
+                return 1
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as e:
                 log.warning("redis unavailable; retrying", extra={"error": str(e)})
                 await asyncio.sleep(0.5)

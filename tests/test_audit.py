@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from buffer import keys
 from buffer.connection import connect
 from buffer.tenants import TenantStore
-from ingest.audit import Auditor, audit_dir
+from ingest.audit import LEASE, Auditor, LeaseLost, audit_dir
 from tests.conftest import OCTET, TUS, Gateway, child_env, make_settings, wait_for, wait_stored
 from tests.redis_cutter import ReplyCutter
 from unggah.auditlog import Chain
@@ -146,6 +146,25 @@ async def test_kept_heads_detect_what_a_chain_alone_cannot(trail, tmp_path, tamp
     assert cli(settings, "verify").returncode == 0  # what a chain alone cannot see
     out = cli(settings, "verify", "--heads", str(kept))
     assert out.returncode == 1 and expected in out.stdout, out.stdout
+
+
+async def test_an_auditor_that_lost_its_lease_writes_nothing(tmp_path, valkey, r):
+    """The lease is checked before every write: an auditor whose lease another took over (its
+    drain outlived it) stops instead of writing beside the new one and forking the chain."""
+    settings = make_settings(tmp_path, valkey.url, partitions=1)
+    client = connect(settings.redis_url, retry=False)
+    auditor = Auditor(settings, client)
+    try:
+        await auditor.ensure_groups()
+        assert await auditor.take_lease()
+        await r.xadd(keys.audit(0), {"event": "test"})
+        await r.set(LEASE, "another auditor")
+        with pytest.raises(LeaseLost):
+            await auditor.drain_once()
+        assert not (audit_dir(settings) / "audit-p0.jsonl").exists()
+        assert await r.xlen(keys.audit(0)) == 1
+    finally:
+        await client.aclose()
 
 
 async def test_auditor_restart_does_not_duplicate(trail, r):
