@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+from pathlib import Path
 
 import pytest
 
 import orjson
 
-from tests.conftest import OCTET, TUS, Gateway, create, make_settings, patch
+from tests.conftest import OCTET, TUS, Gateway, GatewayProcess, create, make_settings, patch
 
 
 async def snapshot(r) -> dict:
@@ -297,3 +298,21 @@ def test_a_log_line_survives_text_that_is_not_utf8():
     record.method = "\udcff"
     line = orjson.loads(JsonFormatter().format(record))
     assert line["msg"] == "request refused" and line["method"] == "\\udcff"
+
+
+async def test_malformed_http_is_one_info_line_not_an_error_with_a_traceback(settings):
+    """A real `unggah serve`: malformed requests (anyone can send them) must not flood its log
+    with error-level tracebacks."""
+    gw = await GatewayProcess(settings).wait_ready()
+    try:
+        for request in (b"GET /files/ HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+                        b"POST /files/ HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"):
+            status, _, _ = await raw_exchange(gw.port, request)
+            assert status == 400
+    finally:
+        gw.stop()
+    lines = [orjson.loads(line) for line in (Path(settings.state_dir) / "gateway.log").read_bytes().splitlines()
+             if line.startswith(b"{")]
+    refused = [line for line in lines if line["msg"] == "malformed HTTP request refused"]
+    assert len(refused) == 2 and all(line["level"] == "info" and "exc" not in line for line in refused)
+    assert not [line for line in lines if line["level"] == "error"]

@@ -38,11 +38,30 @@ def _printable(value: object) -> object:
     return value
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp logs every malformed request (a header line without a colon, a bad
+    Content-Length...) at error level with a traceback, so anyone could fill the log, and set
+    off the alerts on errors, with them. They are the client's fault and answered 400: one
+    info line each, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "malformed HTTP request refused", ()
+            record.error = str(exc)[:300]
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def setup(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequests())
     # aiohttp's access log is one line per chunk: far too much under load.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
