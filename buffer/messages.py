@@ -23,6 +23,11 @@ TERMINATED = "terminated"
 # and `unggah dead replay` brings it back (see PARK in buffer/scripts.py).
 DEAD_LETTER = "dead-letter:"
 
+
+def held(state: str, reason: str) -> bool:
+    """Failed by a dead letter, so not for good: a replay may still bring the upload back."""
+    return state == FAILED and reason.startswith(DEAD_LETTER)
+
 UploadStateName = Literal["receiving", "stored", "failed", "terminated"]
 
 
@@ -46,7 +51,7 @@ class UploadState(msgspec.Struct, kw_only=True):
     stored_at: int = 0
     sha256: str = ""  # hex, once stored
     window: str = ""  # the registration window the upload was created in
-    finq: int = 0  # 1 once a finalisation entry has been queued
+    finq: int = 0  # 1 once its finalisation entry (a final's: its assembly entry) has been queued
 
     @property
     def complete(self) -> bool:

@@ -13,7 +13,7 @@ import redis.asyncio as redis
 
 from buffer import keys
 from buffer.connection import ensure_groups
-from buffer.messages import DATA, DEAD_LETTER, FAILED, DeadLetter, Entry, UploadState, from_fields
+from buffer.messages import DATA, DeadLetter, Entry, UploadState, from_fields, held
 from buffer.scripts import Scripts
 from buffer.store import now_ms
 
@@ -126,8 +126,8 @@ class Queue:
             vals = await pipe.execute()
         out = {}
         for u, (state, reason) in zip(upload_ids, vals):
-            held = state == FAILED.encode() and (reason or b"").startswith(DEAD_LETTER.encode())
-            out[u] = HELD if held else (state.decode() if state else "")
+            state, reason = (state or b"").decode(), (reason or b"").decode()
+            out[u] = HELD if held(state, reason) else state
         return out
 
     async def backlog(self, p: int) -> tuple[int, int]:

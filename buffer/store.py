@@ -12,7 +12,7 @@ import msgspec
 import redis.asyncio as redis
 
 from buffer import keys
-from buffer.messages import DEAD_LETTER, FAILED, STORED, TERMINATED, UploadState, from_fields
+from buffer.messages import FAILED, STORED, TERMINATED, UploadState, from_fields, held
 from buffer.scripts import Scripts
 
 
@@ -148,9 +148,10 @@ class UploadStore:
         good (the assembly then fails the final with that partial's reason). A partial held
         by a dead letter may still be replayed, so it is waited for. Queued once only."""
         for part in parts:
-            state, reason = await self.r.hmget(keys.upload(self.partition(part), part), "state", "reason")
-            failed_for_good = state == FAILED.encode() and not (reason or b"").startswith(DEAD_LETTER.encode())
-            if state != STORED.encode() and not failed_for_good:
+            state, reason = (v.decode() if v else "" for v in
+                             await self.r.hmget(keys.upload(self.partition(part), part), "state", "reason"))
+            settled = state == STORED or (state == FAILED and not held(state, reason))
+            if not settled:
                 return False
         p = self.partition(final_id)
         return bool(await self.scripts.queue_assembly(keys=[keys.upload(p, final_id), keys.stream(p)], args=[final_id]))

@@ -52,7 +52,7 @@ async def errors(request: web.Request, handler):
     error: BaseException | None = None  # logged once, with the problem, by log_problem below
     try:
         if (name := headers.unreadable(request)) is not None:
-            response = problem(400, "bad-header", f"the {name} header is not UTF-8 text; send it as ASCII")
+            response = problem(400, "bad-header", f"header {name} is not UTF-8 text; send it as ASCII")
         else:
             response = await handler(request)
     except web.HTTPException as e:

@@ -38,7 +38,7 @@ def unreadable(request) -> str | None:
             try:
                 value.encode()
             except UnicodeEncodeError:
-                return name if name.isascii() else "a"
+                return name.encode("ascii", "backslashreplace").decode()
     return None
 
 

@@ -24,7 +24,7 @@ import redis.asyncio as redis
 
 from buffer import keys
 from buffer.connection import UNAVAILABLE, connect, until_available
-from buffer.messages import CONCAT, DATA, DEAD_LETTER, DROP, FIN, FAILED, RECEIVING, STORED, Entry, decode_metadata
+from buffer.messages import CONCAT, DATA, DROP, FIN, FAILED, RECEIVING, STORED, Entry, decode_metadata, held
 from buffer.queue import HELD, Queue, parse_entry
 from buffer.store import UploadStore
 from ingest.blobstore import BlobStore, LocalBlobStore
@@ -218,7 +218,7 @@ class Ingester:
             parts = state.parts.split()
             for part in parts:
                 ps = await self.q.upload(part)
-                if ps is not None and ps.state == FAILED and not ps.reason.startswith(DEAD_LETTER):
+                if ps is not None and ps.state == FAILED and not held(ps.state, ps.reason):
                     await self.q.finish(p, e, FAILED, reason=f"partial upload {part} failed: {ps.reason}")
                     log.warning("final upload failed with its partial", extra={"upload": e.u, "partial": part})
                     return
