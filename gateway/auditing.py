@@ -71,6 +71,10 @@ class RefusalLog:
             await asyncio.wait_for(self._write(), 5)
 
 
+# Upload ids are "<partition>-<32 hex>"; this leaves room for any future form.
+ID_CHARS = 128
+
+
 def middleware(store: UploadStore, refusals: RefusalLog):
     @web.middleware
     async def audit_refusals(request: web.Request, handler):
@@ -83,8 +87,10 @@ def middleware(store: UploadStore, refusals: RefusalLog):
                 p = keys.partition_for_key(tenant or "-", "refusals", store.partitions)
             principal = request.get(PRINCIPAL)
             actor = f"{principal.tenant}/{principal.name}" if principal is not None else "unauthenticated"
-            refusals.record(p, dict(u=upload_id, t=tenant, a=actor, method=request.method, status=response.status,
-                                    reason=response.headers.get("Unggah-Reason", "")))
+            # The id as the client sent it, cut to what an id can be: anyone may send 8 KB of path,
+            # and the trail keeps every record for good.
+            refusals.record(p, dict(u=upload_id[:ID_CHARS], t=tenant, a=actor, method=request.method,
+                                    status=response.status, reason=response.headers.get("Unggah-Reason", "")))
         return response
 
     return audit_refusals

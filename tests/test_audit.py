@@ -18,6 +18,7 @@ from buffer import keys
 from buffer.connection import connect
 from buffer.tenants import TenantStore
 from ingest.audit import LEASE, Auditor, LeaseLost, audit_dir
+from gateway.auditing import ID_CHARS
 from tests.conftest import OCTET, TUS, Gateway, child_env, make_settings, wait_for, wait_stored
 from tests.redis_cutter import ReplyCutter
 from unggah.auditlog import Chain
@@ -226,6 +227,21 @@ async def test_a_refusal_is_answered_first_and_recorded_while_the_gateway_runs(v
                 assert resp.status == 409
         found = await refusal_records(r, settings, url.rsplit("/", 1)[1], 1)
         assert found[0][b"reason"] == b"offset-mismatch" and found[0][b"method"] == b"PATCH"
+    finally:
+        await gw.stop()
+
+
+async def test_a_refusal_of_a_huge_id_records_only_so_much_of_it(valkey, r, tmp_path):
+    """Anyone may send a path of 8 KB; the trail keeps its records for good, so a refusal
+    records at most ID_CHARS of the id it was sent."""
+    settings = make_settings(tmp_path, valkey.url)
+    gw = await Gateway(settings).start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.head(gw.files + "0-" + "a" * 4000, headers=TUS) as resp:
+                assert resp.status == 404
+        found = await refusal_records(r, settings, "0-" + "a" * (ID_CHARS - 2), 1)
+        assert found[0][b"reason"] == b"upload-not-found"
     finally:
         await gw.stop()
 
