@@ -80,7 +80,7 @@ async def audit(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     if args.action == "heads":
         taken = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        partitions = sorted({int(f.stem.removeprefix("audit-p")) for f in files} | set(range(settings.partitions)))
+        partitions = sorted({auditlog.chain_partition(f) for f in files} | set(range(settings.partitions)))
         print(msgspec.json.format(msgspec.json.encode(auditlog.Heads(
             taken_at=taken, heads=auditlog.heads(directory, partitions)))).decode())
         return 0
@@ -94,13 +94,13 @@ async def audit(settings: Settings, args: argparse.Namespace) -> int:
                 return 2
             pins = {h.partition: h for h in kept.heads}
         bad = 0
-        for p in sorted(pins.keys() - {int(f.stem.removeprefix("audit-p")) for f in files}):
+        for p in sorted(pins.keys() - {auditlog.chain_partition(f) for f in files}):
             if pins[p].seq > 0:
                 bad += 1
                 print(f"{auditlog.chain_path(directory, p).name}: MISSING, but a head kept earlier is at record "
                       f"{pins[p].seq}")
         for f in files:
-            n, head, problem = auditlog.verify(f, pins.get(int(f.stem.removeprefix("audit-p"))))
+            n, head, problem = auditlog.verify(f, pins.get(auditlog.chain_partition(f)))
             if problem:
                 bad += 1
                 print(f"{f.name}: BROKEN at line {problem.line}: {problem.problem} ({n} records verified before it)")

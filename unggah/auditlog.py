@@ -38,6 +38,21 @@ def chain_path(directory: str | os.PathLike[str], partition: int) -> Path:
     return Path(directory) / f"audit-p{partition}.jsonl"
 
 
+def chain_partition(path: Path) -> int:
+    return int(path.stem.removeprefix("audit-p"))
+
+
+def last_record(path: Path) -> Record | None:
+    if not path.exists():
+        return None
+    last = None
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                last = line
+    return msgspec.json.decode(last, type=Record) if last is not None else None
+
+
 class Chain:
     """The writer of one partition's chain. Exactly one process writes a chain."""
 
@@ -45,15 +60,8 @@ class Chain:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.seq, self.head, self.last_id = 0, GENESIS, "0-0"
-        if self.path.exists():
-            last = None
-            with open(self.path, "rb") as f:
-                for line in f:
-                    if line.strip():
-                        last = line
-            if last is not None:
-                rec = msgspec.json.decode(last, type=Record)
-                self.seq, self.head, self.last_id = rec.seq, rec.hash, rec.id
+        if (rec := last_record(self.path)) is not None:
+            self.seq, self.head, self.last_id = rec.seq, rec.hash, rec.id
 
     def append(self, entries: list[tuple[str, dict[str, str]]]) -> int:
         """Append stream entries not yet in the chain (ids above the last one); durable on return."""
@@ -99,14 +107,7 @@ class Heads(msgspec.Struct, kw_only=True):
 def heads(directory: str | os.PathLike[str], partitions: list[int]) -> list[Head]:
     out = []
     for p in partitions:
-        path = chain_path(directory, p)
-        last = None
-        if path.exists():
-            with open(path, "rb") as f:
-                for line in f:
-                    if line.strip():
-                        last = line
-        rec = msgspec.json.decode(last, type=Record) if last else None
+        rec = last_record(chain_path(directory, p))
         out.append(Head(partition=p, seq=rec.seq if rec else 0, hash=rec.hash if rec else GENESIS))
     return out
 
