@@ -17,7 +17,7 @@ import redis.asyncio as redis
 
 from buffer import keys
 from buffer.connection import connect, ensure_groups
-from unggah.auditlog import Chain, chain_path
+from unggah.auditlog import REDELIVERY_WINDOW, Chain, ChainGap, chain_path
 from unggah.config import Settings
 
 log = logging.getLogger("unggah.audit")
@@ -63,7 +63,7 @@ class Auditor:
             stream = keys.audit(p)
             # First anything read but not acknowledged before a crash, then new entries.
             for start in ("0", ">"):
-                res = await self.r.xreadgroup(GROUP, "auditor", {stream: start}, count=1000)
+                res = await self.r.xreadgroup(GROUP, "auditor", {stream: start}, count=REDELIVERY_WINDOW)
                 entries = res[0][1] if res else []
                 if not entries:
                     continue
@@ -100,6 +100,9 @@ class Auditor:
                         pass
             except LeaseLost:
                 log.error("lost the auditor lease; stopping so chains are not forked")
+                return 1
+            except ChainGap as e:
+                log.error("audit chain gap; stopping with the entry still in its stream", extra={"error": str(e)})
                 return 1
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as e:
                 log.warning("redis unavailable; retrying", extra={"error": str(e)})

@@ -21,7 +21,7 @@ from ingest.audit import LEASE, Auditor, LeaseLost, audit_dir
 from gateway.auditing import ID_CHARS
 from tests.conftest import OCTET, TUS, Gateway, child_env, make_settings, wait_for, wait_stored
 from tests.redis_cutter import ReplyCutter
-from unggah.auditlog import Chain
+from unggah.auditlog import Chain, ChainGap
 from unggah.valkey import EmbeddedValkey
 
 
@@ -269,3 +269,18 @@ async def test_refusal_records_wait_out_a_redis_outage_and_are_written_after_it(
     finally:
         await gw.stop()
         vk.stop()
+
+
+def test_an_entry_older_than_the_chain_stops_the_chain_instead_of_being_dropped(tmp_path):
+    """A batch redelivered after a crash between fsync and acknowledgement is recognised and
+    skipped; an entry the chain never had, older than its last one (as a replayed read once
+    produced), stops it with nothing written, so the entry stays in its stream."""
+    path = tmp_path / "audit-p0.jsonl"
+    assert Chain(path).append([("5-0", {"ev": "a"}), ("6-0", {"ev": "b"})]) == 2
+    assert Chain(path).append([("5-0", {"ev": "a"}), ("6-0", {"ev": "b"}), ("7-0", {"ev": "c"})]) == 1
+    before = path.read_bytes()
+    chain = Chain(path)
+    with pytest.raises(ChainGap, match="4-0"):
+        chain.append([("4-0", {"ev": "lost"}), ("8-0", {"ev": "d"})])
+    assert path.read_bytes() == before
+    assert chain.append([("8-0", {"ev": "d"})]) == 1  # the chain is as it was

@@ -11,6 +11,7 @@ writes them, `verify` checks a chain against one.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 from pathlib import Path
@@ -53,6 +54,15 @@ def last_record(path: Path) -> Record | None:
     return msgspec.json.decode(last, type=Record) if last is not None else None
 
 
+# The most entries one read hands the auditor (ingest/audit.py reads COUNT 1000): a batch
+# redelivered after a crash between fsync and acknowledgement is among the last this many.
+REDELIVERY_WINDOW = 1000
+
+
+class ChainGap(Exception):
+    """An entry arrived after later entries were chained: skipping it would lose it."""
+
+
 class Chain:
     """The writer of one partition's chain. Exactly one process writes a chain."""
 
@@ -60,24 +70,39 @@ class Chain:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.seq, self.head, self.last_id = 0, GENESIS, "0-0"
-        if (rec := last_record(self.path)) is not None:
-            self.seq, self.head, self.last_id = rec.seq, rec.hash, rec.id
+        self.recent: collections.deque[str] = collections.deque(maxlen=REDELIVERY_WINDOW)
+        if self.path.exists():
+            with open(self.path, "rb") as f:
+                tail = collections.deque((line for line in f if line.strip()), maxlen=REDELIVERY_WINDOW)
+            for line in tail:
+                rec = msgspec.json.decode(line, type=Record)
+                self.recent.append(rec.id)
+            if tail:
+                self.seq, self.head, self.last_id = rec.seq, rec.hash, rec.id
 
     def append(self, entries: list[tuple[str, dict[str, str]]]) -> int:
-        """Append stream entries not yet in the chain (ids above the last one); durable on return."""
-        lines = []
+        """Append stream entries not yet in the chain (ids above the last one); durable on return.
+        Raises ChainGap, changing nothing, for an entry older than the last one and not in the chain."""
+        seq, head, last_id = self.seq, self.head, self.last_id
+        lines, added = [], []
         for entry_id, event in entries:
-            if _id_key(entry_id) <= _id_key(self.last_id):
-                continue  # redelivered after a crash between fsync and acknowledgement
-            self.seq += 1
-            h = record_hash(self.head, self.seq, entry_id, event)
-            lines.append(msgspec.json.encode(Record(seq=self.seq, id=entry_id, event=event, prev=self.head, hash=h)))
-            self.head, self.last_id = h, entry_id
+            if _id_key(entry_id) <= _id_key(last_id):
+                if entry_id in self.recent or entry_id in added:
+                    continue  # redelivered after a crash between fsync and acknowledgement
+                raise ChainGap(f"audit entry {entry_id} arrived after {last_id} was chained; stopping rather "
+                               "than dropping it (its stream keeps it)")
+            seq += 1
+            h = record_hash(head, seq, entry_id, event)
+            lines.append(msgspec.json.encode(Record(seq=seq, id=entry_id, event=event, prev=head, hash=h)))
+            head, last_id = h, entry_id
+            added.append(entry_id)
         if lines:
             with open(self.path, "ab") as f:
                 f.write(b"\n".join(lines) + b"\n")
                 f.flush()
                 os.fsync(f.fileno())
+        self.seq, self.head, self.last_id = seq, head, last_id
+        self.recent.extend(added)
         return len(lines)
 
 
