@@ -7,7 +7,8 @@ rendering never blocks the event loop on Redis.
 
 What is read, per partition: XLEN of the stream (exact: entries are deleted
 on acknowledgement), the XPENDING summary (count and oldest pending id), GET
-of the byte counter, XLEN of the dead-letter stream; once: INFO memory.
+of the byte counter, XLEN of the dead-letter stream, XLEN of the audit stream
+(the auditor deletes what it chained); once: INFO memory.
 Never XINFO STREAM: it returns entry payloads, which are MiBs.
 """
 
@@ -38,6 +39,7 @@ class Snapshot(msgspec.Struct):
     oldest_pending_ms: list[int] = []  # entry-id timestamp of the oldest pending entry, 0 if none
     buffered: list[int] = []
     dead: list[int] = []
+    audit: list[int] = []
     memory_used: int = 0
     memory_max: int = 0
 
@@ -84,11 +86,12 @@ class BufferSnapshot:
                 pipe.xpending(keys.stream(p), self.group)  # summary: count, min id, max id, consumers
                 pipe.get(keys.buffered_bytes(p))
                 pipe.xlen(keys.dead(p))
+                pipe.xlen(keys.audit(p))
             pipe.info("memory")
             res = await pipe.execute(raise_on_error=False)
         snap = Snapshot(ok=True)
         for p in range(n):
-            xlen, xpending, nbytes, dead = res[4 * p: 4 * p + 4]
+            xlen, xpending, nbytes, dead, audit = res[5 * p: 5 * p + 5]
             snap.backlog.append(int(xlen) if not isinstance(xlen, Exception) else 0)
             if isinstance(xpending, Exception):  # NOGROUP: no ingester has created the group yet
                 snap.pending.append(0)
@@ -99,6 +102,7 @@ class BufferSnapshot:
                 snap.oldest_pending_ms.append(_id_ms(xpending["min"]) if count else 0)
             snap.buffered.append(int(nbytes or 0) if not isinstance(nbytes, Exception) else 0)
             snap.dead.append(int(dead) if not isinstance(dead, Exception) else 0)
+            snap.audit.append(int(audit) if not isinstance(audit, Exception) else 0)
         info = res[-1]
         if isinstance(info, Exception):
             raise info
@@ -116,6 +120,7 @@ _DESCRIBE = {
     "unggah_ingest_pending_entries": "Entries delivered to an ingester and not yet acknowledged (XPENDING).",
     "unggah_ingest_oldest_pending_age_seconds": "Age of the oldest pending entry, by partition (0: none pending).",
     "unggah_dead_letter_entries": "Entries in the partition's dead-letter stream (XLEN).",
+    "unggah_audit_backlog_entries": "Audit events not yet in the chained files on disk (XLEN of the audit stream).",
     "unggah_redis_memory_used_bytes": "Redis used_memory (INFO memory).",
     "unggah_redis_memory_max_bytes": "Redis maxmemory (0: no limit).",
 }
@@ -156,6 +161,7 @@ class BufferCollector(Collector):
             "unggah_ingest_oldest_pending_age_seconds": [max(now_ms - ms, 0) / 1000 if ms else 0
                                                          for ms in s.oldest_pending_ms],
             "unggah_dead_letter_entries": s.dead,
+            "unggah_audit_backlog_entries": s.audit,
         }
         for name, values in per.items():
             fam = g(name)

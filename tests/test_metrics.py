@@ -135,12 +135,14 @@ async def test_pending_and_dead_letters_come_from_redis(gateway, http, r, settin
     await r.xgroup_create(keys.stream(p), keys.GROUP, id="0", mkstream=True)
     await r.xreadgroup(keys.GROUP, "test.holder", {keys.stream(p): ">"}, count=2)
     await r.xadd(keys.dead(p), {"k": "d", "u": upload_id, "reason": "test"})
+    audit_before = await r.xlen(keys.audit(p))  # the creation and the appends wrote theirs
     m = await scrape(http, gateway.url + "/metrics")
     assert value(m, "unggah_ingest_backlog_entries", partition=str(p)) == 3
     assert value(m, "unggah_ingest_pending_entries", partition=str(p)) == 2
     assert 0 <= value(m, "unggah_ingest_oldest_pending_age_seconds", partition=str(p)) < 60
     assert value(m, "unggah_dead_letter_entries", partition=str(p)) == 1
     assert total(m, "unggah_dead_letter_entries") == 1
+    assert value(m, "unggah_audit_backlog_entries", partition=str(p)) == audit_before >= 4
 
 
 async def test_redis_down_buffer_gauges_absent_and_refusal_logged_once(tmp_path, http, caplog):
