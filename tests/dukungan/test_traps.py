@@ -63,3 +63,28 @@ def test_reason_table_statuses_match_reference():
     assert {c: r.status for c, r in REASONS.items()} == expected
     assert all(r.label_id and r.label_en for r in REASONS.values())
     assert "TEMPLATE_INVALID" not in ROW_CODES
+
+
+@pytest.mark.parametrize("shape", ["csv", "csv with a quoted cell", "xlsx"])
+def test_a_nik_a_digit_short_and_one_a_digit_long_are_both_caught(ctx, tmp_path, shape):
+    """Together they are 32 digits, as two good NIKs are: a shortcut over the joined NIKs once let
+    both through as MS on every path but the plain CSV's."""
+    from dukungan.generate import write_xlsx
+
+    g = generate(ctx, 40, seed=3, dup_rate=0)
+    trapped = {i for rows in g.traps.values() for i in rows}
+    rows = [list(r) for i, r in enumerate(g.rows) if i not in trapped]  # every other NIK good
+    short, long_, other = 0, 1, 2
+    rows[short][1] = rows[short][1][:15]
+    rows[long_][1] = rows[long_][1] + rows[long_][1][-1]
+    if shape == "xlsx":
+        path = tmp_path / "list.xlsx"
+        write_xlsx(path, rows)
+    else:
+        path = tmp_path / "list.csv"
+        if shape == "csv with a quoted cell":
+            rows[other][2] = rows[other][2] + ", JR"  # csv quotes a cell with a comma
+        write_csv(path, rows)
+    v = validate_file(path, ctx)
+    assert "NIK_FORMAT" in v.reasons[short] and "NIK_FORMAT" in v.reasons[long_]
+    assert v.status[short] == v.status[long_] == "TMS"
