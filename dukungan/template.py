@@ -15,6 +15,7 @@ import datetime as dt
 import io
 import zipfile
 from pathlib import Path
+from xml.etree import ElementTree
 
 import msgspec
 
@@ -241,11 +242,14 @@ def parse_xlsx(path: str | Path) -> Table:
 
     try:
         wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError, ValueError) as e:
+    except (zipfile.BadZipFile, InvalidFileException, ElementTree.ParseError, KeyError, OSError, ValueError) as e:
         raise TemplateError(f"Bukan berkas XLSX yang sah ({type(e).__name__}). Simpan ulang sebagai .xlsx.",
                             f"Not a valid XLSX file ({type(e).__name__}: {e}). Save it again as .xlsx.") from None
     try:
         ws = wb.worksheets[0]
+        # Read to the sheet's real end: the <dimension> tag a file carries may be stale (or
+        # forged), and read-only mode would silently stop at the rows and columns it names.
+        ws.reset_dimensions()
         it = ws.iter_rows(values_only=True)
         header = next(it, None)
         if header is None:
@@ -287,6 +291,11 @@ def parse_xlsx(path: str | Path) -> Table:
                     rec.append(_num_text(v) if isinstance(v, (int, float)) else str(v))
             rows.append(rec)
             row_no.append(r)
+    except (ElementTree.ParseError, zipfile.BadZipFile, EOFError, KeyError, OSError) as e:
+        # A sheet whose XML is damaged, or hostile (entity expansion is refused by the parser).
+        raise TemplateError(f"Isi berkas XLSX rusak ({type(e).__name__}). Simpan ulang sebagai .xlsx.",
+                            f"The XLSX file's content is damaged ({type(e).__name__}: {str(e)[:200]}). "
+                            "Save it again as .xlsx.") from None
     finally:
         wb.close()
     if not rows:

@@ -172,3 +172,42 @@ def test_blank_template(tmp_path, ctx):
     wb.save(p)
     assert set(validate_file(p, ctx).status) == {"MS"}
     assert len(read_table(p)) == 5
+
+
+def _sheet_edited(src, dst, edit) -> None:
+    """A copy of the XLSX `src` whose first sheet's XML went through `edit`."""
+    import zipfile
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            zout.writestr(item, edit(data) if item.filename == "xl/worksheets/sheet1.xml" else data)
+
+
+def test_a_stale_dimension_tag_hides_no_rows_and_no_columns(gen, tmp_path):
+    """A sheet's <dimension> may be stale or forged; read-only openpyxl trusts it and once
+    stopped at the rows and columns it names, silently dropping the rest."""
+    import re
+    src = tmp_path / "list.xlsx"
+    write_xlsx(src, gen.rows[:40])
+    stale = tmp_path / "stale.xlsx"
+
+    def with_stale_dimension(xml: bytes) -> bytes:
+        xml = re.sub(rb"<dimension[^>]*/>", b"", xml)
+        return xml.replace(b"<sheetData", b'<dimension ref="A1:M5"/><sheetData', 1)
+    _sheet_edited(src, stale, with_stale_dimension)
+    assert len(read_table(stale)) == 40
+    shifted = [list(r) for r in gen.rows[:40]]
+    shifted[30] = shifted[30] + ["beyond the template"]
+    write_xlsx(src, shifted)
+    _sheet_edited(src, stale, with_stale_dimension)
+    with pytest.raises(TemplateError, match="beyond the template"):
+        read_table(stale)
+
+
+def test_a_damaged_sheet_is_a_clear_rejection(gen, tmp_path):
+    src = tmp_path / "list.xlsx"
+    write_xlsx(src, gen.rows[:40])
+    damaged = tmp_path / "damaged.xlsx"
+    _sheet_edited(src, damaged, lambda xml: xml[: len(xml) // 2])
+    with pytest.raises(TemplateError, match="XLSX"):
+        read_table(damaged)
