@@ -35,9 +35,19 @@ ACTIONS: dict[str, tuple[str, str]] = {
 }
 
 
+# What a spreadsheet would run as a formula when the export is opened (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def as_text(value: str) -> str:
+    """A cell copied from a team's file, made safe to open: one that a spreadsheet would run as a
+    formula gets a leading apostrophe, and is shown as the text it is."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
 def verdict_records(rows: Iterable[RowVerdict]) -> Iterable[tuple[str, ...]]:
     for r in rows:
-        yield (str(r.row_no), r.nik, r.nama, r.kode_desa, r.status, ";".join(r.reasons),
+        yield (str(r.row_no), as_text(r.nik), as_text(r.nama), as_text(r.kode_desa), r.status, ";".join(r.reasons),
                "; ".join(REASONS[c].label_id for c in r.reasons), "; ".join(REASONS[c].label_en for c in r.reasons))
 
 

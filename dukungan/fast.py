@@ -535,8 +535,11 @@ def split_csv(data: bytes) -> _Cells | None:
             return None
     first = data[start:nl].decode("utf-8")
     delim = ";" if first.count(";") > first.count(",") else ","
-    if _header_problem(next(csv.reader([first], delimiter=delim), [])):
-        return None
+    try:
+        if _header_problem(next(csv.reader([first], delimiter=delim), [])):
+            return None
+    except csv.Error:
+        return None  # the reference path says what is wrong
     b0, b1 = nl + 1, len(data)
     while b1 > b0 and data[b1 - 1] == 10:
         b1 -= 1

@@ -165,7 +165,11 @@ def parse_csv_bytes(data: bytes) -> Table:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     first, _, body = text.partition("\n")
     delim = ";" if first.count(";") > first.count(",") else ","
-    header = next(csv.reader([first], delimiter=delim), [])
+    try:
+        header = next(csv.reader([first], delimiter=delim), [])
+    except csv.Error as e:  # e.g. a header cell over the csv module's 128 KiB field limit
+        raise TemplateError(f"Baris judul kolom (baris 1) rusak: {e}. Pakai judul dari templat.",
+                            f"The header line (line 1) is malformed: {e}. Use the template's column names.") from None
     problem = _header_problem(header)
     if problem:
         raise problem

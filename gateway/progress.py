@@ -27,7 +27,7 @@ import orjson
 from aiohttp import web
 
 from dukungan.election import Election, load_election
-from dukungan.export import EXPORT_HEADER, verdict_records
+from dukungan.export import EXPORT_HEADER, as_text, verdict_records
 from dukungan.windows import window_state
 from buffer.tenants import TENANT_ID
 from gateway.auth import PUBLIC
@@ -202,7 +202,7 @@ class ResultsAPI:
                     cw.writerows(verdict_records(r for r, _ in batch))
                 else:
                     for (r, fname), rec in zip(batch, verdict_records(r for r, _ in batch)):
-                        cw.writerow((r.upload_id, fname) + tuple(rec) + ("TIDAK" if r.superseded_by else "YA",))
+                        cw.writerow((r.upload_id, as_text(fname)) + tuple(rec) + ("TIDAK" if r.superseded_by else "YA",))
                 await resp.write(buf.getvalue().encode())
         await resp.write_eof()
         return resp

@@ -143,6 +143,13 @@ def test_csv_field_larger_than_csv_module_limit(ctx, tmp_path):
         validate_file(p, ctx)
 
 
+def test_a_header_cell_larger_than_csv_module_limit_is_a_clear_rejection(ctx, tmp_path):
+    p = tmp_path / "giant-header.csv"
+    p.write_text("x" * 200_000 + "\n1,2\n", encoding="utf-8")
+    with pytest.raises(TemplateError, match="header line"):
+        validate_file(p, ctx)
+
+
 def test_ragged_csv_row_pads_or_rejects(ctx, gen, tmp_path):
     p = tmp_path / "r.csv"
     lines = [",".join(HEADER)] + [",".join(r) for r in gen.rows[:3]]
@@ -211,3 +218,21 @@ def test_a_damaged_sheet_is_a_clear_rejection(gen, tmp_path):
     _sheet_edited(src, damaged, lambda xml: xml[: len(xml) // 2])
     with pytest.raises(TemplateError, match="XLSX"):
         read_table(damaged)
+
+
+def test_the_verdict_export_shows_formulas_as_text(ctx, gen, tmp_path):
+    """A team's cell that a spreadsheet would run (=, +, -, @) reaches the verdict export, which
+    is made to be opened in Excel, as text."""
+    import csv as _csv
+    import io
+
+    from dukungan.export import verdicts_csv_text
+    rows = [list(r) for r in gen.rows[:5]]
+    rows[1][2] = "=HYPERLINK(\"http://x\",\"klik\")"
+    rows[2][2] = "@SUM(A1)"
+    p = tmp_path / "list.csv"
+    write_csv(p, rows)
+    exported = list(_csv.reader(io.StringIO(verdicts_csv_text(validate_file(p, ctx).rows()).lstrip("\ufeff"))))
+    names = [line[2] for line in exported[1:]]
+    assert names[1] == "'=HYPERLINK(\"http://x\",\"klik\")" and names[2] == "'@SUM(A1)"
+    assert names[0] == rows[0][2]
