@@ -61,6 +61,7 @@ _VILLAGE = re.compile(r"\d\d\.\d\d\.\d\d\.\d\d\d\d", re.ASCII)
 _DIGITS16 = re.compile(r"\d{16}", re.ASCII)
 # ASCII bytes str.strip() removes (the reference strips every cell when the file has padding).
 _WS = [chr(b).isspace() for b in range(128)] + [False] * 128
+_OTHER_ASCII_SPACE = [b for b in range(128) if chr(b).isspace() and chr(b) not in " \t\n\r"]
 
 
 def available() -> bool:
@@ -555,7 +556,10 @@ def split_csv(data: bytes) -> _Cells | None:
     # separator, a tab appears, or the body starts or ends with a space: look at the bytes around
     # each separator while they are in cache.
     before, after = arr[b0 - 1:], arr[b0 + 1:]  # before[p] is the byte before body[p] (b0 >= 1)
-    strip = arr[b0] == 32 or arr[b1 - 1] == 32 or data.find(b"\t", b0, b1) >= 0
+    # As the reference: any other whitespace str.strip() removes (non-ASCII, or ASCII such as
+    # form feed) strips every cell too.
+    strip = (arr[b0] == 32 or arr[b1 - 1] == 32 or data.find(b"\t", b0, b1) >= 0 or not ascii_only
+             or any(data.find(bytes([c]), b0, b1) >= 0 for c in _OTHER_ASCII_SPACE))
     itype = np.int32 if size < 2**31 - 1 else np.int64
     step = 1 << 22
     m, t = np.empty(min(step, size), dtype=bool), np.empty(min(step, size), dtype=bool)

@@ -150,6 +150,10 @@ def _sniff_binary(data: bytes) -> None:
                             "This is a binary file, not CSV text. Upload CSV UTF-8 or the XLSX template.")
 
 
+# ASCII characters other than space, tab and newline that str.strip() removes.
+_OTHER_ASCII_SPACE = "".join(c for c in map(chr, range(128)) if c.isspace() and c not in " \t\n\r")
+
+
 def parse_csv_bytes(data: bytes) -> Table:
     """CSV, UTF-8 with or without BOM; comma or (Indonesian-locale Excel) semicolon separated."""
     _sniff_binary(data)
@@ -191,8 +195,11 @@ def parse_csv_bytes(data: bytes) -> Table:
             # A line no longer than the cell limit cannot hold a too-long cell.
             if max(map(len, body.split("\n"))) > MAX_CELL_CHARS:
                 _check_sizes(cols, row_no)
+            # Other whitespace str.strip() removes (no-break space and the like, form feed...)
+            # strips every cell too, so a cell reads the same whatever else the file holds.
             needs_strip = (" " + delim in body or delim + " " in body or "\t" in body
-                           or " \n" in body or "\n " in body or body[:1] == " " or body[-1:] == " ")
+                           or " \n" in body or "\n " in body or body[:1] == " " or body[-1:] == " "
+                           or not body.isascii() or any(c in body for c in _OTHER_ASCII_SPACE))
     if cols is None:
         cols, row_no = _slow_csv(first, body, delim)
         needs_strip = True

@@ -236,3 +236,24 @@ def test_the_verdict_export_shows_formulas_as_text(ctx, gen, tmp_path):
     names = [line[2] for line in exported[1:]]
     assert names[1] == "'=HYPERLINK(\"http://x\",\"klik\")" and names[2] == "'@SUM(A1)"
     assert names[0] == rows[0][2]
+
+
+@pytest.mark.parametrize("space", ["\u00a0", "\u3000", "\x0c"])
+def test_other_whitespace_reads_the_same_in_every_file_shape(ctx, gen, tmp_path, space):
+    """A NIK ending in a no-break space, a name that is only one: the verdicts may not depend
+    on whether the file also has an ordinary space somewhere, quotes, or is an XLSX."""
+    rows = [list(r) for r in gen.rows[:20]]
+    rows = [[c.replace(" ", "") for c in r] for r in rows]  # no ordinary space anywhere
+    rows[1][1] = rows[1][1] + space
+    rows[2][2] = space
+    verdicts = {}
+    shapes = ("plain csv", "quoted csv") + (("xlsx",) if ord(space) > 127 else ())
+    for shape in shapes:  # XLSX cannot hold a control character such as form feed
+        shaped = [list(r) for r in rows]
+        if shape == "quoted csv":
+            shaped[3][6] = shaped[3][6] + ",X"
+        path = tmp_path / (shape.replace(" ", "-") + (".xlsx" if shape == "xlsx" else ".csv"))
+        (write_xlsx if shape == "xlsx" else write_csv)(path, shaped)
+        v = validate_file(path, ctx)
+        verdicts[shape] = [(v.status[i], sorted(v.reasons[i])) for i in (1, 2)]
+    assert all(v == verdicts["quoted csv"] for v in verdicts.values()), verdicts
