@@ -51,7 +51,7 @@ from .rules import (_MARITAL, _NUMERIC_CODE, _SERIAL, _SEX, MAX_NAME, RuleContex
                     fingerprint, normalize_phone, parse_row_date)
 from .occupation import is_prohibited
 from .scans import ScanSets
-from .template import HEADER, MAX_CELL_CHARS, NCOLS, Table, _header_problem
+from .template import _OTHER_ASCII_SPACE, HEADER, MAX_CELL_CHARS, NCOLS, Table, _header_problem
 
 _BOM = b"\xef\xbb\xbf"
 (C_NO, C_NIK, C_NAMA, C_JK, C_TEMPAT, C_TGL, C_KAWIN, C_KERJA, C_ALAMAT, C_RT, C_RW, C_DESA,
@@ -61,7 +61,6 @@ _VILLAGE = re.compile(r"\d\d\.\d\d\.\d\d\.\d\d\d\d", re.ASCII)
 _DIGITS16 = re.compile(r"\d{16}", re.ASCII)
 # ASCII bytes str.strip() removes (the reference strips every cell when the file has padding).
 _WS = [chr(b).isspace() for b in range(128)] + [False] * 128
-_OTHER_ASCII_SPACE = [b for b in range(128) if chr(b).isspace() and chr(b) not in " \t\n\r"]
 
 
 def available() -> bool:
@@ -559,7 +558,7 @@ def split_csv(data: bytes) -> _Cells | None:
     # As the reference: any other whitespace str.strip() removes (non-ASCII, or ASCII such as
     # form feed) strips every cell too.
     strip = (arr[b0] == 32 or arr[b1 - 1] == 32 or data.find(b"\t", b0, b1) >= 0 or not ascii_only
-             or any(data.find(bytes([c]), b0, b1) >= 0 for c in _OTHER_ASCII_SPACE))
+             or any(data.find(c.encode(), b0, b1) >= 0 for c in _OTHER_ASCII_SPACE))
     itype = np.int32 if size < 2**31 - 1 else np.int64
     step = 1 << 22
     m, t = np.empty(min(step, size), dtype=bool), np.empty(min(step, size), dtype=bool)
