@@ -246,14 +246,35 @@ def _num_text(v: float | int) -> str:
     return str(v)
 
 
+# An XLSX member larger than this that unpacks to more than BOMB_RATIO times its packed size is
+# refused unread. Real sheets pack about 5-20x; a file of 1 MB that unpacks to 1 GB of padding
+# would otherwise hold a validator's memory and time (and a larger one exhaust it).
+BOMB_MIN_BYTES = 64 * 1024 * 1024
+BOMB_RATIO = 200
+
+
+def _refuse_zip_bomb(path: str | Path) -> None:
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            if info.file_size > BOMB_MIN_BYTES and info.file_size > BOMB_RATIO * max(info.compress_size, 1):
+                raise TemplateError(
+                    f"Berkas XLSX ini mengembang dari {info.compress_size:,} menjadi {info.file_size:,} byte "
+                    f"({info.filename}): ditolak. Simpan ulang lembar kerjanya sebagai .xlsx atau CSV UTF-8.",
+                    f"This XLSX unpacks from {info.compress_size:,} to {info.file_size:,} bytes ({info.filename}): "
+                    "refused unread. Save the sheet again as .xlsx or CSV UTF-8.")
+
+
 def parse_xlsx(path: str | Path) -> Table:
     """First sheet of an XLSX in read-only mode. Cell types matter: see TEXT_ONLY."""
     import openpyxl
     from openpyxl.utils.exceptions import InvalidFileException
 
     try:
+        _refuse_zip_bomb(path)
         wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except (zipfile.BadZipFile, InvalidFileException, ElementTree.ParseError, KeyError, OSError, ValueError) as e:
+        if isinstance(e, TemplateError):
+            raise
         raise TemplateError(f"Bukan berkas XLSX yang sah ({type(e).__name__}). Simpan ulang sebagai .xlsx.",
                             f"Not a valid XLSX file ({type(e).__name__}: {e}). Save it again as .xlsx.") from None
     try:

@@ -257,3 +257,17 @@ def test_other_whitespace_reads_the_same_in_every_file_shape(ctx, gen, tmp_path,
         v = validate_file(path, ctx)
         verdicts[shape] = [(v.status[i], sorted(v.reasons[i])) for i in (1, 2)]
     assert all(v == verdicts["quoted csv"] for v in verdicts.values()), verdicts
+
+
+def test_an_xlsx_that_unpacks_a_thousandfold_is_refused_unread(gen, tmp_path):
+    """A 1 MB XLSX once unpacked to 1.2 GB of padding and held a validator for seconds and 1.3 GB
+    of memory; a larger one would exhaust it. Such a sheet is refused before it is read."""
+    from dukungan.template import BOMB_MIN_BYTES
+    src = tmp_path / "list.xlsx"
+    write_xlsx(src, gen.rows[:5])
+    bomb = tmp_path / "bomb.xlsx"
+    padding = b" " * (BOMB_MIN_BYTES + 1)
+    _sheet_edited(src, bomb, lambda xml: xml.replace(b"<sheetData", padding + b"<sheetData", 1))
+    assert bomb.stat().st_size < BOMB_MIN_BYTES // 200
+    with pytest.raises(TemplateError, match="unpacks"):
+        read_table(bomb)
