@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -50,7 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         data = msgspec.to_builtins(report)
         data.pop("verdicts", None)
-        sys.stdout.write(msgspec.json.encode(data).decode() + "\n")
+        try:
+            text = msgspec.json.encode(data).decode()
+        except UnicodeEncodeError:
+            # A scan file name that is not UTF-8 (Python keeps its bytes as surrogates): escaped.
+            text = json.dumps(data, ensure_ascii=True)
+        sys.stdout.write(text + "\n")
     else:
         print(format_summary(report))
     return 1 if report.rejected else 0

@@ -43,3 +43,18 @@ def test_preflight_equals_server_path(tmp_path, ctx):
     assert report.verdicts.status == server.status and report.verdicts.reasons == server.reasons
     text = verdicts_csv_text(server.rows())
     assert "Ganda internal" in text and "same NIK twice" in text
+
+
+def test_json_report_survives_a_scan_name_that_is_not_utf8(tmp_path, ctx, election_toml, capsys):
+    import os
+    e = tmp_path / "election.toml"
+    e.write_text(election_toml, encoding="utf-8")
+    g = generate(ctx, 20, seed=8)
+    data = tmp_path / "list.csv"
+    write_csv(data, g.rows)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    (scans / os.fsdecode(b"foto\xff.jpg")).write_bytes(b"\xff\xd8\xff\xe0")
+    assert main(["check", str(data), "--election", str(e), "--scans", str(scans), "--json"]) in (0, 1)
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == len(g.rows)
