@@ -6,14 +6,20 @@ from dukungan.generate import generate, write_csv
 from dukungan.preflight import check_file, validate_file
 
 
-def test_check_and_template(tmp_path, ctx, election_toml, capsys):
+def _setup(tmp_path, ctx, election_toml, rows: int):
+    """An election file, a generated list of `rows` as CSV, and an empty scans folder."""
     e = tmp_path / "election.toml"
     e.write_text(election_toml, encoding="utf-8")
-    g = generate(ctx, 40, seed=8)
+    g = generate(ctx, rows, seed=8)
     data = tmp_path / "list.csv"
     write_csv(data, g.rows)
     scans = tmp_path / "scans"
     scans.mkdir()
+    return e, g, data, scans
+
+
+def test_check_and_template(tmp_path, ctx, election_toml, capsys):
+    e, g, data, scans = _setup(tmp_path, ctx, election_toml, 40)
     for nik in sorted(g.scans.ktp)[:10]:
         (scans / f"{nik}_ktp.jpg").write_bytes(b"\xff\xd8\xff\xe0")
     assert main(["check", str(data), "--election", str(e)]) == 0
@@ -47,13 +53,7 @@ def test_preflight_equals_server_path(tmp_path, ctx):
 
 def test_json_report_survives_a_scan_name_that_is_not_utf8(tmp_path, ctx, election_toml, capsys):
     import os
-    e = tmp_path / "election.toml"
-    e.write_text(election_toml, encoding="utf-8")
-    g = generate(ctx, 20, seed=8)
-    data = tmp_path / "list.csv"
-    write_csv(data, g.rows)
-    scans = tmp_path / "scans"
-    scans.mkdir()
+    e, g, data, scans = _setup(tmp_path, ctx, election_toml, 20)
     (scans / os.fsdecode(b"foto\xff.jpg")).write_bytes(b"\xff\xd8\xff\xe0")
     assert main(["check", str(data), "--election", str(e), "--scans", str(scans), "--json"]) in (0, 1)
     report = json.loads(capsys.readouterr().out)
