@@ -1,27 +1,39 @@
 """Admission control: keep the gateway and Redis up, and share them fairly, near the deadline.
 
-Three guards, each answering a different question:
+Waiting is the default, refusing the exception. Every standard tus client (tus-js-client
+and Uppy above it, tuspy) gives an upload up after a few retries and ignores Retry-After,
+so a refused append of an upload in progress is an upload lost to its team. A waiting
+connection costs kernel buffers, not gateway memory (gateway/reads.py), so work already
+admitted waits its turn; only new work is held back, and only under sustained overload.
+
+Four guards, each answering a different question:
 
 - BufferWatch: is the buffer filling faster than the ingesters drain it? Above the
   high watermark new uploads are refused; at the budget appends are refused too
-  (the APPEND script enforces the per-partition share atomically).
+  (the APPEND script enforces the per-partition share atomically). Those are the only
+  refusals of an append in normal operation: nothing else can hold the bytes.
 - FairGate: whose piece is read and committed next? Up to `append_slots` at once,
   of which at most `append_read_slots` are having their bodies read (the CPU-heavy
-  part: fewer keeps the event loop's turns short, so refusals are answered quickly; a
-  piece waiting for Redis to commit it has given its read slot back, so commits still
-  group); the rest wait in per-tenant queues served in turn. While several tenants are
-  active, each may have only `append_tenant_slots` pieces in progress whatever its
+  part; a piece waiting for Redis to commit it has given its read slot back, so commits
+  still group); the rest wait in per-tenant queues served in turn. While several tenants
+  are active, each may have only `append_tenant_slots` pieces in progress whatever its
   number of operators, so eight connections cannot outrun one; within a tenant the
-  upload nearest completion goes first. A new request whose predicted wait is above
-  the target (`append_target_wait_ms`) is refused the moment it arrives, with
-  Retry-After, rather than queued: under overload the queue stays short, so what is
-  admitted is served promptly and what is not is told so at once. Pieces of a request
-  already in progress are never refused, they wait.
+  upload nearest completion goes first. A piece is never refused for being busy: it
+  waits up to `append_max_wait_ms`, a bound chosen below the shortest request timeout
+  a real client or proxy applies (docs/operations.md). Only a queue past `append_queue`
+  (a memory bound: each waiter holds a few KiB) refuses, and creation control keeps the
+  queue far below that.
+- CreationGate: may a new upload start now? Load is shed here, where a refusal costs a
+  client nothing it has sent. While the gate's predicted wait (pieces waiting times the
+  measured time between two pieces: Little's law over the recent past, not one queue
+  length at one instant) is above `create_target_wait_ms`, a creation is held, and let
+  in as the backlog drains, at most one per piece committed. It is refused (503 with
+  Retry-After) only after `create_hold_ms` of holding, that is when arrivals have stayed
+  beyond capacity for that long. A closed group of clients, however large, cannot do
+  that: their held creations add no work, so the backlog drains and lets them in.
 - ByteBudget: how much request body may this process hold in memory? A piece reserves
-  its bytes once it has its turn, just before its body is read, so memory stays bounded
-  whatever the number of connections (a waiting connection holds a few KiB here, the
-  rest stays in the kernel under TCP flow control: gateway/reads.py). A new request
-  finding no room is refused at once.
+  its bytes once it has its turn, just before its body is read, and waits for them, so
+  memory stays bounded whatever the number of connections.
 
 Refusals use 503 + Retry-After: every standard tus client retries 5xx (tus-js-client
 does not retry 429).
@@ -30,7 +42,6 @@ does not retry 429).
 from __future__ import annotations
 
 import asyncio
-import bisect
 import collections
 import heapq
 import itertools
@@ -58,36 +69,29 @@ class Refused(Exception):
         self.retry_after = retry_after
 
 
-def busy() -> Refused:
-    return Refused("gateway-busy", "the gateway is at capacity; your bytes so far are safe, retry after the pause",
-                   retry_after=1)
-
-
 class FairGate:
     def __init__(self, slots: int, queue_limit: int, max_wait: float, clock=time.monotonic,
-                 contended_slots: int = 1, target_wait: float | None = None, read_slots: int | None = None) -> None:
+                 contended_slots: int = 1, read_slots: int | None = None,
+                 on_release: Callable[[], None] | None = None) -> None:
         self.slots = slots
         # Of the granted pieces, how many may be reading their bodies at once (see read_done).
         self.read_slots = slots if read_slots is None else min(read_slots, slots)
-        # A new request predicted to wait longer than this (scaled by completion first) is
-        # refused on arrival; max_wait bounds how long any admitted request may wait.
-        self.target_wait = max_wait if target_wait is None else target_wait
         # With several tenants active, each may have this many pieces in progress: per-tenant
         # concurrency, not slot count, is what lets eight connections outrun one.
         self.contended_slots = contended_slots
         self.queue_limit = queue_limit
         self.max_wait = max_wait
         self.clock = clock
+        # Called after every release, once the freed slot is given: the creation gate
+        # lets a held creation in as the backlog drains.
+        self.on_release = on_release
         self.inflight = 0
         self.reading = 0
+        self.n_waiting = 0
         self.per_tenant: collections.Counter[str] = collections.Counter()
         # Per tenant: a heap of the waiting pieces, most urgent first (see _urgency); each
-        # (urgency, arrival number, progress, future).
-        self.waiting: dict[str, list[tuple[float, int, float, asyncio.Future]]] = {}
-        # The progress of every waiting piece, sorted: how many wait, and how many go before a
-        # newcomer, in log time. Both stay cheap with thousands waiting, which is when the gate
-        # is asked most often.
-        self._progress: list[float] = []
+        # (urgency, arrival number, future).
+        self.waiting: dict[str, list[tuple[float, int, asyncio.Future]]] = {}
         self._arrivals = itertools.count()
         self.turns: collections.deque[str] = collections.deque()
         self.last_seen: dict[str, float] = {}
@@ -100,10 +104,11 @@ class FairGate:
         self.release_interval = 0.0
         self._last_release = 0.0
 
-    @property
-    def n_waiting(self) -> int:
-        """Pieces waiting for a slot, all tenants."""
-        return len(self._progress)
+    def predicted_wait(self) -> float:
+        """How long a piece queued now would wait: the pieces ahead of it times the measured
+        time between two releases (Little's law). The interval is a moving average over
+        recent releases, so one burst does not make the gateway look overloaded."""
+        return self.n_waiting * self.release_interval
 
     def _active(self, now: float) -> int:
         for t, seen in list(self.last_seen.items()):
@@ -172,47 +177,28 @@ class FairGate:
         return (self._room() and not self.n_waiting and self.per_tenant[tenant] < self.cap()
                 and not self._owed(tenant, self.last_seen[tenant]))
 
-    def _too_long(self, progress: float) -> bool:
-        """Whether a new request at `progress` would wait too long: decided before it queues."""
-        # Completion first: a request just starting may use half the queue (and half the
-        # target wait), one nearly done all of it. A request that would wait longer than
-        # that is refused at once, not after it has waited.
-        share = 0.5 + 0.5 * progress
-        limit = self.target_wait * share
-        if (self.n_waiting + 1) * self.release_interval > limit:
-            # Only the waiters that go first count (completion first); count them only when it matters.
-            ahead = len(self._progress) - bisect.bisect_left(self._progress, progress)
-            expected_wait = (ahead + 1) * self.release_interval
-        else:
-            expected_wait = 0.0
-        return self.n_waiting >= self.queue_limit * share or expected_wait > limit
-
-    def shed(self, tenant: str, progress: float) -> Refused | None:
-        """The refusal a new request of `tenant` would get now, if any, without queueing it:
-        lets the gateway answer before doing any other work for the request."""
-        self._arrive(tenant)
-        return busy() if not self._free_for(tenant) and self._too_long(progress) else None
-
-    async def acquire(self, tenant: str, progress: float, in_progress: bool, admitted: bool = False) -> None:
-        """Wait for a commit slot; raise Refused for a new request that should come back later
-        (unless `admitted`: let in by `shed` when it arrived)."""
+    async def acquire(self, tenant: str, progress: float) -> None:
+        """Wait for a commit slot, fairly between tenants and completion first. Raise Refused
+        only when the queue is at its memory bound or the wait passed max_wait: being busy
+        is no reason to refuse work a client has already started."""
         self._arrive(tenant)
         if self._free_for(tenant):
             self._grant(tenant)
             return
-        if not in_progress and not admitted and self._too_long(progress):
+        if self.n_waiting >= self.queue_limit:
             # Raised, not held in a local first: a traceback holding this frame would then hold
             # the exception, a cycle that keeps the request alive until the next GC collection.
-            raise busy()
+            raise Refused("gateway-queue-full", "the gateway holds as many waiting requests as it may; "
+                          "your bytes so far are safe, retry after the pause", retry_after=2)
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         queue = self.waiting.setdefault(tenant, [])
-        heapq.heappush(queue, (self._urgency(progress, self.clock()), next(self._arrivals), progress, fut))
-        bisect.insort(self._progress, progress)
+        heapq.heappush(queue, (self._urgency(progress, self.clock()), next(self._arrivals), fut))
+        self.n_waiting += 1
         if tenant not in self.turns:
             self.turns.append(tenant)
         self._dispatch()  # a free slot may be this tenant's even though others are waiting
         try:
-            await asyncio.wait_for(asyncio.shield(fut), self.max_wait if not in_progress else self.max_wait * 5)
+            await asyncio.wait_for(asyncio.shield(fut), self.max_wait)
         except asyncio.TimeoutError:
             if fut.done():  # granted at the last moment: keep it
                 return
@@ -236,19 +222,18 @@ class FairGate:
 
     def _pop(self, queue: list) -> asyncio.Future:
         """The most urgent waiter of `queue` (ties: first come), out of the queue."""
-        _, _, progress, fut = heapq.heappop(queue)
-        del self._progress[bisect.bisect_left(self._progress, progress)]
-        return fut
+        self.n_waiting -= 1
+        return heapq.heappop(queue)[2]
 
     def _forget(self, tenant: str, fut: asyncio.Future) -> None:
         queue = self.waiting.get(tenant, [])
         for i, item in enumerate(queue):
-            if item[3] is fut:
+            if item[2] is fut:
                 # A timeout or a cancelled request: rare, so a linear search and re-heap will do.
                 queue[i] = queue[-1]
                 queue.pop()
                 heapq.heapify(queue)
-                del self._progress[bisect.bisect_left(self._progress, item[2])]
+                self.n_waiting -= 1
                 break
         fut.cancel()
 
@@ -270,6 +255,8 @@ class FairGate:
             self.release_interval += 0.05 * (gap - self.release_interval)
         self._last_release = now
         self._dispatch()
+        if self.on_release is not None:
+            self.on_release()
 
     def _dispatch(self) -> None:
         cap = self.cap()
@@ -291,6 +278,56 @@ class FairGate:
             self._grant(tenant)
             fut.set_result(True)
             idle_turns = 0
+
+
+class CreationGate:
+    """Where load is shed: a new upload starts only while the append gate can serve it in
+    time. While the predicted wait is above `target`, creations are held in arrival order
+    and let in one per piece committed (`wake`, the append gate's on_release) once it is
+    back under the target; a creation held `hold` seconds is refused with a Retry-After
+    from the backlog. Held creations add no work, so only arrivals that stay beyond
+    capacity for the whole hold are refused: the definition of sustained overload."""
+
+    def __init__(self, gate: FairGate, target: float, hold: float) -> None:
+        self.gate = gate
+        self.target = target
+        self.hold = hold
+        self._held: collections.deque[asyncio.Future] = collections.deque()
+
+    @property
+    def n_held(self) -> int:
+        return sum(1 for f in self._held if not f.done())
+
+    def _open(self) -> bool:
+        return self.gate.predicted_wait() <= self.target
+
+    async def admit(self) -> None:
+        """Return when a new upload may start; raise Refused after `hold` seconds held."""
+        if not self._held and self._open():
+            return
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._held.append(fut)
+        self.wake()
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.hold)
+        except asyncio.TimeoutError:
+            if fut.done():  # let in at the last moment
+                return
+            fut.cancel()
+            raise Refused("gateway-overloaded", "more uploads are starting than the gateway can take; nothing "
+                          "was created, start this upload after the pause",
+                          retry_after=max(2, min(60, round(self.gate.predicted_wait())))) from None
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+
+    def wake(self) -> None:
+        """Let the oldest held creation in if the backlog allows: one per call, so that
+        creations are let in no faster than pieces are committed while the gate is busy."""
+        while self._held and self._held[0].done():  # gave up or timed out
+            self._held.popleft()
+        if self._held and self._open():
+            self._held.popleft().set_result(True)
 
 
 class ByteBudget:
@@ -393,25 +430,34 @@ class BufferWatch:
 class Admission:
     def __init__(self, settings, store) -> None:
         self.gate = FairGate(settings.append_slots, settings.append_queue, settings.append_max_wait_ms / 1000,
-                             contended_slots=settings.append_tenant_slots,
-                             target_wait=settings.append_target_wait_ms / 1000,
-                             read_slots=settings.append_read_slots)
+                             contended_slots=settings.append_tenant_slots, read_slots=settings.append_read_slots)
+        self.creations = CreationGate(self.gate, settings.create_target_wait_ms / 1000, settings.create_hold_ms / 1000)
+        self.gate.on_release = self.creations.wake
         self.bytes = ByteBudget(max(4 * settings.checksum_patch_max_bytes, 64 * settings.entry_bytes))
         self.buffer = BufferWatch(store, settings.buffer_budget, settings.buffer_high_ratio, settings.partitions)
         self.max_wait = settings.append_max_wait_ms / 1000
         self.body_idle = settings.body_idle_seconds
 
     @asynccontextmanager
-    async def turn(self, n: int, tenant: str, progress: float, in_progress: bool, admitted: bool = False):
+    async def creation(self):
+        """A new upload's admission: held while the gateway is behind (CreationGate), then
+        the next held one is considered as soon as this one is done."""
+        await self.creations.admit()
+        try:
+            yield
+        finally:
+            self.creations.wake()
+
+    @asynccontextmanager
+    async def turn(self, n: int, tenant: str, progress: float):
         """One piece's turn: a slot, then `n` bytes of memory, held while the piece is read
         and committed. Reading a fast client's body is most of a request's cost, so it
         happens inside the slot; see Turn.read for slow clients."""
-        await self.gate.acquire(tenant, progress, in_progress, admitted)
+        await self.gate.acquire(tenant, progress)
         turn = Turn(self.gate, tenant, progress, self.body_idle)
         try:
-            # Pieces under way (or let in on arrival) wait for memory; a new request is told at once.
-            wait = self.max_wait * 5 if in_progress else self.max_wait if admitted else 0
-            if not await self.bytes.reserve(n, wait):
+            # Memory is bounded by waiting for it, not by refusing: slots bound what is reserved.
+            if not await self.bytes.reserve(n, self.max_wait):
                 raise Refused("gateway-memory", "the gateway is holding as many request bytes as it may; "
                               "retry after the pause", retry_after=1)
             try:
@@ -465,7 +511,7 @@ class Turn:
                     raise BodyStalled()
                 seen = arrived()
             result = task.result()
-            await self.gate.acquire(self.tenant, self.progress, in_progress=True)
+            await self.gate.acquire(self.tenant, self.progress)
             self.held = self.reading = True
             return result
         return task.result()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import email.utils
 import hashlib
 import logging
@@ -27,7 +28,7 @@ from buffer.store import Appended, UploadStore
 from gateway import checksum, headers
 from gateway.auth import may_read_uploads, may_write, unknown_or_revoked
 from gateway.admission import Admission, BodyStalled, Refused
-from gateway.context import ADMITTED, PRINCIPAL, READ_ALL, TENANT
+from gateway.context import PRINCIPAL, READ_ALL, TENANT
 from gateway.windows import Windows, WindowClosed
 from gateway.problems import TUS_VERSION, problem, retry_after
 from unggah.config import Settings
@@ -157,9 +158,11 @@ class TusHandler:
         return offset / length if length else 0.5
 
     def shed(self, request: web.Request, tenant: str) -> web.Response | None:
-        """The refusal a new PATCH or creation of `tenant` would get now from admission,
-        asked before the token is confirmed (see gateway/auth.py): under overload most
-        requests are refused, and this answers them without a round trip to Redis."""
+        """The refusal a new PATCH or creation of `tenant` would get now from the buffer's
+        watermarks, asked before the token is confirmed (see gateway/auth.py): while the
+        buffer is full most writes are refused, and this answers them without a round trip
+        to Redis. Being busy refuses nothing here: appends wait their turn, creations are
+        held (gateway/admission.py)."""
         method = headers.tus_method(request)
         upload_id = request.match_info.get("upload_id")
         # Nothing here raises: a raised refusal held in a local of this frame, which its
@@ -171,8 +174,7 @@ class TusHandler:
             offset = request.headers.get("Upload-Offset", "")
             if not headers.is_offset(offset) or self.store.partition(upload_id) is None:
                 return None  # bad input: the full path says what is wrong
-            refusal = (self.admission.buffer.append_refusal()
-                       or self.admission.gate.shed(tenant, self.progress(upload_id, int(offset))))
+            refusal = self.admission.buffer.append_refusal()
         else:
             return None
         return None if refusal is None else self.refused(refusal)
@@ -270,12 +272,19 @@ class TusHandler:
             return problem(400, "bad-header", "Idempotency-Key must be at most 255 characters")
         fingerprint = hashlib.sha256(
             f"{length}|{defer}|{meta_raw}|{request.headers.get('Upload-Concat', '')}".encode()).hexdigest() if idem else ""
-        created = await self.store.create(
-            tenant=tenant, length=-1 if length is None else length, metadata=meta_raw, concat=concat,
-            parts=[p.id for p in final_parts], expires_at=expires_at, window=window,
-            idempotency_key=idem, fingerprint=fingerprint, pending=has_body,
-            idempotency_ttl=self.s.idempotency_ttl_seconds,
-            inflight_ms=self.s.idempotency_inflight_seconds * 1000, actor=self.actor(request))
+        # A final brings no bytes of its own, so it is never held back.
+        admit = contextlib.nullcontext() if concat == "final" else self.admission.creation()
+        try:
+            async with admit:
+                created = await self.store.create(
+                    tenant=tenant, length=-1 if length is None else length, metadata=meta_raw, concat=concat,
+                    parts=[p.id for p in final_parts], expires_at=expires_at, window=window,
+                    idempotency_key=idem, fingerprint=fingerprint, pending=has_body,
+                    idempotency_ttl=self.s.idempotency_ttl_seconds,
+                    inflight_ms=self.s.idempotency_inflight_seconds * 1000, actor=self.actor(request))
+        except Refused as e:
+            log.info("creation refused", extra={"tenant": tenant, "reason": e.reason})
+            return self.refused(e)
         upload_id = created.upload_id
 
         if created.outcome == "mismatch":
@@ -383,8 +392,8 @@ class TusHandler:
                            headers={"Upload-Checksum-Max-Size": str(cap)})
         tenant = self.tenant(request)
         try:
-            async with self.admission.turn(request.content_length or cap, tenant, self.progress(upload_id, offset),
-                                           in_progress=False, admitted=request.get(ADMITTED, False)) as turn:
+            async with self.admission.turn(request.content_length or cap, tenant,
+                                           self.progress(upload_id, offset)) as turn:
                 body = await turn.read(self._read_whole(request, upload_id, cap), arrived(request))
                 if isinstance(body, web.Response):
                     return body
@@ -448,9 +457,7 @@ class TusHandler:
         while True:
             want = step if total is None else min(step, total - received)
             try:
-                async with self.admission.turn(max(want, 1), tenant, self.progress(upload_id, pos),
-                                               in_progress=not first,
-                                               admitted=request.get(ADMITTED, False)) as turn:
+                async with self.admission.turn(max(want, 1), tenant, self.progress(upload_id, pos)) as turn:
                     piece, eof, interrupted = await turn.read(self._read_piece(request, want), arrived(request))
                     piece_crc = checksum.crc32c(piece)
                     # CRC of the whole PATCH so far; with one piece it is the piece's own.

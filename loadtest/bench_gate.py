@@ -3,9 +3,8 @@
     python -m loadtest.bench_gate [--waiting 16 256 2048] [--repeat 5]
 
 Per queue length N: N pieces of one tenant wait for a single slot (progress spread over
-0..1); then every release grants the next piece while a new request arrives and is
-asked whether it would be refused (`shed`), as under overload, where both happen
-about once per piece committed. Reports microseconds per release + arrival (median of
+0..1); then every release grants the next piece while a new piece arrives and queues,
+as under overload, where both happen about once per piece committed. Reports microseconds per release + arrival (median of
 `repeat` runs), pure Python on one core: no sockets, no Redis.
 """
 
@@ -23,18 +22,15 @@ from loadtest.benchstack import machine
 
 
 async def one_run(n: int, rounds: int) -> float:
-    # A target wait this short makes every arrival count the waiters ahead of it, as near the
-    # refusal threshold; pieces already in progress (all of these) are never refused.
-    gate = FairGate(slots=1, queue_limit=10 * n, max_wait=3600, target_wait=1e-9)
+    gate = FairGate(slots=1, queue_limit=10 * n, max_wait=3600)
     rng = random.Random(n)
-    await gate.acquire("pair", 0.5, in_progress=True)  # the slot, held
-    waiters = [asyncio.ensure_future(gate.acquire("pair", rng.random(), in_progress=True)) for _ in range(n)]
+    await gate.acquire("pair", 0.5)  # the slot, held
+    waiters = [asyncio.ensure_future(gate.acquire("pair", rng.random())) for _ in range(n)]
     await asyncio.sleep(0)  # all queued
     t0 = time.perf_counter()
     for _ in range(rounds):
         gate.release("pair")  # the most urgent waiter gets the slot
-        gate.shed("pair", rng.random())
-        waiters.append(asyncio.ensure_future(gate.acquire("pair", rng.random(), in_progress=True)))
+        waiters.append(asyncio.ensure_future(gate.acquire("pair", rng.random())))
         await asyncio.sleep(0)  # the granted waiter returns, the newcomer queues
     took = time.perf_counter() - t0
     for w in waiters:

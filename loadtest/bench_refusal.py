@@ -6,7 +6,7 @@ Under a surge most requests are refused, so the price of saying no is what decid
 many refusals a gateway process can give before it has no CPU left for the uploads it
 lets in, and how long a burst of refusals keeps the event loop busy. Per round, a fresh
 stack (`unggah serve`, embedded Valkey) with its buffer marked full, so admission refuses
-every PATCH on arrival (`buffer-full`, the same path as `gateway-busy`: refusal, problem
+every PATCH on arrival (`buffer-full`, the path every refusal takes: refusal, problem
 response, audit record, metrics, log); `--connections` keep-alive clients each send
 `--requests` PATCHes of each body size one after another. Reported: the gateway process's
 CPU time (user + system, /proc) per refusal, the median over rounds. A refused body is

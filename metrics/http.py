@@ -159,6 +159,8 @@ GATE_METRICS = {
     "unggah_append_waiting": "Pieces waiting for a slot now.",
     "unggah_append_read_slots": "Of those slots, pieces whose bodies may be read at once (append_read_slots).",
     "unggah_append_reading": "Pieces whose bodies are being read now (the rest in progress are being committed).",
+    "unggah_append_predicted_wait_seconds": "How long a piece queued now would wait (waiting pieces x measured "
+                                            "time between two); above create_target_wait_ms new uploads are held.",
 }
 
 
@@ -174,7 +176,8 @@ class GateCollector(Collector):
 
     def collect(self):
         g = self.gate
-        for (name, doc), v in zip(GATE_METRICS.items(), (g.slots, g.inflight, g.n_waiting, g.read_slots, g.reading)):
+        for (name, doc), v in zip(GATE_METRICS.items(), (g.slots, g.inflight, g.n_waiting, g.read_slots, g.reading,
+                                                         g.predicted_wait())):
             yield GaugeMetricFamily(name, doc, value=v)
 
 

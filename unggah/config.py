@@ -84,15 +84,21 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     append_read_slots: int = 2
     # While several tenants are active, pieces each tenant may have in progress at once.
     append_tenant_slots: int = 1
-    # Waiting pieces per process, a memory bound on waiters; refusals are normally decided
-    # earlier, by the predicted wait (see append_target_wait_ms).
-    append_queue: int = 2048
-    # An append that waited this long is refused rather than left to time out at the client.
-    append_max_wait_ms: int = 2000
-    # A new request predicted to wait longer than this is refused on arrival (half of it for
-    # an upload just starting: completion first), so under overload refusals are immediate
-    # and what is admitted is served promptly. Pieces already under way are never refused.
-    append_target_wait_ms: int = 500
+    # Waiting pieces per process: a memory bound on waiters (each holds a few KiB in the
+    # gateway, gateway/reads.py). Creation control keeps the queue far below it.
+    append_queue: int = 4096
+    # The longest a piece waits for its turn before it is refused. Waiting is the default: a
+    # refused append costs a standard client one of its few retries. Chosen below the shortest
+    # timeout a real client or proxy puts on a request whose body is not being read (nginx's
+    # 60 s proxy timeouts; tus-js-client, tuspy and browsers set none): docs/operations.md.
+    append_max_wait_ms: int = 45_000
+    # New uploads are held while a piece queued now would wait longer than this (the backlog
+    # over the measured drain rate), and let in as it drains; so admitted work stays well
+    # inside append_max_wait_ms even when uploads arrive faster than they can be served.
+    create_target_wait_ms: int = 5_000
+    # A creation held this long is refused (503, Retry-After): arrivals stayed beyond capacity
+    # all that while. Nothing was created, so nothing is lost.
+    create_hold_ms: int = 30_000
     # Buffered bytes (all partitions) the gateway lets the stream hold. Above high_ratio of it
     # new uploads are refused; at the budget appends are refused too. 0: 75% of valkey_maxmemory.
     buffer_budget_bytes: int = 0
@@ -200,8 +206,11 @@ def _check(s: Settings) -> None:
         raise ConfigError("append_slots and append_read_slots must be >= 1, and append_queue >= 0")
     if s.read_chunk_bytes < 0 or 0 < s.read_chunk_bytes < 1 * KiB:
         raise ConfigError("read_chunk_bytes must be 0 (the event loop's own read size) or at least 1024")
-    if not 0 < s.append_target_wait_ms <= s.append_max_wait_ms:
-        raise ConfigError("append_target_wait_ms must be above 0 and at most append_max_wait_ms")
+    if not 0 < s.create_target_wait_ms < s.append_max_wait_ms:
+        raise ConfigError("create_target_wait_ms must be above 0 and below append_max_wait_ms "
+                          "(admitted work must be served before it would be refused)")
+    if s.create_hold_ms < 0:
+        raise ConfigError("create_hold_ms must be >= 0")
     try:
         parse_bytes(s.valkey_maxmemory)
     except ValueError:
