@@ -462,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cut-rate", type=float, help="share of PATCHes cut mid-body")
     g.add_argument("--impatient-share", type=float, help="share of clients retrying at once")
     g.add_argument("--no-checksum-share", type=float, help="share of clients sending no Upload-Checksum")
+    g.add_argument("--tusjs-share", type=float,
+                   help="share of operators on tus-js-client defaults (give an upload up after 4 retries)")
     g.add_argument("--timeout", type=float, help="client request timeout, s")
     g = p.add_argument_group("faults")
     g.add_argument("--fault-at", type=float, help="share of the run at which the fault starts")
@@ -490,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 PARAM_FLAGS = ("pairs", "operators", "users", "rows", "rows_per_list", "row_bytes", "scans", "scan_bytes", "chunk",
                "close_fraction", "surge", "surge_share", "base_share", "think", "cut_rate", "impatient_share",
-               "no_checksum_share", "timeout", "seed")
+               "no_checksum_share", "tusjs_share", "timeout", "seed")
 
 
 def make_params(a: argparse.Namespace, out: Path) -> tuple[Params, dict]:

@@ -54,6 +54,8 @@ def classify(f: dict, state: str | None, lost: set[str]) -> str:
         if f["url"] in lost:
             return "lost"
         return "stored" if state == "stored" else "not verified"
+    if f["outcome"] == "abandoned":  # the client gave it up (tus-js-client's onError), created or not
+        return "abandoned"
     if f["url"]:
         return "partial"
     if f["outcome"] == "refused":
@@ -108,12 +110,15 @@ def build(out: str | Path) -> dict:
         missing_total += not_stored
         started_total += len(started)
         reasons = Counter(f["refused_reason"] for f in fs if f["refused_reason"])
+        abandoned_why = Counter(f.get("abandoned") or "upload abandoned" for f in fs
+                                if f["outcome"] == "abandoned")
         pp = plan[name]
         pairs.append({
             "pair": name, "planned_files": pp["planned_files"], "planned_bytes": pp["planned_bytes"],
             "started_before_close": len(started), "stored": cls["stored"], "refused": cls["refused"],
             "partial": cls["partial"], "not_created": cls["not created"], "errors": cls["error"],
-            "lost": cls["lost"], "not_verified": cls["not verified"], "never_started": pp["not_started_files"],
+            "lost": cls["lost"], "abandoned": cls["abandoned"], "abandoned_symptoms": dict(abandoned_why),
+            "not_verified": cls["not verified"], "never_started": pp["not_started_files"],
             "stored_bytes": stored_bytes,
             "stored_share_of_plan": stored_bytes / pp["planned_bytes"] if pp["planned_bytes"] else None,
             "everything_started_stored": not_stored == 0, "arrived_after_close": len(late),
@@ -132,6 +137,13 @@ def build(out: str | Path) -> dict:
                      "count": partial_files, "by_kind": {}})
     taxonomy.append({"what": "files never created before close", "reported_as": "'21% lost to errors'",
                      "count": never_created, "by_kind": {}})
+    abandoned_by_kind: Counter = Counter()
+    for q in pairs:
+        abandoned_by_kind.update(q["abandoned_symptoms"])
+    abandoned_total = sum(abandoned_by_kind.values())
+    taxonomy.append({"what": "uploads abandoned by the client after its retries",
+                     "reported_as": "'upload gagal' (tus-js-client gave up: onError)",
+                     "count": abandoned_total, "by_kind": dict(abandoned_by_kind)})
     taxonomy.append({"what": "acknowledged bytes lost", "reported_as": "data overwritten or lost (Sidoarjo 2020)",
                      "count": verification.get("lost_bytes"), "by_kind": {}})
     taxonomy.append({"what": "injected by the rehearsal", "reported_as": "(the fault under test)",
@@ -147,14 +159,17 @@ def build(out: str | Path) -> dict:
     client_files: Counter = Counter()
     client_stored: Counter = Counter()
     client_refusals: Counter = Counter()
+    client_abandoned: Counter = Counter()
     for f in files:
         client_files[f["client"]] += 1
         client_refusals[f["client"]] += sum(f["refusals"].values()) + sum(
             v for k, v in f["errors"].items() if k.startswith("refused:"))
+        client_abandoned[f["client"]] += f["outcome"] == "abandoned"
         if classify(f, states.get(f["url"]), lost_urls) == "stored":
             client_stored[f["client"]] += 1
             by_client[f["client"]].append(f["completed_at"] - f["first_attempt"])
     clients = {c: {"files": client_files[c], "stored": client_stored[c], "refusals": client_refusals[c],
+                   "abandoned": client_abandoned[c],
                    "file_seconds_p50": pct(by_client[c], 0.5), "file_seconds_p95": pct(by_client[c], 0.95)}
                for c in sorted(client_files)}
     locust_requests = [{"name": s.get("name"), "method": s.get("method"), "requests": s.get("num_requests"),
@@ -242,6 +257,12 @@ def build(out: str | Path) -> dict:
         bad = [p["pair"] for p in pairs if not p["everything_started_stored"]]
         reasons.append(f"{missing_total} of {started_total} files started before close not stored "
                        f"({len(bad)} of {len(pairs)} pairs: {', '.join(bad[:6])}{'...' if len(bad) > 6 else ''})")
+    if abandoned_total:
+        # A client that gives up after its retries (tus-js-client's defaults) turns every refusal
+        # that outlasts them into a lost file: the operator sees "upload failed", whatever the cause.
+        worst = ", ".join(f"{k} ({v})" for k, v in abandoned_by_kind.most_common(3))
+        reasons.append(f"{abandoned_total} uploads abandoned by their clients after their retries "
+                       f"({sum(1 for q in pairs if q['abandoned'])} of {len(pairs)} pairs): {worst}")
     unexpected = taxonomy[2]["count"]
     if unexpected:
         reasons.append(f"{unexpected} unexpected 5xx answers")
@@ -256,7 +277,8 @@ def build(out: str | Path) -> dict:
             f"{sum(p['everything_started_stored'] for p in pairs)}/{len(pairs)} pairs stored everything started "
             f"before close ({stored_files} files, {stored_bytes / MB:.1f} MB, "
             f"{sum(p['stored_bytes'] for p in pairs) / max(1, sum(p['planned_bytes'] for p in pairs)):.0%} of plan); "
-            f"{refused['count']} refusals with reason, {taxonomy[0]['count']} timeouts, {unexpected} unexpected 5xx"
+            f"{refused['count']} refusals with reason, {taxonomy[0]['count']} timeouts, {unexpected} unexpected 5xx, "
+            f"{abandoned_total} uploads abandoned"
             + ("" if ok else " -- " + "; ".join(reasons)))
 
     summary = {
@@ -338,6 +360,13 @@ def _f(v, fmt: str = "{:.0f}", none: str = "-") -> str:
     return none if v is None else fmt.format(v)
 
 
+def _kind(k: str) -> str:
+    """A counted kind without its class prefix ("refused:buffer-full" -> "buffer-full"); a symptom
+    sentence such as "upload abandoned after 4 retries: 503 buffer-full" is kept whole."""
+    head, sep, rest = k.partition(":")
+    return rest if sep and " " not in head else k
+
+
 def render_text(s: dict) -> str:
     r = s["run"]
     L = [f"# Rehearsal report: {s['scenario']}", "", f"**{s['verdict']['line']}**", ""]
@@ -360,14 +389,19 @@ def render_text(s: dict) -> str:
     if r.get("window"):
         L.append(f"- window: closes {r['window']['closes_local']}, grace {r['window']['grace_seconds']} s")
     L += ["", "## Per pair", "",
-          "| pair | planned files | started before close | stored | refused | partial | not created | lost | "
-          "stored MB | of plan | all started stored | p95 file s |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "| pair | planned files | started before close | stored | refused | partial | not created | abandoned | "
+          "lost | stored MB | of plan | all started stored | p95 file s |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for q in s["pairs"]:
         L.append(f"| {q['pair']} | {q['planned_files']} | {q['started_before_close']} | {q['stored']} | "
-                 f"{q['refused']} | {q['partial']} | {q['not_created']} | {q['lost']} | "
+                 f"{q['refused']} | {q['partial']} | {q['not_created']} | "
+                 f"{'**' + str(q['abandoned']) + '**' if q['abandoned'] else 0} | {q['lost']} | "
                  f"{q['stored_bytes'] / MB:.1f} | {_f(q['stored_share_of_plan'], '{:.0%}')} | "
                  f"{'yes' if q['everything_started_stored'] else '**no**'} | {_f(q['file_seconds_p95'], '{:.1f}')} |")
+    for q in s["pairs"]:
+        if q.get("abandoned"):
+            L.append(f"- {q['pair']}: " + "; ".join(f"{v} x {k}" for k, v in sorted(
+                q["abandoned_symptoms"].items(), key=lambda x: -x[1])))
     z = s["zero_loss"]
     L += ["", "## Zero-loss check", ""]
     if z.get("ran"):
@@ -384,7 +418,7 @@ def render_text(s: dict) -> str:
     L += ["", "## What went wrong, in the words of the reports", "",
           "| what the rehearsal counts | reported as | count | detail |", "|---|---|---|---|"]
     for t in s["taxonomy"]:
-        detail = ", ".join(f"{k.split(':', 1)[-1]} {v}" for k, v in sorted(t["by_kind"].items(), key=lambda x: -x[1]))
+        detail = ", ".join(f"{_kind(k)} {v}" for k, v in sorted(t["by_kind"].items(), key=lambda x: -x[1]))
         L.append(f"| {t['what']} | {t['reported_as']} | {_f(t['count'], '{:,}', '?')} | {detail} |")
     L += ["", "## Latency", "", "| request | count | p50 | p95 | p99 | max |", "|---|---|---|---|---|---|"]
     for name, v in s["latency"].items():
@@ -394,9 +428,10 @@ def render_text(s: dict) -> str:
         L.append(f"| {label} | {v['count']} | {_f(v['p50'], fmt)} | {_f(v['p95'], fmt)} | "
                  f"{_f(v['p99'], fmt)} | {_f(v['max'], fmt)} |")
     if s["clients"]:
-        L += ["", "| clients | files | stored | refusals seen | file p50 | file p95 |", "|---|---|---|---|---|---|"]
+        L += ["", "| clients | files | stored | abandoned | refusals seen | file p50 | file p95 |",
+              "|---|---|---|---|---|---|---|"]
         for c, v in s["clients"].items():
-            L.append(f"| {c} | {v['files']} | {v['stored']} | {v['refusals']} | "
+            L.append(f"| {c} | {v['files']} | {v['stored']} | {v.get('abandoned', 0)} | {v['refusals']} | "
                      f"{_f(v['file_seconds_p50'], '{:.2f} s')} | {_f(v['file_seconds_p95'], '{:.2f} s')} |")
     t = s["throughput"]
     L += ["", "## Throughput", "",

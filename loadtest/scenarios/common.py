@@ -5,10 +5,15 @@ The operator speaks tus 1.0 the way a team's client does on deadline night:
 POST creation (Upload-Length, Upload-Metadata with `filename` and the file's
 `sha256`, an Idempotency-Key), PATCH chunks with Upload-Offset and
 `Upload-Checksum: crc32c <b64>`, HEAD to resume after anything goes wrong.
-Two kinds of client behaviour are modelled side by side: patient clients wait
-what Retry-After says (jittered backoff without one); impatient ones retry at
-once, and give up after a burst of refusals, pausing as an operator would
-before clicking "upload" again.
+Three kinds of client are modelled side by side, each a `RetryPolicy`. Polite
+ones retry until the run ends: patient clients wait what Retry-After says
+(jittered backoff without one); impatient ones retry at once and, after a burst
+of refusals, pause as an operator would before clicking "upload" again. The
+third is tus-js-client with its default options, what most teams ship: it
+ignores Retry-After, retries after 0, 1, 3 and 5 s (HEAD first once the upload
+exists), starts counting afresh when the offset advances, and then gives the
+upload up. A polite client can only lose time to a refusal; this one loses the
+upload, which is why the report counts its abandoned uploads.
 
 Parameters come from REHEARSE_* environment variables (the runner,
 `python -m loadtest.rehearse`, sets them all; by hand, see `Params`).
@@ -43,6 +48,7 @@ from locust import FastHttpUser, LoadTestShape, events, task
 TUS = "1.0.0"
 KiB = 1024
 SYMPTOM_RETRYABLE = {0, 423, 429, 500, 502, 503, 504}
+TUSJS_RETRY_DELAYS = (0.0, 1.0, 3.0, 5.0)  # tus-js-client's default retryDelays, in seconds
 
 
 from loadtest.scenarios.params import Params, pair_name  # noqa: E402 - no gevent there: the runner imports it
@@ -150,14 +156,17 @@ class FileRecord:
     size: int
     sha256: str
     operator: int
-    client: str  # "patient" or "impatient"
+    client: str  # "patient", "impatient" or "tus-js-client" (the operator's RetryPolicy)
     checksum: bool
     first_attempt: float = 0.0  # epoch
     created_at: float = 0.0
     completed_at: float = 0.0
     url: str = ""
     acked: int = 0  # highest offset the server acknowledged (PATCH 204 or HEAD)
-    outcome: str = "in-progress"  # complete | refused | expired | upload-lost | error | in-progress
+    outcome: str = "in-progress"  # complete | refused | expired | upload-lost | error | abandoned | in-progress
+    abandoned: str = ""  # why the client gave the upload up, e.g. "upload abandoned after 4 retries: 503 ..."
+    retries: int = 0  # retries in a row since the offset last advanced (the count tus-js-client gives up on)
+    acked_at_retry: int = 0  # the acknowledged offset at the last retry: beyond it is progress
     refused_reason: str = ""  # the last refusal, when creation never succeeded
     attempts: int = 0  # creation attempts
     refusals: dict = field(default_factory=dict)
@@ -277,6 +286,13 @@ class Answer:
             return None
 
     @property
+    def described(self) -> str:
+        """Status and reason as an operator would quote them: "503 buffer-full", "connection-reset"."""
+        if self.status == 0:
+            return self.error or "connection"
+        return f"{self.status} {self.reason}".strip()
+
+    @property
     def symptom(self) -> str:
         """The answer in the taxonomy of the report."""
         if self.status == 0:
@@ -311,6 +327,56 @@ def _b64(s: str | bytes) -> str:
     return base64.b64encode(s.encode() if isinstance(s, str) else s).decode()
 
 
+# ---------------------------------------------------------------- retry policies
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a client waits between tries of an upload and when it stops trying.
+
+    One type, so that the create, resume and append loops are written once and the
+    kind of client is data: the polite clients retry until the run ends (a refusal
+    costs them time only), tus-js-client's defaults give an upload up after its
+    retries (a refusal can cost the upload, and the report must see that)."""
+
+    name: str  # the client kind, as the journal and the report name it
+    delays: tuple[float, ...] | None = None  # None: retry forever; else the wait before each retry, then give up
+    retry_after: bool = True  # wait what Retry-After says; False: ignore it
+    burst: int = 0  # ignoring Retry-After and retrying forever: pause after this many retries in a row ...
+    pause: float = 0.0  # ... this long, like an operator clicking "upload" again
+
+    @classmethod
+    def polite(cls, impatient: bool = False) -> "RetryPolicy":
+        if impatient:
+            return cls("impatient", retry_after=False, burst=max(1, P.impatient_burst), pause=P.impatient_pause)
+        return cls("patient")
+
+    @classmethod
+    def tus_js_client(cls) -> "RetryPolicy":
+        return cls("tus-js-client", delays=TUSJS_RETRY_DELAYS, retry_after=False)
+
+    @property
+    def gives_up(self) -> bool:
+        return self.delays is not None
+
+    def retryable(self, status: int) -> bool:
+        if self.gives_up:  # tus-js-client's shouldRetry: network errors and 5xx, no 4xx but 409 and 423
+            return not 400 <= status < 500 or status in (409, 423)
+        return status in SYMPTOM_RETRYABLE or status == 409
+
+    def wait(self, ans: Answer, retry: int, rng: random.Random) -> float | None:
+        """Seconds to wait before retry number `retry` (1: the first) after `ans`; None: stop trying."""
+        if not self.retryable(ans.status):
+            return None
+        if self.delays is not None:
+            return self.delays[retry - 1] if retry <= len(self.delays) else None
+        if not self.retry_after:
+            return self.pause if retry % self.burst == 0 else 0.0
+        ra = ans.retry_after
+        if ra is not None:
+            return ra * (1 + 0.1 * rng.random())
+        return min(8.0, 0.25 * 2 ** min(retry, 5)) * (0.5 + rng.random())
+
+
 # ---------------------------------------------------------------- the operator
 
 class TusOperator(FastHttpUser):
@@ -327,9 +393,12 @@ class TusOperator(FastHttpUser):
         self.idx = next(_user_ids)
         self.pair = self.idx % P.pairs
         self.rng = random.Random(f"{P.seed}/op/{self.idx}")
-        # Golden-ratio spacing: the shares hold for any number of users, and are stable across runs.
-        self.impatient = ((self.idx * 0.6180339887) % 1.0) < P.impatient_share
-        self.checksum = ((self.idx * 0.7548776662 + 0.5) % 1.0) >= P.no_checksum_share
+        # Irrational spacing (golden ratio, sqrt 2): the shares hold for any number of users and are
+        # stable across runs. tus-js-client sends no Upload-Checksum by default.
+        tusjs = ((self.idx * 0.4142135624 + 0.6) % 1.0) < P.tusjs_share
+        impatient = ((self.idx * 0.6180339887) % 1.0) < P.impatient_share
+        self.policy = RetryPolicy.tus_js_client() if tusjs else RetryPolicy.polite(impatient)
+        self.checksum = not tusjs and ((self.idx * 0.7548776662 + 0.5) % 1.0) >= P.no_checksum_share
         tokens = P.token_list
         self.auth = {"Authorization": "Bearer " + tokens[self.pair % len(tokens)]} if tokens else {}
         self.probed = False
@@ -389,20 +458,28 @@ class TusOperator(FastHttpUser):
             JOURNAL.count(ans.symptom)
         return ans
 
-    def pause(self, ans: Answer, attempt: int) -> None:
-        """Wait before retrying after a refusal or an error, the way this kind of client does."""
-        if self.impatient:
-            if attempt % P.impatient_burst == 0:
-                JOURNAL.count("gave-up-and-retried")
-                gevent.sleep(P.impatient_pause)
+    def retry(self, rec: FileRecord, ans: Answer) -> bool:
+        """Wait before trying again after `ans`, as this client's policy says. False when the client
+        stops trying this upload; its outcome is then set: `abandoned` (with the symptom) for a client
+        that gives up, as tus-js-client's onError, or `error` for a polite one answered what it never
+        retries."""
+        if rec.acked > rec.acked_at_retry:  # the offset advanced since the last retry: count afresh
+            rec.retries = 0
+        wait = self.policy.wait(ans, rec.retries + 1, self.rng)
+        if wait is None:
+            if self.policy.gives_up:
+                rec.outcome = "abandoned"
+                rec.abandoned = f"upload abandoned after {rec.retries} retries: {ans.described}"
+                JOURNAL.count("abandoned")
             else:
-                gevent.sleep(0)
-            return
-        ra = ans.retry_after
-        if ra is not None:
-            gevent.sleep(ra * (1 + 0.1 * self.rng.random()))
-        else:
-            gevent.sleep(min(8.0, 0.25 * 2 ** min(attempt, 5)) * (0.5 + self.rng.random()))
+                rec.outcome = "error"
+            return False
+        rec.retries += 1
+        rec.acked_at_retry = rec.acked
+        if self.policy.burst and rec.retries % self.policy.burst == 0:
+            JOURNAL.count("gave-up-and-retried")
+        gevent.sleep(wait)
+        return True
 
     # -- one file
 
@@ -410,7 +487,7 @@ class TusOperator(FastHttpUser):
         data = file_bytes(P, spec)
         rec = FileRecord(pair=pair_name(spec.pair), kind=spec.kind, name=spec.name, size=len(data),
                          sha256=hashlib.sha256(data).hexdigest(), operator=self.idx,
-                         client="impatient" if self.impatient else "patient", checksum=self.checksum)
+                         client=self.policy.name, checksum=self.checksum)
         JOURNAL.files.append(rec)
         rec.first_attempt = time.time()
         url = self.create(rec)
@@ -424,10 +501,8 @@ class TusOperator(FastHttpUser):
             "Upload-Metadata": f"filename {_b64(rec.name)},sha256 {_b64(rec.sha256)}",
             "Idempotency-Key": f"rehearsal-{P.seed}-{int(P.start_at)}-{rec.name}",
         })
-        attempt = 0
         while True:
-            attempt += 1
-            rec.attempts = attempt
+            rec.attempts += 1
             ans = self.request("POST", "/files/", name, headers, ok=(201,))
             if ans.status == 201:
                 loc = ans.header("Location") or ""
@@ -442,20 +517,15 @@ class TusOperator(FastHttpUser):
             if sym == "refused:window-closed":
                 rec.outcome, rec.refused_reason = "refused", "window-closed"
                 return None
-            if ans.status in SYMPTOM_RETRYABLE or ans.status == 409:
-                # Refused or failed: the file stays refused until a retry gets through, the
-                # server's window closes (window-closed above), or the run ends ("not created").
-                rec.refused_reason = sym.removeprefix("refused:")
-                self.pause(ans, attempt)
-                continue
-            rec.outcome, rec.refused_reason = "error", sym
-            return None
+            # Refused or failed: the file stays refused until a retry gets through, the server's
+            # window closes (window-closed above), the run ends ("not created") or the client gives up.
+            rec.refused_reason = sym.removeprefix("refused:")
+            if not self.retry(rec, ans):
+                return None
 
     def resume(self, rec: FileRecord) -> int | None:
-        """HEAD until the server says where the upload stands; None if it is gone."""
-        attempt = 0
+        """HEAD until the server says where the upload stands; None if it is gone or the client gave up."""
         while True:
-            attempt += 1
             ans = self.request("HEAD", rec.url, "HEAD resume", self._headers(), ok=(200, 204))
             if ans.status in (200, 204):
                 rec.resumes += 1
@@ -467,16 +537,15 @@ class TusOperator(FastHttpUser):
                     JOURNAL.tick("bytes", off - rec.acked)
                     rec.acked = off
                 return off
-            if ans.status in SYMPTOM_RETRYABLE:
-                self.pause(ans, attempt)
-                continue
-            rec.outcome = "expired" if ans.status == 410 else "upload-lost" if ans.status == 404 else "error"
-            return None
+            if ans.status in (404, 410):
+                rec.outcome = "expired" if ans.status == 410 else "upload-lost"
+                return None
+            if not self.retry(rec, ans):
+                return None
 
     def send(self, rec: FileRecord, data: bytes) -> None:
         size = len(data)
         offset = 0
-        attempt = 0
         while offset < size:
             body = data[offset:offset + P.chunk]
             headers = self._headers({"Upload-Offset": str(offset),
@@ -486,6 +555,9 @@ class TusOperator(FastHttpUser):
             if P.cut_rate and len(body) > 1 and self.rng.random() < P.cut_rate:
                 self.cut_patch(rec.url, headers, body)
                 rec.cuts += 1
+                # A polite client resumes at once; tus-js-client sees a network error and retries.
+                if self.policy.gives_up and not self.retry(rec, Answer(0, "", None, 0.0, "connection-reset")):
+                    return
                 off = self.resume(rec)
                 if off is None:
                     return
@@ -499,32 +571,31 @@ class TusOperator(FastHttpUser):
                 if time.time() >= P.close_at:
                     rec.appends_after_close += 1
                     JOURNAL.count("append-after-close")
-                offset, attempt = new, 0
+                offset = new
                 continue
             sym = ans.symptom
             rec.errors[sym] = rec.errors.get(sym, 0) + 1
-            if ans.status in (409, 403):  # offset-mismatch, or upload-complete: ask where we are
+            if ans.status in (404, 410):
+                rec.outcome = "expired" if ans.status == 410 else "upload-lost"
+                return
+            if not self.policy.gives_up and ans.status in (409, 403):
+                # offset-mismatch, or upload-complete: ask where we are
                 off = self.resume(rec)
                 if off is None:
                     return
                 offset = off
                 continue
-            if ans.status == 460:  # the chunk was damaged on the way: send it again
+            if not self.policy.gives_up and ans.status == 460:  # damaged on the way: send it again
                 continue
-            if ans.status in (404, 410):
-                rec.outcome = "expired" if ans.status == 410 else "upload-lost"
+            if not self.retry(rec, ans):
                 return
-            if ans.status in SYMPTOM_RETRYABLE:
-                attempt += 1
-                self.pause(ans, attempt)
-                if ans.status == 0:  # part of the body may have landed: only the server knows
-                    off = self.resume(rec)
-                    if off is None:
-                        return
-                    offset = off
-                continue
-            rec.outcome = "error"
-            return
+            # Part of the body may have landed after a network error, and tus-js-client asks
+            # with HEAD before every retried PATCH: only the server knows the offset.
+            if ans.status == 0 or self.policy.gives_up:
+                off = self.resume(rec)
+                if off is None:
+                    return
+                offset = off
         rec.outcome = "complete"
         rec.completed_at = time.time()
         JOURNAL.tick("completed")

@@ -43,7 +43,10 @@ class Params:
     impatient_share: float = 0.0  # share of clients that retry at once, ignoring Retry-After
     impatient_burst: int = 25  # refusals in a row after which an impatient client gives up a while
     impatient_pause: float = 1.0  # ... this long, then the operator clicks "upload" again
-    no_checksum_share: float = 0.0  # share of clients that send no Upload-Checksum (tus-js-client)
+    no_checksum_share: float = 0.0  # share of the polite clients that send no Upload-Checksum
+    # Share of operators using tus-js-client with its default options: Retry-After ignored, retries after
+    # 0, 1, 3 and 5 s, then the upload is given up (and the verdict fails). What most teams ship.
+    tusjs_share: float = 0.5
     timeout: float = 30.0  # client request timeout, s
     probe_after_close: bool = False  # each operator tries one creation after close (expect 403)
     tokens: str = ""  # comma-separated bearer tokens; pair i uses tokens[i % n]
