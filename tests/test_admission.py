@@ -371,6 +371,41 @@ async def tusjs_request(http: aiohttp.ClientSession, method: str, url: str, stat
         await asyncio.sleep(delay)
 
 
+class TusJsUploads:
+    """Uploads of `size` bytes in chunks of `chunk`, each made as tus-js-client's defaults
+    make it (tusjs_request), with what happened to each: creations given up, uploads
+    accepted, uploads completed, and every answer's status."""
+
+    def __init__(self, http: aiohttp.ClientSession, files: str, chunk: bytes, size: int) -> None:
+        self.http, self.files, self.chunk, self.size = http, files, chunk, size
+        self.statuses: list = []
+        self.refused_creations: list = []
+        self.accepted: list[str] = []
+        self.completed: list[str] = []
+
+    async def upload(self) -> None:
+        resp = await tusjs_request(self.http, "POST", self.files, self.statuses,
+                                   headers=dict(TUS, **{"Upload-Length": str(self.size)}))
+        if resp is None:
+            self.refused_creations.append(1)
+            return
+        assert resp.status == 201, resp.status
+        url, off = resp.headers["Location"], 0
+        self.accepted.append(url)
+        while off < self.size:
+            resp = await tusjs_request(self.http, "PATCH", url, self.statuses, data=self.chunk,
+                                       headers=dict(OCTET, **{"Upload-Offset": str(off)}))
+            assert resp is not None, "an accepted upload was given up"
+            assert resp.status == 204, resp.status
+            off = int(resp.headers["Upload-Offset"])
+        self.completed.append(url)
+
+
+def unbounded_session() -> aiohttp.ClientSession:
+    """A client with as many connections as it has uploads, as a page's browser tabs would."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=60))
+
+
 async def test_hundreds_of_impolite_clients_on_one_slot_all_complete_and_no_append_is_refused(
         tmp_path, valkey, r):
     """Congestion collapse, by construction impossible: 256 uploads at once, each client
@@ -380,28 +415,14 @@ async def test_hundreds_of_impolite_clients_on_one_slot_all_complete_and_no_appe
     settings = make_settings(tmp_path, valkey.url, append_slots=1, append_read_slots=1)
     gw = await Gateway(settings).start()
     chunk = os.urandom(16 * 1024)
-    size = 4 * len(chunk)
-    statuses, completed = [], []
     try:
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
-            async def upload():
-                resp = await tusjs_request(http, "POST", gw.files, statuses,
-                                           headers=dict(TUS, **{"Upload-Length": str(size)}))
-                assert resp is not None and resp.status == 201
-                url, off = resp.headers["Location"], 0
-                while off < size:
-                    resp = await tusjs_request(http, "PATCH", url, statuses, data=chunk,
-                                               headers=dict(OCTET, **{"Upload-Offset": str(off)}))
-                    assert resp is not None, "an upload was given up"
-                    assert resp.status == 204, resp.status
-                    off = int(resp.headers["Upload-Offset"])
-                completed.append(url)
-
-            await asyncio.gather(*[upload() for _ in range(256)])
+        async with unbounded_session() as http:
+            uploads = TusJsUploads(http, gw.files, chunk, 4 * len(chunk))
+            await asyncio.gather(*[uploads.upload() for _ in range(256)])
     finally:
         await gw.stop()
-    assert len(completed) == 256
+    assert uploads.refused_creations == [] and len(uploads.completed) == 256
+    statuses = uploads.statuses
     refusals = [s for s in statuses if s[1] >= 500]
     assert refusals == [], f"{len(refusals)} refusals, e.g. {refusals[:3]}"
     assert len(statuses) == 256 * 5, "every request was answered once: no retries were needed"
@@ -416,37 +437,20 @@ async def test_uploads_arriving_beyond_capacity_are_held_then_refused_at_creatio
                              create_target_wait_ms=50, create_hold_ms=200, append_max_wait_ms=10_000)
     gw = await Gateway(settings).start()
     chunk = os.urandom(64 * 1024)
-    size = 8 * len(chunk)
-    statuses, accepted, completed, refused_creations = [], [], [], []
     try:
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
-            async def upload():
-                resp = await tusjs_request(http, "POST", gw.files, statuses,
-                                           headers=dict(TUS, **{"Upload-Length": str(size)}))
-                if resp is None:
-                    refused_creations.append(1)
-                    return
-                url, off = resp.headers["Location"], 0
-                accepted.append(url)
-                while off < size:
-                    resp = await tusjs_request(http, "PATCH", url, statuses, data=chunk,
-                                               headers=dict(OCTET, **{"Upload-Offset": str(off)}))
-                    assert resp is not None and resp.status == 204, "an accepted upload failed"
-                    off = int(resp.headers["Upload-Offset"])
-                completed.append(url)
-
+        async with unbounded_session() as http:
+            uploads = TusJsUploads(http, gw.files, chunk, 8 * len(chunk))
             tasks = []
             for _ in range(600):  # one new upload every 2 ms for 1.2 s: far beyond one slot
-                tasks.append(asyncio.create_task(upload()))
+                tasks.append(asyncio.create_task(uploads.upload()))
                 await asyncio.sleep(0.002)
             await asyncio.gather(*tasks)
     finally:
         await gw.stop()
-    refusals = [s for s in statuses if s[1] >= 500]
-    assert refused_creations, "the gateway was never overloaded: raise the arrival rate"
+    refusals = [s for s in uploads.statuses if s[1] >= 500]
+    assert uploads.refused_creations, "the gateway was never overloaded: raise the arrival rate"
     assert {(m, reason) for m, _, reason in refusals} == {("POST", "gateway-overloaded")}
-    assert len(completed) == len(accepted) > 0
+    assert len(uploads.completed) == len(uploads.accepted) > 0
 
 
 async def _set_buffer_fill(r, watch, partitions: int, per_partition: int) -> None:

@@ -39,8 +39,8 @@ const result = {
   started: 0, succeeded: 0, failed: 0, unfinished: 0,
   creation_refused: 0,        // onError before upload.url was set
   failed_after_accepted: 0,   // onError after the creation was accepted
-  errors: {},                 // "503 gateway-busy" -> count (final errors)
-  responses: {},              // "POST 201", "PATCH 503 gateway-busy" -> count (every attempt)
+  errors: {},                 // "503 buffer-full" -> count (final errors)
+  responses: {},              // "POST 201", "PATCH 503 buffer-full" -> count (every attempt)
   retry_after_on_refused_creation: {},  // Retry-After value -> count, POST answers >= 400
   urls: [],
   wall_s: 0, mb_s: 0, bytes_sent: 0,
