@@ -321,7 +321,7 @@ def start_nginx(port: int | None = None, body_buffer: int = 1024 * 1024) -> Peer
 def start_gateway(port: int | None = None, extra_args: list[str] | None = None,
                   timeout: float = 60.0) -> Peer:
     """`python -m unggah.cli up --port PORT`: the gateway plus its embedded Valkey
-    (AOF everysec), run from a temp folder so its data lands there."""
+    (AOF always, the default), run from a temp folder so its data lands there."""
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="unggah-up-"))
     env = _env_with_project_on_path()

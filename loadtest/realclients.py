@@ -8,10 +8,18 @@ client, installed from the pinned loadtest/realclients/package.json, never a glo
 
 from __future__ import annotations
 
+import importlib.metadata
+import io
 import json
 import os
+import random
 import shutil
 import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent / "realclients"
@@ -75,7 +83,7 @@ def installed_versions(folder: Path = HERE) -> dict[str, str]:
 
 def run_tusjs(endpoint: str, *, uploads: int = 1, size: int, chunk_size: int | None = None,
               parallel_uploads: int | None = None, headers: dict | None = None,
-              rate: float | None = None, duration: float | None = None,
+              rate: float | None = None, duration: float | None = None, lazy: bool = False,
               timeout: float = 600.0, env: dict | None = None) -> dict:
     """Run one batch of tus-js-client uploads and return the driver's JSON result.
 
@@ -91,6 +99,8 @@ def run_tusjs(endpoint: str, *, uploads: int = 1, size: int, chunk_size: int | N
         spec["headers"] = headers
     if rate and duration:
         spec["rate"], spec["duration"] = rate, duration
+    if lazy:
+        spec["lazy"] = True
     node_env = dict(env or os.environ)
     # Room for 1000 x 4 MiB bodies in one process; the client itself is left at its defaults.
     node_env.setdefault("NODE_OPTIONS", "--max-old-space-size=8192")
@@ -106,3 +116,90 @@ def run_tusjs(endpoint: str, *, uploads: int = 1, size: int, chunk_size: int | N
     if proc.returncode != 0 or not out.strip():
         raise RuntimeError(f"tus-js-client driver exited {proc.returncode}: {err[-2000:]}")
     return json.loads(out.strip().splitlines()[-1])
+
+
+def distinct_bodies(n: int, size: int, seed: int = 7) -> Iterator[bytes]:
+    """n bodies of `size` bytes that differ (a numbered prefix on one random template)."""
+    template = random.Random(seed).randbytes(size)
+    for i in range(n):
+        prefix = f"upload-{i}-".ljust(min(32, size), ".").encode()
+        yield prefix + template[len(prefix):]
+
+
+def run_tuspy(endpoint: str, *, uploads: int, size: int, chunk_size: int | None = None,
+              timeout: float = 600.0) -> dict:
+    """`uploads` tuspy uploads at once, one thread each, with tuspy's defaults.
+
+    tuspy's defaults are stricter than tus-js-client's: no retries at all (`retries=0`),
+    and the whole file in one PATCH (`chunk_size` = sys.maxsize), so any refusal is a failed
+    upload. Same result shape as run_tusjs."""
+    from tusclient import client as tus_client
+
+    result: dict = {"client": f"tuspy {importlib.metadata.version('tuspy')}", "started": uploads,
+                    "succeeded": 0, "failed": 0, "unfinished": 0, "errors": {}, "urls": []}
+    lock = threading.Lock()
+
+    def one(body: bytes, i: int) -> None:
+        kw = {"chunk_size": chunk_size} if chunk_size else {}
+        try:
+            up = tus_client.TusClient(endpoint).uploader(file_stream=io.BytesIO(body),
+                                                         metadata={"filename": f"tuspy-{i}.bin"}, **kw)
+            up.upload()
+        except Exception as e:  # noqa: BLE001 - every failure is a counted result here
+            status = getattr(e, "status_code", None)
+            with lock:
+                result["failed"] += 1
+                key = str(status) if status else type(e).__name__
+                result["errors"][key] = result["errors"].get(key, 0) + 1
+            return
+        with lock:
+            result["succeeded"] += 1
+            result["urls"].append(up.url)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=one, args=(b, i), daemon=True)
+               for i, b in enumerate(distinct_bodies(uploads, size))]
+    for t in threads:
+        t.start()
+    deadline = t0 + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    result["unfinished"] = sum(t.is_alive() for t in threads)
+    result["wall_s"] = time.monotonic() - t0
+    result["mb_s"] = result["succeeded"] * size / (1 << 20) / result["wall_s"]
+    return result
+
+
+def run_push(endpoint: str, *, uploads: int, size: int, chunk_size: int | None = None,
+             parallel: int | None = None, timeout: float = 600.0) -> dict:
+    """`unggah push` of a folder of `uploads` files, `parallel` at a time (default: all).
+
+    Runs the installed command as a user would, in its own process, with its own state
+    file; only against unggah (it reads unggah's status and receipts)."""
+    folder = Path(tempfile.mkdtemp(prefix="unggah-push-bench-"))
+    try:
+        for i, body in enumerate(distinct_bodies(uploads, size)):
+            (folder / f"scan-{i:05d}.bin").write_bytes(body)
+        args = [sys.executable, "-m", "unggah.cli", "push", str(folder), "--server", endpoint.split("/files")[0],
+                "--parallel", str(parallel or uploads), "--no-progress", "--json", "--wait", "120",
+                "--state", str(folder / "push-state.json")]
+        if chunk_size:
+            args += ["--chunk-size", str(chunk_size)]
+        t0 = time.monotonic()
+        r = subprocess.run(args, capture_output=True, text=True, timeout=timeout + 180, stdin=subprocess.DEVNULL)
+        wall = time.monotonic() - t0
+        if not r.stdout.strip():
+            raise RuntimeError(f"unggah push exited {r.returncode}: {r.stderr[-2000:]}")
+        report = json.loads(r.stdout.strip().splitlines()[-1])
+        states: dict[str, int] = {}
+        for f in report["files"]:
+            states[f["state"]] = states.get(f["state"], 0) + 1
+        ok = states.get("stored", 0) + states.get("uploaded", 0)
+        upload_s = report.get("upload_seconds") or wall
+        return {"client": "unggah push", "started": uploads, "succeeded": ok, "failed": uploads - ok,
+                "unfinished": 0, "errors": {k: v for k, v in states.items() if k not in ("stored", "uploaded")},
+                "stored": states.get("stored", 0),
+                "urls": [f["url"] for f in report["files"] if f.get("url")], "wall_s": upload_s,
+                "mb_s": ok * size / (1 << 20) / upload_s, "retries": report.get("retries", 0)}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

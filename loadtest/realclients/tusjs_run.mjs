@@ -6,9 +6,10 @@
 //
 // Usage: node tusjs_run.mjs '<json spec>'   (or: node tusjs_run.mjs @spec.json)
 // Spec: {endpoint, uploads, size, chunkSize?, parallelUploads?, headers?,
-//        rate?, duration?, timeout?, metadata?}
+//        rate?, duration?, timeout?, metadata?, lazy?}
 //   rate + duration: open loop, one new upload every 1/rate s for duration s
 //   (uploads is then ignored); otherwise all `uploads` start at once.
+//   lazy: bodies are made when the client reads them (see LazyBody), not up front.
 // Prints one JSON object on stdout.
 import { readFileSync } from 'node:fs';
 import { randomFillSync } from 'node:crypto';
@@ -32,6 +33,24 @@ function body(i) {
   b.write(`upload-${i}-`.padEnd(Math.min(32, size), '.'), 0, 'latin1');
   return b;
 }
+
+// An open loop at 3x capacity for a minute starts thousands of uploads; holding each body
+// from the start would need tens of GB. A LazyBody makes the bytes of a slice when the
+// client asks for them (on its PATCH), the same bytes every time, through the client's
+// documented `fileReader` option. Retries, chunking and everything else stay the client's.
+class LazyBody {
+  constructor(i) { this.i = i; this.size = size; }
+  slice(start, end) {
+    end = Math.min(end, this.size);
+    const value = Buffer.from(template.subarray(start, end));
+    const prefix = Buffer.from(`upload-${this.i}-`.padEnd(Math.min(32, size), '.'), 'latin1');
+    if (start < prefix.length) prefix.subarray(start, Math.min(prefix.length, end)).copy(value, 0);
+    value.size = value.length;
+    return Promise.resolve({ value, done: end >= this.size });
+  }
+  close() {}
+}
+const lazyReader = { openFile: (input) => Promise.resolve(input) };
 
 const result = {
   client: 'tus-js-client',
@@ -64,7 +83,7 @@ const pending = new Set();
 
 function startOne(i) {
   result.started += 1;
-  const file = body(i);
+  const file = spec.lazy ? new LazyBody(i) : body(i);
   const options = {
     endpoint: spec.endpoint,
     metadata: { filename: `tusjs-${i}.bin`, ...(spec.metadata || {}) },
@@ -81,6 +100,7 @@ function startOne(i) {
   if (spec.chunkSize) options.chunkSize = Number(spec.chunkSize);
   if (spec.parallelUploads) options.parallelUploads = Number(spec.parallelUploads);
   if (spec.headers) options.headers = spec.headers;
+  if (spec.lazy) options.fileReader = lazyReader;
   let upload;
   const p = new Promise((resolve) => {
     options.onSuccess = () => {
