@@ -265,13 +265,17 @@ def _refuse_zip_bomb(path: str | Path) -> None:
 
 
 def parse_xlsx(path: str | Path) -> Table:
-    """First sheet of an XLSX in read-only mode. Cell types matter: see TEXT_ONLY."""
+    """First sheet of an XLSX in read-only mode, whatever the file is named. Cell types matter: see TEXT_ONLY."""
     import openpyxl
     from openpyxl.utils.exceptions import InvalidFileException
 
     try:
         _refuse_zip_bomb(path)
-        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        # The bytes, never the name: given a name, openpyxl judges the file by its extension, and
+        # the server stores uploads under their id, with none. So every XLSX list was "not a
+        # supported format" on the server while `unggah check` read it. In memory, because a
+        # file object handed over stays open after wb.close() (the zip was not opened by name).
+        wb = openpyxl.load_workbook(io.BytesIO(Path(path).read_bytes()), read_only=True, data_only=True)
     except (zipfile.BadZipFile, InvalidFileException, ElementTree.ParseError, KeyError, OSError, ValueError) as e:
         if isinstance(e, TemplateError):
             raise

@@ -29,6 +29,19 @@ def test_csv_and_xlsx_give_identical_verdicts(ctx, gen, tmp_path):
     assert vc.table.row_no == vx.table.row_no
 
 
+def test_an_xlsx_stored_without_an_extension_is_judged_as_the_same_file_with_one(ctx, gen, tmp_path):
+    """The server stores an upload under its id, with no extension: the file is read by its
+    content. openpyxl given that name refused it ("does not support file format"), so every
+    XLSX list was rejected on the server."""
+    named, stored = tmp_path / "daftar.xlsx", tmp_path / "4f1c9a0e2b7d"
+    write_xlsx(named, gen.rows)
+    stored.write_bytes(named.read_bytes())
+    want = validate_file(named, ctx, scans=gen.scans, other_pairs=gen.other_pairs)
+    got = validate_file(stored, ctx, scans=gen.scans, other_pairs=gen.other_pairs)
+    assert got.table.source == "xlsx"
+    assert got.status == want.status and got.reasons == want.reasons
+
+
 def test_bom_semicolon_crlf_quoting_and_spaces_are_accepted(ctx, gen, tmp_path):
     base = tmp_path / "base.csv"
     write_csv(base, gen.rows)
