@@ -22,7 +22,7 @@ from buffer.connection import connect
 from buffer.tenants import TenantStore
 from dukungan.election import load_election
 from dukungan.export import verdicts_csv_text
-from dukungan.generate import generate, template_traps, write_csv
+from dukungan.generate import generate, template_traps, write_csv, write_xlsx
 from dukungan.history import apply_history, history_rows, standing
 from dukungan.preflight import check_file, validate_file
 from dukungan.progress import progress
@@ -176,12 +176,16 @@ def progress_fields(p: dict) -> dict:
     return {k: p[k] for k in keep}
 
 
+# The commission's template is a spreadsheet: an XLSX list is the common case, and the server
+# stores it without its extension. Both formats go through the same assertions.
+@pytest.mark.parametrize("fmt", ["csv", "xlsx"])
 async def test_server_verdicts_equal_preflight_and_progress_matches(tmp_path, ctx, gateway, ingester, validator,
-                                                                    tokens, results, http):
+                                                                    tokens, results, http, fmt):
     g = generate(ctx, 40, seed=3, dup_rate=0.05)
     folder = tmp_path / "kirim"
     (folder / "scans").mkdir(parents=True)
-    write_csv(folder / "daftar.csv", g.rows)
+    list_name = f"daftar.{fmt}"
+    (write_csv if fmt == "csv" else write_xlsx)(folder / list_name, g.rows)
     scans = scan_files(g.scans)
     for name, data in scans:
         (folder / "scans" / name).write_bytes(data)
@@ -191,10 +195,10 @@ async def test_server_verdicts_equal_preflight_and_progress_matches(tmp_path, ct
     for u, body in got.items():  # a scan named after an unreadable NIK cannot be linked
         nik = body["filename"].split("_")[0]
         assert body["status"] == ("accepted" if len(nik) == 16 and nik.isdigit() else "rejected"), body
-    list_id = await upload(http, gateway, tokens["a"], "daftar.csv", (folder / "daftar.csv").read_bytes())
+    list_id = await upload(http, gateway, tokens["a"], list_name, (folder / list_name).read_bytes())
     body = (await wait_validated(http, gateway, tokens["a"], [list_id]))[list_id]
 
-    report = check_file(folder / "daftar.csv", ctx, scans=folder / "scans")
+    report = check_file(folder / list_name, ctx, scans=folder / "scans")
     assert not report.rejected and report.verdicts is not None
     v = report.verdicts
     # The same file judged on the server and by the preflight: identical per row.
