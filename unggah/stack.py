@@ -1,24 +1,50 @@
-"""`unggah up`: the whole local stack in the foreground.
+"""`unggah up`: the whole local stack in the foreground, and the supervisor of its children.
 
-Embedded Valkey (unless a Redis URL is configured), one gateway process and
-the ingester processes, each a child we hold by PID. Ctrl-C or SIGTERM stops
-them in order: the gateway first (no new bytes), then the ingesters (they
-finish or release their entries), then Valkey (it fsyncs its AOF).
+Embedded Valkey (unless a Redis URL is configured), one gateway process, the ingester
+processes, the validator and the auditor, each a child we hold by PID. The stack owns them:
+
+- SIGINT (Ctrl-C), SIGTERM or SIGHUP (the terminal closed) stops them in order: the gateway
+  first (no new bytes), then the workers (they finish or release their entries), then Valkey
+  (it fsyncs its AOF). SIGHUP used to kill `unggah up` alone and leave the children running: a
+  second `unggah up` then started a second Valkey on the same AOF while the orphaned gateway
+  still answered, a split brain.
+- If `unggah up` itself dies without running any of its code (kill -9, the OOM killer), the
+  kernel sends each child SIGTERM (PR_SET_PDEATHSIG, see unggah.valkey.with_pdeathsig).
+- A child that exits is started again, Valkey included (same data directory and port, so
+  every other child's UNGGAH_REDIS_URL stays right), after a back-off that doubles while it
+  keeps dying; each restart is logged with the exit code and counted in
+  <state_dir>/stack-restarts.prom.
+- <state_dir>/lock is flocked for the stack's life, with its PID and port in it: a second
+  `unggah up` on the same state directory refuses and names them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from metrics.targets import write_targets
 from unggah.config import Settings
-from unggah.valkey import EmbeddedValkey, free_port
+from unggah.valkey import DataDirLocked, EmbeddedValkey, free_port, lock_file, lock_holder, with_pdeathsig
+
+log = logging.getLogger("unggah.stack")
+
+# Back-off before restarting a child: a child that dies at once (bad config, port taken, Valkey
+# refusing its AOF) must not be restarted in a tight loop, nor flood the log, but one that died
+# once after a long life should be back quickly.
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 10.0
+STABLE_AFTER_S = 30.0  # up this long: the next death starts the back-off again from the first step
+POLL_S = 0.2
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def running_url_file(settings: Settings) -> Path:
@@ -26,15 +52,164 @@ def running_url_file(settings: Settings) -> Path:
     return Path(settings.state_dir) / "redis-url"
 
 
+def lock_path(settings: Settings) -> Path:
+    """The stack's lock: held (flock) by the running `unggah up`, with its PID and port."""
+    return Path(settings.state_dir) / "lock"
+
+
+def restarts_file(settings: Settings) -> Path:
+    """Restart counts in the Prometheus text format, for a textfile collector (or the gateway)
+    to expose; `unggah up` is not an HTTP server itself."""
+    return Path(settings.state_dir) / "stack-restarts.prom"
+
+
+class StackLocked(RuntimeError):
+    """Another `unggah up` runs on this state directory."""
+
+
+def lock_state_dir(settings: Settings, port: int) -> int:
+    """Take <state_dir>/lock for this process's life (the fd is close-on-exec, so no child
+    keeps it after we are gone); the fd, kept open until the stack has stopped."""
+    path = lock_path(settings)
+    fd = lock_file(path, {"pid": os.getpid(), "port": port, "host": settings.host,
+                          "state_dir": str(Path(settings.state_dir).resolve())})
+    if fd is None:
+        holder = lock_holder(path)
+        raise StackLocked(
+            f"another `unggah up` is running on {settings.state_dir} (pid {holder.get('pid', '?')}, "
+            f"port {holder.get('port', '?')}); stop it first (Ctrl-C in its terminal, or "
+            f"kill {holder.get('pid', '<pid>')}), or use another state_dir.")
+    return fd
+
+
+def _say(text: str, err: bool = False) -> None:
+    # After SIGHUP the terminal is gone and a write fails with EIO; that must not cut short the
+    # orderly stop it is reporting.
+    try:
+        print(text, file=sys.stderr if err else sys.stdout, flush=True)
+    except OSError:
+        pass
+
+
 def _child(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     # Its own session: Ctrl-C (SIGINT to the terminal's process group) reaches only `unggah up`,
-    # which then stops the children in order (gateway, workers, Valkey last).
-    return subprocess.Popen([sys.executable, "-m", "unggah.cli", *args], env=env, start_new_session=True)
+    # which then stops the children in order (gateway, workers, Valkey last). PR_SET_PDEATHSIG
+    # covers the case where `unggah up` cannot: it was killed outright.
+    return subprocess.Popen(with_pdeathsig([sys.executable, "-m", "unggah.cli", *args]), env=env,
+                            start_new_session=True)
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def _describe(code: int) -> str:
+    if code < 0:
+        try:
+            return f"{code} (killed by {signal.Signals(-code).name})"
+        except ValueError:
+            return str(code)
+    return str(code)
+
+
+@dataclass
+class Child:
+    """One supervised process: how to start it and where its back-off stands."""
+
+    name: str
+    launch: Callable[[], subprocess.Popen[bytes]]
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    delay: float = BACKOFF_FIRST_S
+    due: float | None = None  # when a dead child is started again
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Supervisor:
+    """Starts children, notices when one exits, and starts it again after its back-off."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.children: dict[str, Child] = {}
+
+    def add(self, name: str, launch: Callable[[], subprocess.Popen[bytes]],
+            proc: subprocess.Popen[bytes] | None = None) -> Child:
+        child = Child(name, launch)
+        self.children[name] = child
+        if proc is None:
+            proc = launch()
+        child.proc, child.started_at = proc, time.monotonic()
+        return child
+
+    def check(self) -> None:
+        now = time.monotonic()
+        for c in self.children.values():
+            if c.proc is not None and c.due is None and c.proc.poll() is not None:
+                if now - c.started_at >= STABLE_AFTER_S:
+                    c.delay = BACKOFF_FIRST_S
+                c.due = now + c.delay
+                hint = f"; see {self.settings.state_dir}/valkey/valkey.log" if c.name == "valkey" else ""
+                log.warning(f"{c.name} exited with code {_describe(c.proc.returncode)} after "
+                            f"{now - c.started_at:.1f}s; restart {c.restarts + 1} in {c.delay:.1f}s{hint}",
+                            extra={"child": c.name, "pid": c.proc.pid, "exit_code": c.proc.returncode,
+                                   "restart": c.restarts + 1, "delay_s": c.delay})
+            if c.due is not None and now >= c.due:
+                self._restart(c, now)
+
+    def _restart(self, c: Child, now: float) -> None:
+        try:
+            proc = c.launch()
+        except (OSError, DataDirLocked) as e:
+            c.delay = min(c.delay * 2, BACKOFF_MAX_S)
+            c.due = now + c.delay
+            log.error(f"{c.name} could not be started: {e}; next try in {c.delay:.1f}s",
+                      extra={"child": c.name, "error": str(e), "delay_s": c.delay})
+            return
+        c.proc, c.started_at, c.due = proc, now, None
+        c.restarts += 1
+        c.delay = min(c.delay * 2, BACKOFF_MAX_S)
+        log.warning(f"{c.name} restarted (pid {proc.pid}, restart {c.restarts})",
+                    extra={"child": c.name, "pid": proc.pid, "restarts": c.restarts})
+        self.write_counts()
+
+    def write_counts(self) -> None:
+        lines = ["# HELP unggah_stack_child_restarts_total Children of `unggah up` started again after they exited.",
+                 "# TYPE unggah_stack_child_restarts_total counter"]
+        lines += [f'unggah_stack_child_restarts_total{{child="{c.name}"}} {c.restarts}'
+                  for c in self.children.values()]
+        path = restarts_file(self.settings)
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text("\n".join(lines) + "\n")
+            os.replace(tmp, path)  # atomic: a collector never reads half a file
+        except OSError as e:
+            log.warning("restart counts not written", extra={"error": str(e)})
+
+    def stop(self, valkey: EmbeddedValkey | None) -> None:
+        """Gateway first (no new bytes), then the workers, Valkey last (it fsyncs its AOF)."""
+        gateway = [c for n, c in self.children.items() if n == "gateway"]
+        workers = [c for n, c in self.children.items() if n not in ("gateway", "valkey")]
+        for group in (gateway, workers):
+            for c in group:
+                if c.running:
+                    c.proc.send_signal(signal.SIGTERM)
+            for c in group:
+                if c.proc is None:
+                    continue
+                try:
+                    c.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    log.warning(f"{c.name} did not stop within 30s; killing it", extra={"child": c.name})
+                    c.proc.kill()
+                    c.proc.wait()
+        if valkey:
+            valkey.stop()
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], stopping: Callable[[], bool],
+                timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stopping():
         if proc.poll() is not None:
             raise RuntimeError(f"the gateway exited with code {proc.returncode} during start-up")
         try:
@@ -44,7 +219,8 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) 
         except OSError:
             pass
         time.sleep(0.05)
-    raise RuntimeError(f"the gateway did not become ready at {url} within {timeout}s")
+    if not stopping():
+        raise RuntimeError(f"the gateway did not become ready at {url} within {timeout}s")
 
 
 def up(settings: Settings, port: int | None = None, ingesters: int | None = None) -> int:
@@ -52,20 +228,37 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
     n_ingest = settings.ingest_processes if ingesters is None else ingesters
     env = dict(os.environ)
     valkey = None
-    stopping = False
+    stopped_by: list[str] = []
 
     def on_signal(signum, frame):  # noqa: ARG001
-        nonlocal stopping
-        stopping = True
+        if not stopped_by:
+            log.info(f"{signal.Signals(signum).name}: stopping", extra={"signal": signal.Signals(signum).name})
+        stopped_by.append(signal.Signals(signum).name)
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
 
-    children: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        lock_fd = lock_state_dir(settings, port)
+    except StackLocked as e:
+        _say(f"unggah up: {e}", err=True)
+        return 1
+
+    sup = Supervisor(settings)
     try:
         if settings.embedded:
+            # Started from this (the main) thread, which lives as long as the stack: the
+            # death signal follows the thread that forked the child.
             valkey = EmbeddedValkey(Path(settings.state_dir) / "valkey", appendfsync=settings.appendfsync,
-                                    maxmemory=settings.valkey_maxmemory).start()
+                                    maxmemory=settings.valkey_maxmemory, die_with_parent=True)
+            try:
+                valkey.start()
+            except DataDirLocked as e:
+                valkey = None
+                _say(f"unggah up: {e}", err=True)
+                return 1
+            # Restarts reuse the object: same data directory, same port, hence the same URL.
+            sup.add("valkey", lambda: valkey.spawn().proc, proc=valkey.proc)
             env["UNGGAH_REDIS_URL"] = valkey.url
             # So `unggah tenants`, `unggah dead`, ... run beside the stack find its Valkey.
             running_url_file(settings).write_text(valkey.url)
@@ -80,44 +273,36 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
         specs["validate"] = ["validate", "--name", "validate-0"]
         specs["audit"] = ["audit", "run"]
         for name, args in specs.items():
-            children[name] = _child(args, env)
+            # A crashed child is started again under the same name and arguments: an
+            # ingester's pending entries are picked up again under its stable name.
+            sup.add(name, lambda args=args: _child(args, env))
+        sup.write_counts()
         base = f"http://{settings.host}:{port}"
-        _wait_ready(base + "/readyz", children["gateway"])
+        _wait_ready(base + "/readyz", sup.children["gateway"].proc, lambda: bool(stopped_by))
+        if stopped_by:
+            return 0
         targets = write_targets(settings.state_dir, settings.host, port, metrics_ports)
-        print(f"unggah is up (Ctrl-C stops it)\n"
-              f"  tus endpoint  {base}/files/\n"
-              f"  status        {base}/files/<id>/status\n"
-              f"  metrics       {base}/metrics\n"
-              f"  health        {base}/healthz  {base}/readyz\n"
-              f"  redis         {env.get('UNGGAH_REDIS_URL', settings.redis_url)}"
-              f"{' (embedded Valkey, AOF ' + settings.appendfsync + ')' if valkey else ''}\n"
-              f"  ingesters     {n_ingest}, metrics at "
-              f"{' '.join(f'http://{settings.host}:{p}/metrics' for p in metrics_ports.values()) or '-'}\n"
-              f"  prometheus    file_sd targets in {targets}\n"
-              f"  validation    {base}/progress  {base}/verdicts.csv  (results in {settings.results_path})\n"
-              f"  state         {settings.state_dir}", flush=True)
-        while not stopping:
-            for name, proc in list(children.items()):
-                if proc.poll() is not None and not stopping:
-                    # A crashed child is restarted: an ingester's pending entries are
-                    # picked up again under its stable name.
-                    print(f"{name} exited with {proc.returncode}; restarting", file=sys.stderr, flush=True)
-                    children[name] = _child(specs[name], env)
-            time.sleep(0.2)
+        _say(f"unggah is up (pid {os.getpid()}; Ctrl-C stops it)\n"
+             f"  tus endpoint  {base}/files/\n"
+             f"  status        {base}/files/<id>/status\n"
+             f"  metrics       {base}/metrics\n"
+             f"  health        {base}/healthz  {base}/readyz\n"
+             f"  redis         {env.get('UNGGAH_REDIS_URL', settings.redis_url)}"
+             f"{' (embedded Valkey, AOF ' + settings.appendfsync + ')' if valkey else ''}\n"
+             f"  ingesters     {n_ingest}, metrics at "
+             f"{' '.join(f'http://{settings.host}:{p}/metrics' for p in metrics_ports.values()) or '-'}\n"
+             f"  prometheus    file_sd targets in {targets}\n"
+             f"  restarts      {restarts_file(settings)}\n"
+             f"  validation    {base}/progress  {base}/verdicts.csv  (results in {settings.results_path})\n"
+             f"  state         {settings.state_dir}")
+        while not stopped_by:
+            sup.check()
+            time.sleep(POLL_S)
         return 0
     finally:
-        for group in (["gateway"], [n for n in children if n != "gateway"]):
-            for name in group:
-                if name in children and children[name].poll() is None:
-                    children[name].send_signal(signal.SIGTERM)
-            for name in group:
-                if name in children:
-                    try:
-                        children[name].wait(30)
-                    except subprocess.TimeoutExpired:
-                        children[name].kill()
-                        children[name].wait()
+        sup.stop(valkey)
         if valkey:
-            valkey.stop()
             running_url_file(settings).unlink(missing_ok=True)
-        print("unggah stopped", flush=True)
+        os.ftruncate(lock_fd, 0)  # stopped: nothing to name any more
+        os.close(lock_fd)
+        _say("unggah stopped")

@@ -8,15 +8,53 @@ these (AOF on, fsync policy chosen by the operator, noeviction).
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from importlib import resources
 from pathlib import Path
 
 import redis
+
+# Run by `python -S -c` between fork and the real program: PR_SET_PDEATHSIG is set in the
+# child itself (a preexec_fn would do the same but is unsafe in a process with threads), and it
+# survives the execv that follows. If the parent died before prctl took effect, nothing would
+# ever send the signal, so the child checks it still has the parent that started it.
+_PDEATHSIG_WRAPPER = (
+    "import ctypes,os,sys\n"
+    "libc=ctypes.CDLL(None,use_errno=True)\n"
+    "if libc.prctl(1,int(sys.argv[1]),0,0,0)!=0:\n"  # 1 = PR_SET_PDEATHSIG
+    " sys.exit('prctl(PR_SET_PDEATHSIG) failed: '+os.strerror(ctypes.get_errno()))\n"
+    "if os.getppid()!=int(sys.argv[2]):\n"
+    " sys.exit('parent exited before the child started')\n"
+    "os.execv(sys.argv[3],sys.argv[3:])\n"
+)
+
+
+def with_pdeathsig(argv: list[str], sig: int = signal.SIGTERM) -> list[str]:
+    """`argv` wrapped so the kernel sends `sig` to the process when its parent dies, even by
+    kill -9, when nothing of the parent's own runs to stop it.
+
+    Linux only (elsewhere `argv` is returned as is, and only the owner's orderly stop holds).
+    The PID stays the wrapped program's own (it execs). The death that counts is that of the
+    parent *thread* that started the child: call this from a thread that lives as long as the
+    child should (`unggah up` starts everything from its main thread).
+    SIGTERM rather than SIGKILL: Valkey fsyncs its AOF, the gateway and ingesters let go of
+    what they hold.
+    """
+    if not sys.platform.startswith("linux"):
+        return list(argv)
+    return [sys.executable, "-S", "-c", _PDEATHSIG_WRAPPER, str(int(sig)), str(os.getpid()), *argv]
+
+
+class DataDirLocked(RuntimeError):
+    """Another Valkey (or its owner) holds the data directory's lock: a second server on the
+    same append-only files would split the buffer in two."""
 
 
 def server_binary() -> str:
@@ -30,17 +68,71 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def lock_file(path: Path, info: dict, wait: float = 0.0) -> int | None:
+    """Take an exclusive flock on `path` and write `info` (JSON) in it; the open fd, or None
+    when another open file holds the lock after `wait` seconds.
+
+    flock, not a PID file: the kernel drops the lock when the last process holding the open
+    file dies, however it dies, so there is never a stale lock to clean up after a crash. The
+    fd is close-on-exec unless it is handed on explicitly (pass_fds).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.05)
+    write_lock_info(fd, info)
+    return fd
+
+
+def write_lock_info(fd: int, info: dict) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+
+
+def lock_holder(path: Path, wait: float = 1.0) -> dict:
+    """What the holder of the lock at `path` wrote in it ({} if nothing readable). It writes
+    just after taking the lock (and again once it knows its server's PID), so a file without a
+    PID yet is read again for a moment."""
+    deadline = time.monotonic() + wait
+    holder: dict = {}
+    while True:
+        try:
+            data = json.loads(path.read_text())
+            if isinstance(data, dict):
+                holder = data
+                if data.get("pid"):
+                    return holder
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            return holder
+        time.sleep(0.05)
+
+
 class EmbeddedValkey:
     """A private Valkey bound to 127.0.0.1 with its data under `data_dir`.
 
     Restarting on the same data_dir replays the AOF, so acknowledged writes come back:
     under appendfsync always every one; under everysec all but, rarely, the last
     second or two (see docs/architecture.md).
+
+    Only one server at a time runs on a data_dir: `<data_dir>/lock` is flocked and the lock's
+    open file is handed to valkey-server itself, so the lock lives exactly as long as the
+    server does (an orphaned server keeps it; a killed one frees it), whoever started it.
+    Two servers replaying and appending to the same AOF are a split brain.
     """
 
     def __init__(self, data_dir: str | os.PathLike[str], *, port: int | None = None,
                  appendfsync: str = "always", maxmemory: str = "2gb", host: str = "127.0.0.1",
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), die_with_parent: bool = False) -> None:
         # Absolute: Valkey changes into --dir before it opens --logfile, so a relative
         # path would be resolved twice.
         self.data_dir = Path(data_dir).resolve()
@@ -49,7 +141,14 @@ class EmbeddedValkey:
         self.appendfsync = appendfsync
         self.maxmemory = maxmemory
         self.extra_args = extra_args  # further "--name value" config, e.g. for benchmarks
+        # Opt-in: the kernel stops the server when the thread that started it dies (see
+        # with_pdeathsig()); a test or script that starts it from a short-lived thread must not.
+        self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def lock_path(self) -> Path:
+        return self.data_dir / "lock"
 
     @property
     def url(self) -> str:
@@ -79,12 +178,46 @@ class EmbeddedValkey:
             *self.extra_args,
         ]
 
-    def start(self, timeout: float = 15.0) -> "EmbeddedValkey":
+    def spawn(self, lock_wait: float = 0.0) -> "EmbeddedValkey":
+        """Start valkey-server without waiting for it to answer (a supervisor goes on watching
+        its other children while the AOF replays). Raises DataDirLocked if another server, or
+        what is left of one, still holds the data directory."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        # Its own session, so a terminal's Ctrl-C stops it only when its owner does, after the
-        # processes that still write to it.
-        self.proc = subprocess.Popen(self._args(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, start_new_session=True)
+        if self.proc and self.proc.stderr:
+            self.proc.stderr.close()  # the previous, dead server's pipe
+        info = {"pid": None, "owner_pid": os.getpid(), "port": self.port, "dir": str(self.data_dir)}
+        fd = lock_file(self.lock_path, info, wait=lock_wait)
+        if fd is None:
+            holder = lock_holder(self.lock_path)
+            raise DataDirLocked(
+                f"{self.data_dir} is in use by another Valkey (pid {holder.get('pid', '?')}, port "
+                f"{holder.get('port', '?')}, started by pid {holder.get('owner_pid', '?')}); refusing to "
+                f"start a second server on the same append-only files. Stop that one first.")
+        try:
+            args = self._args()
+            if self.die_with_parent:
+                args = with_pdeathsig(args)
+            # Its own session, so a terminal's Ctrl-C stops it only when its owner does, after the
+            # processes that still write to it. The lock's fd goes with it (pass_fds).
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE, start_new_session=True, pass_fds=(fd,))
+            write_lock_info(fd, {**info, "pid": self.proc.pid})
+        finally:
+            # From here the server alone holds the lock: it is released when the server exits,
+            # not when this object or its owner goes away.
+            os.close(fd)
+        return self
+
+    def start(self, timeout: float = 15.0, lock_wait: float = 5.0) -> "EmbeddedValkey":
+        """Start and wait until it answers PING (after replaying its AOF).
+
+        lock_wait: a server just killed or told to stop may hold the lock a moment longer
+        (fsyncing, or a rewrite child finishing), so wait for it a little before refusing."""
+        self.spawn(lock_wait=lock_wait)
+        return self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 15.0) -> "EmbeddedValkey":
+        assert self.proc is not None, "spawn() first"
         deadline = time.monotonic() + timeout
         client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
         try:
