@@ -122,6 +122,31 @@ class MetadataError(ValueError):
     pass
 
 
+def declared_sha256(meta: dict[str, bytes]) -> str | None:
+    """The whole-file sha256 a client declared in its metadata, as lower-case hex, or None.
+
+    Either `sha256` (64 hex digits, or the base64 of the 32-byte digest) or `checksum`
+    ("sha256 <base64>"). Raises MetadataError for anything else: the gateway checks it at
+    creation, because an unreadable checksum would otherwise fail the upload only after
+    every byte was sent."""
+    raw = meta.get("sha256")
+    if raw is None and meta.get("checksum", b"").lower().startswith(b"sha256 "):
+        raw = meta["checksum"][7:]
+    if raw is None:
+        return None
+    text = raw.decode("ascii", errors="replace").strip()
+    if len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text):
+        return text.lower()
+    try:
+        digest = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        digest = b""
+    if len(digest) != 32:
+        raise MetadataError(f"Upload-Metadata declares a sha256 that is not one: {text[:80]!r}; send the file's "
+                            "SHA-256 as 64 hex digits or as the base64 of its 32 bytes, or leave it out")
+    return digest.hex()
+
+
 def decode_metadata(value: str | None) -> dict[str, bytes]:
     """tus Upload-Metadata, `filename d29ybGQ=,is_confidential` -> {"filename": b"world", ...}.
 

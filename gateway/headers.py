@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from buffer.messages import MetadataError, decode_metadata
+from buffer.messages import MetadataError, declared_sha256, decode_metadata
 
 _DIGITS = re.compile(r"^[0-9]{1,19}$")
 
@@ -53,7 +53,9 @@ def non_negative_int(name: str, value: str | None) -> int | None:
 
 def metadata(value: str | None) -> dict[str, bytes]:
     try:
-        return decode_metadata(value)
+        meta = decode_metadata(value)
+        declared_sha256(meta)  # readable now, not after the last byte
+        return meta
     except MetadataError as e:
         raise HeaderError(str(e)) from None
 

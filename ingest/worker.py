@@ -12,8 +12,6 @@ after it has been idle for `ingest_claim_idle_ms`.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import signal
 import socket
@@ -25,6 +23,7 @@ import redis.asyncio as redis
 from buffer import keys
 from buffer.connection import UNAVAILABLE, connect, until_available
 from buffer.messages import CONCAT, DATA, DROP, FIN, FAILED, RECEIVING, STORED, Entry, decode_metadata, held
+from buffer.messages import declared_sha256 as parse_declared_sha256
 from buffer.queue import HELD, Queue, parse_entry
 from buffer.store import UploadStore
 from ingest.blobstore import BlobStore, LocalBlobStore
@@ -39,23 +38,12 @@ class EntryError(Exception):
 
 
 def declared_sha256(metadata: str) -> str | None:
-    """A whole-file checksum the client declared in Upload-Metadata, as hex:
-    `sha256` (hex or base64 digest) or `checksum` ("sha256 <base64>")."""
+    """The checksum the client declared, as hex (see buffer.messages.declared_sha256).
+    "unreadable" for one the gateway let in before it checked at creation: it then never
+    matches, and the upload fails with checksum-mismatch rather than being stored unchecked."""
     try:
-        meta = decode_metadata(metadata)
+        return parse_declared_sha256(decode_metadata(metadata))
     except ValueError:
-        return None
-    raw = meta.get("sha256")
-    if raw is None and meta.get("checksum", b"").lower().startswith(b"sha256 "):
-        raw = meta["checksum"][7:]
-    if raw is None:
-        return None
-    text = raw.decode(errors="replace").strip()
-    if len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text):
-        return text.lower()
-    try:
-        return base64.b64decode(text, validate=True).hex()
-    except (binascii.Error, ValueError):
         return "unreadable"
 
 

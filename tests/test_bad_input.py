@@ -52,6 +52,10 @@ async def upload(gateway, http):
     return url
 
 
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
 CREATE_CASES = [
     ("no length", {}, 400, "missing-length"),
     ("negative length", {"Upload-Length": "-1"}, 400, "bad-header"),
@@ -64,6 +68,15 @@ CREATE_CASES = [
     ("metadata not base64", {"Upload-Length": "5", "Upload-Metadata": "filename %%%"}, 400, "bad-header"),
     ("metadata key with space", {"Upload-Length": "5", "Upload-Metadata": "a b c"}, 400, "bad-header"),
     ("metadata repeated key", {"Upload-Length": "5", "Upload-Metadata": "a YQ==,a Yg=="}, 400, "bad-header"),
+    # A declared checksum that cannot be one fails at creation, not after the last byte.
+    ("sha256 not hex nor base64", {"Upload-Length": "5", "Upload-Metadata": "sha256 " + b64(b"xyz" * 22)}, 400,
+     "bad-header"),
+    ("sha256 of 31 bytes", {"Upload-Length": "5", "Upload-Metadata": "sha256 " + b64(b64(bytes(31)).encode())}, 400,
+     "bad-header"),
+    ("sha256 hex of 63 digits", {"Upload-Length": "5", "Upload-Metadata": "sha256 " + b64(b"a" * 63)}, 400,
+     "bad-header"),
+    ("checksum sha256 not base64", {"Upload-Length": "5", "Upload-Metadata": "checksum " + b64(b"sha256 %%%")}, 400,
+     "bad-header"),
     ("concat garbage", {"Upload-Length": "5", "Upload-Concat": "whole"}, 400, "bad-header"),
     ("final of unknown", {"Upload-Concat": "final;/files/0-00000000000000000000000000000000"}, 400, "bad-partial"),
     ("final with length", {"Upload-Length": "5", "Upload-Concat": "final;/files/x"}, 400, "bad-header"),
@@ -316,3 +329,12 @@ async def test_malformed_http_is_one_info_line_not_an_error_with_a_traceback(set
     refused = [line for line in lines if line["msg"] == "malformed HTTP request refused"]
     assert len(refused) == 2 and all(line["level"] == "info" and "exc" not in line for line in refused)
     assert not [line for line in lines if line["level"] == "error"]
+
+
+@pytest.mark.parametrize("declared", [hashlib.sha256(b"hello").hexdigest().upper(),
+                                      base64.b64encode(hashlib.sha256(b"hello").digest()).decode()],
+                         ids=["hex", "base64"])
+async def test_a_well_formed_declared_sha256_is_accepted_at_creation(gateway, http, declared):
+    meta = "sha256 " + b64(declared.encode())
+    async with http.post(gateway.files, headers=dict(TUS, **{"Upload-Length": "5", "Upload-Metadata": meta})) as resp:
+        assert resp.status == 201
