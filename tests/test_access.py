@@ -3,6 +3,7 @@ revocation at once, read-only roles."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -153,6 +154,29 @@ async def test_tenant_cli_round_trip(secured):
     listing = run("list").stdout
     assert "pair-c" in listing and token not in listing
     assert run("issue", "pair-zzz", "--name", "x").returncode == 1
+
+
+async def test_tenants_list_shows_each_token_under_its_own_tenant_with_a_readable_date(secured):
+    _, _, store, settings = secured
+    env = child_env(settings)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "unggah.cli", "tenants", *a], env=env,  # noqa: E731
+                                    capture_output=True, text=True, timeout=60)
+    for tenant in ("pair-l1", "pair-l2"):
+        assert run("add", tenant).returncode == 0
+        assert run("issue", tenant, "--name", f"op of {tenant}").returncode == 0
+    listing = run("list").stdout.splitlines()
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in listing:
+        if not line.startswith("  "):
+            current = line.split()[1] if line.startswith("tenant ") else line
+            sections[current] = []
+        else:
+            sections[current].append(line)
+    for tenant in ("pair-l1", "pair-l2"):
+        mine = [ln for ln in sections[tenant] if "token" in ln]
+        assert mine and all(f"op of {tenant}" in ln for ln in mine), sections
+        assert all(re.search(r"issued \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC", ln) for ln in mine)
 
 
 async def test_a_tenant_name_that_cannot_be_one_is_not_found_and_the_connection_stays_usable(secured, http):

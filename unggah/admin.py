@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 
 from buffer.connection import connect
-from buffer.tenants import ROLES, TenantError, TenantStore
+from buffer.tenants import ROLES, Principal, Tenant, TenantError, TenantStore
 from unggah import receipts
 from unggah.config import Settings
 
@@ -30,11 +30,7 @@ async def tenants(settings: Settings, args: argparse.Namespace) -> int:
             scope = p.tenant if p.tenant != "*" else "all tenants"
             print(f"token for {p.name} ({p.role}, {scope}); it is shown only now, keep it secret:\n{token}")
         elif args.action == "list":
-            for t in await store.list():
-                print(f"tenant {t.id}  {t.name}")
-            for p in await store.principals():
-                state = "revoked" if p.revoked_at else "active"
-                print(f"  token {p.token_hash[:12]}  {p.tenant:24} {p.role:9} {state:8} {p.name}")
+            print(format_tenants(await store.list(), await store.principals()))
         elif args.action == "revoke":
             p = await store.revoke(args.token_id)
             print(f"revoked token {p.token_hash[:12]} of {p.name} ({p.tenant}); it stops working at once")
@@ -44,6 +40,31 @@ async def tenants(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     finally:
         await client.aclose()
+
+
+def format_tenants(tenants: list[Tenant], principals: list[Principal]) -> str:
+    """`unggah tenants list`: each tenant with its own tokens under it, then the tokens that
+    act for all tenants. (Printed tenants first and every token after, they all seemed to
+    belong to the last tenant.)"""
+    def line(p: Principal) -> str:
+        state = "revoked" if p.revoked_at else "active"
+        issued = datetime.datetime.fromtimestamp(p.created_at / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        return f"  token {p.token_hash[:12]}  {p.role:9} {state:8} issued {issued}  {p.name}"
+
+    by_tenant: dict[str, list[Principal]] = {}
+    for p in principals:
+        by_tenant.setdefault(p.tenant, []).append(p)
+    out = []
+    for t in tenants:
+        out.append(f"tenant {t.id}  {t.name}")
+        out += [line(p) for p in by_tenant.pop(t.id, [])] or ["  (no tokens)"]
+    if by_tenant.get("*"):
+        out.append("all tenants (admin and verifier tokens)")
+        out += [line(p) for p in by_tenant.pop("*")]
+    for tenant_id, ps in sorted(by_tenant.items()):  # tokens of a tenant no longer listed
+        out.append(f"tenant {tenant_id}  (not in the tenant list)")
+        out += [line(p) for p in ps]
+    return "\n".join(out) if out else "no tenants yet: add one with 'unggah tenants add <id>'"
 
 
 def receipt(settings: Settings, args: argparse.Namespace) -> int:
