@@ -179,6 +179,17 @@ def _closes_at(value) -> dt.datetime | None:
     return None
 
 
+def _pct(part: int, whole: int) -> str:
+    """A share that never reads as nothing when there is something, nor as done when short:
+    12 of 600,000 is "<0.1%", not "0.0%"; 599,999 of 600,000 is "99.9%", not "100.0%"."""
+    if not whole or part >= whole:
+        return "100%" if part >= whole else "0%"
+    pct = 100.0 * part / whole
+    if part and pct < 0.1:
+        return "<0.1%"
+    return f"{min(pct, 99.9):.1f}%"
+
+
 def format_progress(p: dict, now: dt.datetime | None = None) -> str:
     """Render the /progress JSON (shape in docs/client.md). Also accepts a flat
     dukungan.progress.Progress (min_support, min_spread, ms_per_unit, units_meeting)."""
@@ -195,8 +206,7 @@ def format_progress(p: dict, now: dt.datetime | None = None) -> str:
     unit_kind = spread.get("unit_kind") or ("kab/kota" if units and len(next(iter(units))) == 5 else "kecamatan")
     out = [f"Pasangan / pair: {p.get('tenant', '?')}" + (f"  —  {p['election']}" if p.get("election") else "")]
     if minimum is not None:
-        pct = 100.0 * ms / minimum if minimum else 100.0
-        out.append(f"Dukungan MS / eligible supporters: {_n(ms)} dari / of minimum {_n(minimum)} ({pct:.1f}%)"
+        out.append(f"Dukungan MS / eligible supporters: {_n(ms)} dari / of minimum {_n(minimum)} ({_pct(ms, minimum)})"
                    + (f"; kurang / short by {_n(shortfall)}" if shortfall else "; TERPENUHI / met"))
     else:
         out.append(f"Dukungan MS / eligible supporters: {_n(ms)}")

@@ -45,6 +45,7 @@ def check_list(path: Path, election: str | None) -> ListCheck:
     if not available():
         return ListCheck(str(path), False, f"{path.name}: not checked (the dukungan package is not installed)",
                          checked="none")
+    from dukungan.preflight import rows_en
     from dukungan.template import TemplateError, read_table
     if election:
         from dukungan.preflight import check_file, format_summary
@@ -59,6 +60,6 @@ def check_list(path: Path, election: str | None) -> ListCheck:
                          "DITOLAK SELURUHNYA / WHOLE FILE REJECTED.", e.code, "template")
     n = len(table.row_no) if hasattr(table, "row_no") else 0
     return ListCheck(str(path), False,
-                     f"Berkas / File: {path.name}: templat sesuai / template OK ({n:,} rows). "
+                     f"Berkas / File: {path.name}: templat sesuai / template OK ({rows_en(n)}). "
                      "Aturan per baris tidak diperiksa / row rules not checked (use --election election.toml).",
                      "", "template")

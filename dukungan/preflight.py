@@ -114,6 +114,11 @@ def _n(x: int) -> str:
     return f"{x:,}".replace(",", ".")  # Indonesian thousands separator
 
 
+def rows_en(n: int) -> str:
+    """ "1 row", "2,000 rows": the English lines read as English."""
+    return f"{_e(n)} row" if n == 1 else f"{_e(n)} rows"
+
+
 def _e(x: int) -> str:
     return f"{x:,}"
 
@@ -156,7 +161,7 @@ def format_summary(report: Report) -> str:
                        f"→ {ACTIONS[k][0]}")
     for s in report.scan_problems[:20]:
         out.append(f"  [scan] {s}")
-    out += ["", "English:", f"{_e(report.rows)} rows: {_e(c.get(MS, 0))} eligible (MS), {_e(c.get(BMS, 0))} "
+    out += ["", "English:", f"{rows_en(report.rows)}: {_e(c.get(MS, 0))} eligible (MS), {_e(c.get(BMS, 0))} "
                             f"fixable (BMS), {_e(c.get(TMS, 0))} ineligible (TMS)."]
     if p is not None:
         out.append(f"Minimum {_e(p.min_support)} supporters over {p.min_spread} of {p.units} units; this file: "
@@ -166,7 +171,7 @@ def format_summary(report: Report) -> str:
         out.append("Scans were NOT checked (use --scans FOLDER).")
     for k in by_status:
         r = REASONS[k]
-        out.append(f"  [{r.status}] {r.label_en}: {_e(report.reasons[k])} rows → {ACTIONS[k][1]}")
+        out.append(f"  [{r.status}] {r.label_en}: {rows_en(report.reasons[k])} → {ACTIONS[k][1]}")
     if report.scan_problems[20:]:
         out.append(f"  ... {len(report.scan_problems) - 20} more scan problems")
     return "\n".join(out)

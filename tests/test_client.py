@@ -422,3 +422,12 @@ kind = "submission"
 opens = 2024-05-08T00:00:00
 closes = 2024-05-12T23:59:59
 """
+
+
+@pytest.mark.parametrize("ms,minimum,shown", [(12, 600_000, "(<0.1%)"), (599_999, 600_000, "(99.9%)"),
+                                               (600_000, 600_000, "(100%)"), (0, 600_000, "(0.0%)"),
+                                               (300, 600, "(50.0%)")])
+def test_progress_percent_never_reads_as_nothing_nor_as_done_when_short(ms, minimum, shown):
+    line = format_progress({"tenant": "pair-a", "ms": ms, "minimum": minimum}).splitlines()[1]
+    assert shown in line, line
+

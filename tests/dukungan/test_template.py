@@ -284,3 +284,11 @@ def test_an_xlsx_that_unpacks_a_thousandfold_is_refused_unread(gen, tmp_path):
     assert bomb.stat().st_size < BOMB_MIN_BYTES // 200
     with pytest.raises(TemplateError, match="unpacks"):
         read_table(bomb)
+
+
+def test_the_english_summary_says_one_row_not_one_rows(ctx, tmp_path):
+    g = generate(ctx, 1, seed=4, traps=False)
+    p = tmp_path / "one.csv"
+    write_csv(p, g.rows)
+    english = format_summary(check_file(p, ctx)).split("English:")[1]
+    assert "1 row:" in english and "1 rows" not in english
