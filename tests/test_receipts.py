@@ -41,6 +41,15 @@ async def test_receipt_is_signed_and_verifiable_offline(gateway, ingester, http,
     assert good.returncode == 0 and "valid receipt" in good.stdout
     bad = verify("bad.json")
     assert bad.returncode == 1 and "NOT VALID" in bad.stderr
+    # What a team saves is the whole status answer; that verifies too, and its tampering shows.
+    (tmp_path / "status.json").write_bytes(orjson.dumps(st))
+    assert verify("status.json").returncode == 0
+    (tmp_path / "status-bad.json").write_bytes(orjson.dumps(dict(st, receipt=tampered)))
+    assert verify("status-bad.json").returncode == 1
+    # Not JSON at all: a clear NOT VALID, no traceback.
+    (tmp_path / "photo.json").write_bytes(b"\xff\xd8\xff not json")
+    not_json = verify("photo.json")
+    assert not_json.returncode == 1 and "not JSON" in not_json.stderr and "Traceback" not in not_json.stderr
 
 
 async def test_receipt_from_another_key_is_rejected(gateway, ingester, http):

@@ -100,12 +100,21 @@ def sign(payload: ReceiptPayload, key: Ed25519PrivateKey) -> Receipt:
 
 
 def verify(receipt: Receipt | dict | bytes, public: Ed25519PublicKey) -> ReceiptPayload:
-    """The verified payload; raises ReceiptError if anything was altered or the key differs."""
+    """The verified payload; raises ReceiptError if anything was altered or the key differs.
+
+    Also takes the whole `/files/<id>/status` answer, which is what a team saves: its
+    `receipt` member is the receipt."""
     try:
         if isinstance(receipt, bytes):
-            receipt = msgspec.json.decode(receipt, type=Receipt)
-        elif isinstance(receipt, dict):
+            receipt = msgspec.json.decode(receipt)
+        if isinstance(receipt, dict):
+            if "payload" not in receipt and isinstance(receipt.get("receipt"), dict):
+                receipt = receipt["receipt"]
             receipt = msgspec.convert(receipt, Receipt)
+        elif not isinstance(receipt, Receipt):
+            raise ReceiptError("not a receipt: expected a JSON object with payload, key_id and signature")
+    except msgspec.DecodeError as e:
+        raise ReceiptError(f"not a receipt: the file is not JSON ({e})") from None
     except msgspec.ValidationError as e:
         raise ReceiptError(f"not a receipt: {e}") from None
     if receipt.alg != "Ed25519":
