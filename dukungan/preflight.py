@@ -82,7 +82,7 @@ def check_file(path: str | Path, election: Election | RuleContext | str | Path,
     if isinstance(scans, ScanSets):
         scan_sets = scans
     elif scans is not None:
-        res = scan_directory(scans, ctx.election.scans)
+        res = scan_directory(scans, ctx.election.scans, skip=(path,))
         scan_sets = res.sets
         scan_problems = [p for c in res.checks for p in c.problems]
         scan_problems += [f"{u}: nama berkas tanpa NIK 16 digit atau tanpa jenis (ktp/pernyataan) / "

@@ -129,13 +129,17 @@ class ScanDirResult(msgspec.Struct, frozen=True):
     unlinked: list[str]  # file names with no NIK or no kind
 
 
-def scan_directory(path: str | Path, limits: ScanLimits) -> ScanDirResult:
-    """Check every file in a folder of scans; a bad scan does not count as attached."""
+def scan_directory(path: str | Path, limits: ScanLimits, skip: Iterable[str | Path] = ()) -> ScanDirResult:
+    """Check every file in a folder of scans; a bad scan does not count as attached.
+
+    skip: files that are not scans although they sit in the folder, such as the list being
+    checked (`unggah check kirim/daftar.xlsx --scans kirim/` named the list a bad scan)."""
+    skipped = {Path(p).resolve() for p in skip}
     links: list[ScanLink] = []
     failed: list[ScanCheck] = []
     unlinked: list[str] = []
     for f in sorted(Path(path).iterdir()):
-        if not f.is_file() or f.name.startswith("."):
+        if not f.is_file() or f.name.startswith(".") or f.resolve() in skipped:
             continue
         link = link_scan(f.name)
         if link is None:

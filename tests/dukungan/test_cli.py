@@ -58,3 +58,18 @@ def test_json_report_survives_a_scan_name_that_is_not_utf8(tmp_path, ctx, electi
     assert main(["check", str(data), "--election", str(e), "--scans", str(scans), "--json"]) in (0, 1)
     report = json.loads(capsys.readouterr().out)
     assert report["rows"] == len(g.rows)
+
+
+def test_the_list_in_its_own_scans_folder_is_not_reported_as_a_bad_scan(tmp_path, ctx, election_toml, capsys):
+    """Teams keep the list beside its scans (kirim/daftar.csv, kirim/<NIK>_ktp.jpg) and point
+    --scans at that folder: the list being checked is not a scan."""
+    e, g, _, _ = _setup(tmp_path, ctx, election_toml, 20)
+    kirim = tmp_path / "kirim"
+    kirim.mkdir()
+    data = kirim / "daftar.csv"
+    write_csv(data, g.rows)
+    for nik in sorted(g.scans.ktp)[:3]:
+        (kirim / f"{nik}_ktp.jpg").write_bytes(b"\xff\xd8\xff\xe0")
+    assert main(["check", str(data), "--election", str(e), "--scans", str(kirim), "--json"]) in (0, 1)
+    report = json.loads(capsys.readouterr().out)
+    assert report["scans_checked"] and not any("daftar.csv" in p for p in report["scan_problems"])
