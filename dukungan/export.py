@@ -31,6 +31,7 @@ ACTIONS: dict[str, tuple[str, str]] = {
     "DUP_PHONE": ("nomor HP dipakai beberapa pendukung: pastikan benar", "phone shared by several supporters: make sure it is right"),
     "NO_KTP": ("lampirkan pindaian KTP-el bernama <NIK>_ktp.jpg atau .pdf", "attach the KTP-el scan named <NIK>_ktp.jpg or .pdf"),
     "NO_STATEMENT": ("lampirkan surat pernyataan bernama <NIK>_pernyataan.pdf", "attach the signed statement named <NIK>_pernyataan.pdf"),
+    "DATE_FROM_SPREADSHEET": ("periksa tanggal lahir dengan KTP-el; lain kali format kolom sebagai Teks", "check the birth date against the KTP-el; next time format the column as Text"),
     "TEMPLATE_INVALID": ("mulai dari templat kosong: unggah template", "start from the blank template: unggah template"),
 }
 

@@ -47,7 +47,7 @@ except ImportError:  # numpy is optional: without it everything runs on the refe
 
 from . import nik as nikmod
 from .reasons import MS, ROW_CODES, verdict_of
-from .rules import (_MARITAL, _NUMERIC_CODE, _SERIAL, _SEX, MAX_NAME, RuleContext, Verdicts, _norm_text,
+from .rules import (_MARITAL, _SEX, MAX_NAME, RuleContext, Verdicts, _norm_text,
                     fingerprint, normalize_phone, parse_row_date)
 from .occupation import is_prohibited
 from .scans import ScanSets
@@ -793,8 +793,6 @@ def _judge(cells: _Cells, ctx: RuleContext, prep: _Prep, scans: ScanSets | None,
 
         rd[rest] = cells.distinct_apply(C_TGL, rest, parse, np.int64, 0)
     bad_date = rd == 0
-    if cells.distinct_apply(C_TGL, np.flatnonzero(bad_date), lambda s: bool(_SERIAL.match(s)), bool, False).any():
-        return None  # a date serial: the reference rejects the file (TEMPLATE_INVALID)
 
     # --- JENIS_KELAMIN (1 L, 2 P, 0 invalid) and STATUS_PERKAWINAN (1 B, 2 S, 3 P, 0 invalid)
     def coded(c: int, table: dict[str, str], codes: dict[str, int]):
@@ -843,13 +841,9 @@ def _judge(cells: _Cells, ctx: RuleContext, prep: _Prep, scans: ScanSets | None,
         def where_is(s: str) -> int:
             if s in rv:
                 return 0
-            if _NUMERIC_CODE.match(s) and s.count(".") < 3:
-                return 3  # a code stored as a number
             return 1 if s in av else 2
 
         region[odd] = cells.distinct_apply(C_DESA, odd, where_is, np.int8, 2)
-        if (region == 3).any():
-            return None  # the reference rejects the file (TEMPLATE_INVALID)
     flag("OUT_OF_REGION", region == 1)
     flag("REGION_CODE_INVALID", region == 2)
 

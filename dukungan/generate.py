@@ -167,7 +167,8 @@ def _add_traps(g: _Gen, ctx: RuleContext, rows: list[list[str]], out: dict[str, 
 
 
 def template_traps(rows: Sequence[Sequence[str]]) -> dict[str, tuple[list[str], list[list[str]]]]:
-    """Whole-file TEMPLATE_INVALID traps as (header, rows) for CSV: each must reject the file."""
+    """Whole-file TEMPLATE_INVALID traps as (header, rows) for CSV: each must reject the file.
+    Only the structure is here: a cell (a date serial, a code typed as a number) is a row verdict."""
     h = list(HEADER)
     body = [list(r) for r in rows]
     shifted = [r[:2] + [""] + r[2:-1] for r in body]
@@ -176,8 +177,6 @@ def template_traps(rows: Sequence[Sequence[str]]) -> dict[str, tuple[list[str], 
         "extra_column": (h[:2] + ["NO_KK"] + h[2:], shifted),
         "renamed_column": (["NO", "NO_NIK"] + h[2:], body),
         "swapped_columns": (h[:2] + [h[3], h[2]] + h[4:], body),
-        "date_serial": (h, [r[:5] + ["32874"] + r[6:] for r in body]),
-        "code_as_number": (h, [r[:11] + ["19.7"] + r[12:] for r in body]),
     }
     return traps
 

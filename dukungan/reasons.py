@@ -57,7 +57,9 @@ _TABLE = (
     Reason("DUP_PHONE", "Nomor HP sama dengan pendukung lain", "phone shared with other supporters", FLAG),
     Reason("NO_KTP", "Tidak dilampiri KTP-el", "KTP-el scan missing", BMS),
     Reason("NO_STATEMENT", "Tidak dilampiri surat pernyataan", "statement (B.1-KWK) scan missing", BMS),
-    Reason("TEMPLATE_INVALID", "Kolom bergeser / sel bukan teks", "shifted columns / non-text cells", FILE),
+    Reason("DATE_FROM_SPREADSHEET", "Tanggal lahir dari sel tanggal spreadsheet (dibaca DD-MM-YYYY)",
+           "birth date was a spreadsheet date cell, read as the date it shows", FLAG),
+    Reason("TEMPLATE_INVALID", "Kolom bergeser / hilang / berubah nama", "column shifted, missing or renamed", FILE),
 )
 
 REASONS: dict[str, Reason] = {r.code: r for r in _TABLE}

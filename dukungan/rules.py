@@ -30,13 +30,11 @@ from .occupation import is_prohibited
 from .reasons import MS, ROW_CODES, verdict_of
 from .region import CodeList, load_code_list, region_villages, spread_units
 from .scans import ScanSets
-from .template import HEADER, MAX_PROBLEMS_SHOWN, Table, TemplateError, col_letter
+from .template import HEADER, Table
 from .thresholds import Thresholds, thresholds
 
 _DATE_DMY = re.compile(r"^(\d{1,2})[-/.](\d{1,2})[-/.](\d{4})$")
 _DATE_ISO = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
-_SERIAL = re.compile(r"^\d{4,6}(?:[.,]\d+)?$")
-_NUMERIC_CODE = re.compile(r"^\d+(?:[.,]\d+)?(?:[eE][+-]?\d+)?$")
 _SPACES = re.compile(r"\s+")
 
 _SEX = {"L": "L", "P": "P", "LAKI-LAKI": "L", "LAKI LAKI": "L", "PEREMPUAN": "P", "PR": "P", "LK": "L"}
@@ -164,26 +162,10 @@ def _fail(R: range, ok) -> list[int]:
     return list(compress(R, map(not_, ok)))
 
 
-def _template_problems(t: Table, bad_dates: Collection[int], bad_codes: Collection[int]) -> list[str]:
-    """Cells a spreadsheet turned into numbers (CSV exported from a number/date cell)."""
-    problems = list(t.cell_problems)
-    dc, kc = HEADER.index("TANGGAL_LAHIR"), HEADER.index("KODE_DESA")
-    for i in bad_dates:
-        v = t.tanggal_lahir[i]
-        if _SERIAL.match(v):
-            problems.append(f"{col_letter(dc)}{t.row_no[i]} (TANGGAL_LAHIR) = {v!r}: nomor seri tanggal "
-                            "spreadsheet, bukan teks / a spreadsheet date serial, not text")
-    for i in bad_codes:
-        v = t.kode_desa[i]
-        if _NUMERIC_CODE.match(v) and v.count(".") < 3:
-            problems.append(f"{col_letter(kc)}{t.row_no[i]} (KODE_DESA) = {v!r}: kode tersimpan sebagai angka "
-                            "(nol di belakang hilang) / code stored as a number (trailing zeros lost)")
-    return problems
-
-
 def validate(t: Table, ctx: RuleContext, scans: ScanSets | None = None,
              other_pairs: Collection[str] = frozenset()) -> Verdicts:
-    """Judge every row of `t`. Raises TemplateError if cells were changed into numbers or dates.
+    """Judge every row of `t`. A cell is never a reason to reject the list: only the structure
+    is (template.py); a cell a spreadsheet changed is a verdict on its row, or a flag.
 
     scans: NIKs having each scan kind; None skips NO_KTP/NO_STATEMENT (preflight without scans).
     other_pairs: NIKs counted for other pairs of the same election (DUP_EXTERNAL).
@@ -244,17 +226,8 @@ def validate(t: Table, ctx: RuleContext, scans: ScanSets | None = None,
     # --- region
     kode = t.kode_desa
     not_here = _fail(R, map(ctx.region_villages.__contains__, kode))
-    problems = _template_problems(t, bad_date, not_here)
-    if problems:
-        shown = problems[:MAX_PROBLEMS_SHOWN]
-        more = len(problems) - len(shown)
-        if more:
-            shown.append(f"... dan {more} sel lain / and {more} more cells")
-        raise TemplateError(
-            "Ada sel TANGGAL_LAHIR/KODE_DESA yang bukan teks. Format kolom itu sebagai Teks (@) lalu "
-            "ketik/tempel ulang nilainya, atau mulai dari templat kosong.",
-            "Some TANGGAL_LAHIR/KODE_DESA cells are not text. Format those columns as Text (@) and re-enter the "
-            "values, or start from the blank template.", shown)
+    # A date cell read as the date the sheet shows: kept, and said so.
+    hits["DATE_FROM_SPREADSHEET"] = t.date_from_sheet
     in_list = ctx.all_villages.__contains__
     hits["OUT_OF_REGION"] = [i for i in not_here if in_list(kode[i])]
     hits["REGION_CODE_INVALID"] = [i for i in not_here if not in_list(kode[i])]

@@ -73,8 +73,9 @@ class Table(msgspec.Struct):
     no_hp: list[str]
     # Row indices whose NIK was a numeric cell in XLSX (digits lost whatever the text says now).
     nik_numeric: frozenset[int] = frozenset()
-    # Non-text cells in TEXT_ONLY columns found while reading XLSX (reject the file).
-    cell_problems: list[str] = []
+    # Row indices whose TANGGAL_LAHIR was a date cell in XLSX (a serial with a date style):
+    # read as the date the sheet shows, and flagged, never a reason to reject the list.
+    date_from_sheet: frozenset[int] = frozenset()
 
     def __len__(self) -> int:
         return len(self.nik)
@@ -296,7 +297,7 @@ def parse_xlsx(path: str | Path) -> Table:
         rows: list[list[str]] = []
         row_no: list[int] = []
         nik_numeric: set[int] = set()
-        problems: list[str] = []
+        date_from_sheet: set[int] = set()
         nik_c, date_c, code_c = (HEADER.index(h) for h in TEXT_ONLY)
         for r, values in enumerate(it, start=2):
             if values is None or all(v is None or (isinstance(v, str) and not v.strip()) for v in values):
@@ -316,14 +317,17 @@ def parse_xlsx(path: str | Path) -> Table:
                 elif c == nik_c and isinstance(v, (int, float)):
                     nik_numeric.add(len(rows))
                     rec.append(_num_text(v))
-                elif c in (date_c, code_c) or isinstance(v, (dt.datetime, dt.date, dt.time)):
-                    if c in (date_c, code_c):
-                        kind = "tanggal" if isinstance(v, (dt.datetime, dt.date)) else "angka"
-                        kind_en = "a date" if kind == "tanggal" else "a number"
-                        problems.append(f"{col_letter(c)}{r} ({HEADER[c]}) = {v!r}: sel {kind}, bukan teks / "
-                                        f"{kind_en} cell, not text")
-                    rec.append(v.isoformat() if hasattr(v, "isoformat") else _num_text(v))
+                elif c == date_c and isinstance(v, (dt.datetime, dt.date)):
+                    # A serial with a date style: openpyxl gives the date the sheet shows. That
+                    # loses nothing, so the row keeps it, as text, with a flag saying so.
+                    date_from_sheet.add(len(rows))
+                    rec.append(f"{v.day:02d}-{v.month:02d}-{v.year:04d}")
+                elif isinstance(v, (dt.datetime, dt.date, dt.time)):
+                    rec.append(v.isoformat())
                 else:
+                    # A bare number in TANGGAL_LAHIR (a serial without a date style) or in
+                    # KODE_DESA (trailing zeros lost) becomes its text and is judged on its row
+                    # (FIELD_INVALID, REGION_CODE_INVALID), as the same text in a CSV is.
                     rec.append(_num_text(v) if isinstance(v, (int, float)) else str(v))
             rows.append(rec)
             row_no.append(r)
@@ -338,7 +342,7 @@ def parse_xlsx(path: str | Path) -> Table:
         raise TemplateError("Berkas hanya berisi judul kolom, tanpa data.", "The file has a header but no rows.")
     cols = [list(c) for c in zip(*rows)]
     _check_sizes(cols, row_no)
-    return _table("xlsx", cols, row_no, nik_numeric=frozenset(nik_numeric), cell_problems=problems)
+    return _table("xlsx", cols, row_no, nik_numeric=frozenset(nik_numeric), date_from_sheet=frozenset(date_from_sheet))
 
 
 def read_table(path: str | Path) -> Table:

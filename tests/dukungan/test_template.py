@@ -9,6 +9,7 @@ import pytest
 
 from dukungan.generate import generate, write_csv, write_xlsx
 from dukungan.preflight import check_file, format_summary, validate_file
+from dukungan.reasons import ORDER
 from dukungan.template import HEADER, MAX_CELL_CHARS, TemplateError, read_table, write_template
 
 NIK_C, DATE_C, CODE_C = HEADER.index("NIK"), HEADER.index("TANGGAL_LAHIR"), HEADER.index("KODE_DESA")
@@ -86,17 +87,49 @@ def test_nik_as_number_text_in_csv(ctx, gen, tmp_path):
     assert "digit terakhir hilang" in format_summary(r) and "last digit lost" in format_summary(r)
 
 
-@pytest.mark.parametrize("col,value,needle", [
-    (DATE_C, dt.datetime(1990, 5, 17), "TANGGAL_LAHIR"),
-    (DATE_C, 32874, "TANGGAL_LAHIR"),
-    (CODE_C, 19.71, "KODE_DESA"),
+@pytest.mark.parametrize("col,value,code", [
+    (DATE_C, 32874, "FIELD_INVALID"),  # a serial without a date style: not a date as it stands
+    (CODE_C, 19.71, "REGION_CODE_INVALID"),  # a code typed as a number
+    (CODE_C, 3210, "REGION_CODE_INVALID"),
 ])
-def test_non_text_cells_reject_the_file_and_name_the_cell(ctx, gen, tmp_path, col, value, needle):
-    rows = [list(r) for r in gen.rows[:4]]
+def test_one_non_text_cell_is_a_verdict_on_its_row_never_a_rejected_list(ctx, gen, tmp_path, col, value, code):
+    """At 23:50 one cell must not throw away a pair's list: the row gets the verdict, the other
+    rows are judged as if the cell were not there."""
+    rows = [list(r) for r in gen.rows[:400]]
+    clean = validate_file(_xlsx_with(tmp_path, rows), ctx)
     rows[1][col] = value
-    with pytest.raises(TemplateError) as e:
-        validate_file(_xlsx_with(tmp_path, rows), ctx)
-    assert any(needle in p and "3" in p for p in e.value.problems)  # row 3 of the sheet
+    v = validate_file(_xlsx_with(tmp_path, rows), ctx)
+    assert code in v.reasons[1] and v.status[1] != "MS"
+    assert v.status[2:] == clean.status[2:] and v.reasons[2:] == clean.reasons[2:]
+
+
+def test_a_date_cell_becomes_the_date_it_shows_with_a_flag(ctx, gen, tmp_path):
+    """A date cell is read as the date the sheet shows, without loss, and flagged."""
+    rows = [list(r) for r in gen.rows[:5]]
+    shown = rows[2][DATE_C]
+    d, m, y = (int(x) for x in shown.split("-"))
+    rows[2][DATE_C] = dt.datetime(y, m, d)
+    v = validate_file(_xlsx_with(tmp_path, rows), ctx)
+    clean = validate_file(_xlsx_with(tmp_path, [list(r) for r in gen.rows[:5]]), ctx)
+    assert v.table.tanggal_lahir[2] == shown
+    assert v.reasons[2] == tuple(sorted(clean.reasons[2] + ("DATE_FROM_SPREADSHEET",), key=ORDER.get))
+    assert v.status[2] == clean.status[2]
+
+
+def test_a_serial_the_sheet_shows_as_a_date_reads_as_that_date(tmp_path):
+    """The cell as a spreadsheet program saves it: the number 27815 with a date number format,
+    which Excel and LibreOffice show as 25-02-1976 (serial 25569 is 01-01-1970; 2,191 days to
+    01-01-1976, 31 + 24 more)."""
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(list(HEADER))
+    ws.append(["1", "3171016502760001", "SITI", "P", "JAKARTA", 27815, "S", "X", "JL. X", "1", "1",
+               "31.71.01.1001", ""])
+    ws.cell(row=2, column=DATE_C + 1).number_format = "DD-MM-YYYY"
+    p = tmp_path / "saved-by-a-spreadsheet"
+    wb.save(p)
+    t = read_table(p)
+    assert t.tanggal_lahir == ["25-02-1976"] and t.date_from_sheet == frozenset({0})
 
 
 def test_shifted_columns_in_xlsx_name_the_column(ctx, gen, tmp_path):

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
-from dukungan.generate import generate, template_traps, write_csv
+from dukungan.generate import generate, template_traps, write_csv, write_xlsx
 from dukungan.preflight import validate_file
 from dukungan.reasons import REASONS, ROW_CODES, verdict_of
-from dukungan.template import TemplateError
+from dukungan.template import HEADER, TemplateError
+
+DATE_C = HEADER.index("TANGGAL_LAHIR")
+XLSX_ONLY = {"DATE_FROM_SPREADSHEET"}  # a flag about a cell's type, which CSV does not have
 
 
 @pytest.fixture(scope="module", params=["ctx", "synthetic_ctx"])
@@ -30,6 +35,16 @@ def test_every_code_from_its_trap_and_never_from_clean_rows(code, judged, tmp_pa
                 validate_file(p, ctx)
             assert err.value.code == code
             assert err.value.message_id and err.value.message_en
+        return
+    if code in XLSX_ONLY:
+        # Only a spreadsheet cell can carry it: the same rows as XLSX, one birth date a date cell.
+        rows = [list(r) for r in g.rows]
+        d, m, y = (int(x) for x in rows[7][DATE_C].split("-"))
+        rows[7][DATE_C] = dt.datetime(y, m, d)
+        p = tmp_path / "list.xlsx"
+        write_xlsx(p, rows)
+        v = validate_file(p, ctx, scans=g.scans, other_pairs=g.other_pairs)
+        assert {i for i, r in enumerate(v.reasons) if code in r} == {7}
         return
     expected = set(g.traps[code])
     got = {i for i, r in enumerate(v.reasons) if code in r}
@@ -59,7 +74,8 @@ def test_reason_table_statuses_match_reference():
                 "NIK_PREFIX_UNKNOWN": "F", "NIK_DOB_MISMATCH": "F", "REGION_CODE_INVALID": "BMS",
                 "OUT_OF_REGION": "TMS", "UNDERAGE": "TMS", "PROHIBITED_OCCUPATION": "BMS", "DUP_INTERNAL": "TMS",
                 "DUP_EXTERNAL": "PENDING", "DUP_POTENTIAL": "F", "DUP_PHONE": "F", "NO_KTP": "BMS",
-                "NO_STATEMENT": "BMS", "TEMPLATE_INVALID": "FILE", "FIELD_INVALID": "BMS"}
+                "NO_STATEMENT": "BMS", "TEMPLATE_INVALID": "FILE", "FIELD_INVALID": "BMS",
+                "DATE_FROM_SPREADSHEET": "F"}
     assert {c: r.status for c, r in REASONS.items()} == expected
     assert all(r.label_id and r.label_en for r in REASONS.values())
     assert "TEMPLATE_INVALID" not in ROW_CODES
