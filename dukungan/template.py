@@ -22,11 +22,10 @@ import msgspec
 HEADER: tuple[str, ...] = ("NO", "NIK", "NAMA", "JENIS_KELAMIN", "TEMPAT_LAHIR", "TANGGAL_LAHIR",
                            "STATUS_PERKAWINAN", "PEKERJAAN", "ALAMAT", "RT", "RW", "KODE_DESA", "NO_HP")
 NCOLS = len(HEADER)
-# Columns that must be text cells in XLSX: a number or date there has been
-# changed by the spreadsheet (lost digits, lost zeros, became a serial).
+# Columns whose value a spreadsheet changes when the cell is not text (lost digits, lost
+# zeros, a serial): parse_xlsx turns such a cell into a row verdict or a flagged conversion.
 TEXT_ONLY = ("NIK", "TANGGAL_LAHIR", "KODE_DESA")
 MAX_CELL_CHARS = 1000
-MAX_PROBLEMS_SHOWN = 10
 
 
 def col_letter(index0: int) -> str:

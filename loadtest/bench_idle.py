@@ -52,6 +52,7 @@ class IdleCrowd:
         self.closed_by_server = 0
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
+        self._tasks: list[asyncio.Future] = []
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     def start(self) -> "IdleCrowd":
@@ -61,7 +62,6 @@ class IdleCrowd:
 
     async def _open_all(self) -> None:
         self._stop = asyncio.Event()
-        self._tasks = []
         for i in range(self.n):
             try:
                 _, w = await asyncio.open_connection(self.host, self.port)
