@@ -104,8 +104,8 @@ def open_loop(factor: float, duration: float, size: int = 4 * MiB) -> None:
               f"{r['unfinished']} unfinished, stored {r.get('stored', '-')}, {r['wall_s']:.0f} s, "
               f"{r['mb_s']:.0f} MiB/s\n  errors {r['errors']}\n  responses {r['responses']}\n"
               f"  Retry-After on refused creations {r['retry_after_on_refused_creation']}", flush=True)
-    print(f"\n| server | capacity, uploads/s | arrivals, uploads/s | started | creations refused | "
-          f"accepted | accepted failed | stored | goodput MiB/s |")
+    print("\n| server | capacity, uploads/s | arrivals, uploads/s | started | creations refused | "
+          "accepted | accepted failed | stored | goodput MiB/s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         print(f"| {name} | {capacity[name]:.1f} | {factor * capacity['unggah']:.1f} | {r['started']} | "
@@ -139,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             for name in runs:
                 peer = peers.start_tus_node(install) if name == "tus-node" else peers.start_gateway()
                 try:
-                    r = run_client(client if name == "unggah" or client != "push" else "tusjs", peer.url, spec)
+                    # push speaks unggah's status and receipts: against the peer, tus-js-client stands in.
+                    peer_client = "tusjs" if client == "push" and name == "tus-node" else client
+                    r = run_client(peer_client, peer.url, spec)
                     if name == "unggah":
                         r["stored"] = stored(r["urls"])
                 finally:
