@@ -490,14 +490,20 @@ class TusHandler:
         return pos
 
     async def _read_piece(self, request: web.Request, want: int) -> tuple[bytes, bool, bool]:
-        """Up to `want` bytes: (bytes, at_eof, interrupted)."""
+        """Up to `want` bytes: (bytes, at_eof, interrupted).
+
+        Asked for at most the read-ahead (`read_buffer_bytes`) at a time: aiohttp's read(n) raises
+        the body's read-ahead to 2 x n for the rest of the request, so one read(entry_bytes) would
+        let every PATCH waiting for its next piece hold 2 MiB in the process instead of a few
+        KiB, and thousands of them the gateway's memory."""
         if want <= 0:
             return b"", True, False
         parts: list[bytes] = []
         got = 0
+        step = self.s.read_buffer_bytes
         try:
             while got < want:
-                chunk = await request.content.read(want - got)
+                chunk = await request.content.read(min(want - got, step))
                 if not chunk:
                     return b"".join(parts), True, False
                 parts.append(chunk)

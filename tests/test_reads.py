@@ -260,3 +260,51 @@ async def test_the_gateway_drops_refused_chunks_and_keeps_serving_the_connection
             writer.close()
     finally:
         await gw.stop()
+
+
+async def read_ahead_after_a_piece(read_piece) -> tuple[int, int]:
+    """The body's read-ahead limits (aiohttp's low and high water) once `read_piece(request,
+    1 MiB)` has read the first piece of a 3 MiB body: what the request then holds in the
+    process while it waits for its next turn."""
+    limits: list[tuple[int, int]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        await read_piece(request, 1024 * KiB)
+        limits.append(request.content.get_read_buffer_limits())
+        await request.read()
+        return web.Response()
+
+    app = web.Application(client_max_size=4 << 20, handler_args={"read_bufsize": READ_BUFSIZE})
+    app.router.add_post("/", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    listener = await reads.listen(runner, "127.0.0.1", 0, 16 * KiB)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"http://127.0.0.1:{port}/", data=os.urandom(3 << 20)) as resp:
+                assert resp.status == 200
+    finally:
+        listener.close()
+        await runner.cleanup()
+    return limits[0]
+
+
+async def test_a_patch_waiting_for_its_next_piece_holds_a_few_reads_not_a_piece(tmp_path, valkey, r):
+    """aiohttp's read(n) raises a body's read-ahead to 2 x n for the rest of the request; read in
+    pieces of entry_bytes, every PATCH between two turns would hold 2 MiB in the gateway."""
+    gw = await Gateway(make_settings(tmp_path, valkey.url, read_buffer_bytes=READ_BUFSIZE)).start()
+    try:
+        low, high = await read_ahead_after_a_piece(gw.app[TUS_HANDLER]._read_piece)
+    finally:
+        await gw.stop()
+    assert (low, high) == (READ_BUFSIZE, 2 * READ_BUFSIZE)
+
+
+async def test_one_read_of_a_whole_piece_would_raise_the_read_ahead_to_twice_the_piece():
+    # The contrast that shows the test above can fail: aiohttp's behaviour it guards against.
+    async def read_at_once(request: web.Request, want: int) -> bytes:
+        return await request.content.read(want)
+
+    low, high = await read_ahead_after_a_piece(read_at_once)
+    assert high == 2 * 1024 * KiB

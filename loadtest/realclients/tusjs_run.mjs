@@ -153,6 +153,6 @@ for (const p of pending) {
 }
 result.wall_s = Number(process.hrtime.bigint() - t0) / 1e9;
 result.mb_s = result.bytes_sent / (1 << 20) / result.wall_s;
-process.stdout.write(JSON.stringify(result) + '\n');
-// Aborted requests may keep sockets open; the result is out, so leave now.
-process.exit(0);
+// Aborted requests may keep sockets open, so leave once the result is out: exiting before a
+// pipe has taken the whole line (it holds 64 KiB) would cut a long list of URLs short.
+process.stdout.write(JSON.stringify(result) + '\n', () => process.exit(0));
