@@ -5,6 +5,7 @@ dropped in large reads, and the connection then serves the next request as any o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -27,6 +28,19 @@ READ_BUFSIZE = 16 * KiB
 BODY = os.urandom(1024 * KiB)
 
 
+@contextlib.asynccontextmanager
+async def served(app: web.Application, read_chunk_bytes: int):
+    """`app` on the gateway's listener (gateway/reads.py) on a free port: yields the port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    listener = await reads.listen(runner, "127.0.0.1", 0, read_chunk_bytes)
+    try:
+        yield listener.sockets[0].getsockname()[1]
+    finally:
+        listener.close()
+        await runner.cleanup()
+
+
 async def held_while_waiting(read_chunk_bytes: int) -> tuple[int, str]:
     """Body bytes the process held for a request whose handler had not read yet, and the
     sha256 of what the handler then read."""
@@ -40,28 +54,20 @@ async def held_while_waiting(read_chunk_bytes: int) -> tuple[int, str]:
 
     app = web.Application(client_max_size=len(BODY) + 1, handler_args={"read_bufsize": READ_BUFSIZE})
     app.router.add_post("/", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    listener = await reads.listen(runner, "127.0.0.1", 0, read_chunk_bytes)
-    port = listener.sockets[0].getsockname()[1]
     answer: list[bytes] = []
+    async with served(app, read_chunk_bytes) as port:
+        def client() -> None:
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
+                answer.append(s.recv(4096))
 
-    def client() -> None:
-        with socket.create_connection(("127.0.0.1", port)) as s:
-            s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY)
-            answer.append(s.recv(4096))
-
-    sender = threading.Thread(target=client)
-    sender.start()
-    try:
+        sender = threading.Thread(target=client)
+        sender.start()
         # Hold the loop, as a busy gateway does, so the socket fills up before it is read.
         time.sleep(0.3)
         await asyncio.sleep(0.3)  # let the loop read what it will (and pause the connection)
         turn.set()
         await asyncio.to_thread(sender.join, 10)
-    finally:
-        listener.close()
-        await runner.cleanup()
     head, _, digest = answer[0].partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), head
     return held["bytes"], digest.decode()
@@ -276,17 +282,9 @@ async def read_ahead_after_a_piece(read_piece) -> tuple[int, int]:
 
     app = web.Application(client_max_size=4 << 20, handler_args={"read_bufsize": READ_BUFSIZE})
     app.router.add_post("/", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    listener = await reads.listen(runner, "127.0.0.1", 0, 16 * KiB)
-    port = listener.sockets[0].getsockname()[1]
-    try:
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"http://127.0.0.1:{port}/", data=os.urandom(3 << 20)) as resp:
-                assert resp.status == 200
-    finally:
-        listener.close()
-        await runner.cleanup()
+    async with served(app, 16 * KiB) as port, aiohttp.ClientSession() as http:
+        async with http.post(f"http://127.0.0.1:{port}/", data=os.urandom(3 << 20)) as resp:
+            assert resp.status == 200
     return limits[0]
 
 
