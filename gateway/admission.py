@@ -8,8 +8,9 @@ admitted waits its turn; only new work is held back, and only under sustained ov
 
 Four guards, each answering a different question:
 
-- BufferWatch: is the buffer filling faster than the ingesters drain it? Above the
-  high watermark new uploads are refused; at the budget appends are refused too
+- BufferWatch: is the buffer filling faster than the ingesters drain it? While what it
+  holds and the bytes admitted uploads still have to send pass the high watermark, new
+  uploads are held (CreationGate); at the budget appends are refused too
   (the APPEND script enforces the per-partition share atomically). Those are the only
   refusals of an append in normal operation: nothing else can hold the bytes.
 - FairGate: whose piece is read and committed next? Up to `append_slots` at once,
@@ -24,13 +25,13 @@ Four guards, each answering a different question:
   (a memory bound: each waiter holds a few KiB) refuses, and creation control keeps the
   queue far below that.
 - CreationGate: may a new upload start now? Load is shed here, where a refusal costs a
-  client nothing it has sent. While the gate's predicted wait (pieces waiting times the
-  measured time between two pieces: Little's law over the recent past, not one queue
-  length at one instant) is above `create_target_wait_ms`, a creation is held, and let
-  in as the backlog drains, at most one per piece committed. It is refused (503 with
-  Retry-After) only after `create_hold_ms` of holding, that is when arrivals have stayed
-  beyond capacity for that long. A closed group of clients, however large, cannot do
-  that: their held creations add no work, so the backlog drains and lets them in.
+  client nothing it has sent. While the work already admitted would take longer than
+  `create_target_wait_ms` (the active uploads' bytes still to come over the bytes committed
+  per second while pieces waited: measured over time, not one queue length at one instant),
+  a creation is held, and let in as that work drains. It is refused (503 with Retry-After)
+  only after `create_hold_ms` of holding, that is when arrivals have stayed beyond capacity
+  for that long. A closed group of clients, however large, cannot do that: their held
+  creations add no work, so the backlog drains and lets them in.
 - ByteBudget: how much request body may this process hold in memory? A piece reserves
   its bytes once it has its turn, just before its body is read, and waits for them, so
   memory stays bounded whatever the number of connections.
@@ -59,6 +60,11 @@ ACTIVE_WINDOW = 0.2
 # yet (a single operator between two PATCHes), hold the turn this long for it before
 # giving it to a tenant that just had one: anticipatory scheduling, bounded.
 ANTICIPATE = 0.006
+# An upload that made no progress for this long no longer counts as work to come when
+# deciding on new uploads (CreationGate): its client paused or went away.
+UPLOAD_IDLE = 10.0
+# Bytes committed per second are measured over windows at least this long.
+RATE_WINDOW = 1.0
 
 
 class Refused(Exception):
@@ -88,6 +94,9 @@ class FairGate:
         self.inflight = 0
         self.reading = 0
         self.n_waiting = 0
+        # Pieces whose slow bodies are being read outside a slot (Turn.read): each will queue
+        # again for its commit, so it counts in the predicted wait.
+        self.aside = 0
         self.per_tenant: collections.Counter[str] = collections.Counter()
         # Per tenant: a heap of the waiting pieces, most urgent first (see _urgency); each
         # (urgency, arrival number, future).
@@ -100,15 +109,16 @@ class FairGate:
         self.served: collections.Counter[str] = collections.Counter()
         self.hold_until = 0.0
         self._hold_timer: asyncio.TimerHandle | None = None
-        # Mean time between two releases: how fast the queue drains, to predict a newcomer's wait.
+        # Mean time between two commits: how fast the queue drains, to predict a newcomer's wait.
+        # Slots handed back by slow readers (step_aside) are not commits and are not measured.
         self.release_interval = 0.0
         self._last_release = 0.0
 
     def predicted_wait(self) -> float:
         """How long a piece queued now would wait: the pieces ahead of it times the measured
-        time between two releases (Little's law). The interval is a moving average over
-        recent releases, so one burst does not make the gateway look overloaded."""
-        return self.n_waiting * self.release_interval
+        time between two commits (Little's law). The interval is a moving average over
+        recent commits, so one burst does not make the gateway look overloaded."""
+        return (self.n_waiting + self.aside) * self.release_interval
 
     def _active(self, now: float) -> int:
         for t, seen in list(self.last_seen.items()):
@@ -244,19 +254,38 @@ class FairGate:
         self._dispatch()
 
     def release(self, tenant: str, reading: bool = True) -> None:
-        """A granted piece is done; `reading`: it had not called read_done."""
+        """A granted piece is done; `reading`: it had not called read_done (it failed before
+        its commit, so its time is not measured as a commit's)."""
+        self._free(tenant, reading)
+        now = self.clock()
+        if not reading:
+            if self._last_release:
+                gap = min(now - self._last_release, 1.0)
+                # The first gap measured sets the interval; from 0 it would take dozens of
+                # commits to catch up, and meanwhile the gateway would look idle.
+                self.release_interval = gap if not self.release_interval else (
+                    self.release_interval + 0.05 * (gap - self.release_interval))
+            self._last_release = now
+        self._dispatch()
+        if self.on_release is not None:
+            self.on_release()
+
+    def step_aside(self, tenant: str) -> None:
+        """A granted piece's body is arriving slowly: its slot goes to the next waiter while it
+        trickles in, and it counts as waiting until it queues again (come_back)."""
+        self._free(tenant, True)
+        self.aside += 1
+        self._dispatch()
+
+    def come_back(self) -> None:
+        self.aside -= 1
+
+    def _free(self, tenant: str, reading: bool) -> None:
         self.inflight -= 1
         if reading:
             self.reading -= 1
         self.per_tenant[tenant] -= 1
-        now = self.last_seen[tenant] = self.clock()
-        if self._last_release:
-            gap = min(now - self._last_release, 1.0)
-            self.release_interval += 0.05 * (gap - self.release_interval)
-        self._last_release = now
-        self._dispatch()
-        if self.on_release is not None:
-            self.on_release()
+        self.last_seen[tenant] = self.clock()
 
     def _dispatch(self) -> None:
         cap = self.cap()
@@ -281,32 +310,87 @@ class FairGate:
 
 
 class CreationGate:
-    """Where load is shed: a new upload starts only while the append gate can serve it in
-    time. While the predicted wait is above `target`, creations are held in arrival order
-    and let in one per piece committed (`wake`, the append gate's on_release) once it is
-    back under the target; a creation held `hold` seconds is refused with a Retry-After
-    from the backlog. Held creations add no work, so only arrivals that stay beyond
-    capacity for the whole hold are refused: the definition of sustained overload."""
+    """Where load is shed: a new upload starts only while the gateway can serve the work
+    already admitted in time. The wait a newcomer would see is the larger of two estimates:
 
-    def __init__(self, gate: FairGate, target: float, hold: float) -> None:
+    - the append gate's own (pieces waiting or set aside, times the measured time between
+      two commits), which sees only the piece each upload is on now;
+    - the bytes every active upload still has to send (from its Upload-Length at creation,
+      down as pieces are committed) over the bytes committed per second while the gate was
+      saturated. This one sees a whole-file PATCH of 4 MiB as four pieces, not one, and an
+      upload just created before its PATCH arrives: without it, creations came in as fast as
+      they were asked for and their pieces later waited past append_max_wait_ms.
+
+    The buffer is judged the same way: while what it holds plus the active uploads' bytes to
+    come would pass its high watermark, a creation is held too, so the work admitted fits in
+    the buffer and its appends are not refused for a full buffer while the ingesters lag.
+
+    While either holds, creations are held in arrival order and let in as it clears (`wake`,
+    on every commit and every buffer refresh); a creation held `hold` seconds is refused with
+    a Retry-After. Held creations add no work, so only arrivals that stay beyond capacity for
+    the whole hold are refused: the definition of sustained overload."""
+
+    def __init__(self, gate: FairGate, target: float, hold: float, buffer: "BufferWatch | None" = None,
+                 clock=time.monotonic) -> None:
         self.gate = gate
+        self.buffer = buffer
         self.target = target
         self.hold = hold
-        self._held: collections.deque[asyncio.Future] = collections.deque()
+        self.clock = clock
+        self._held: collections.deque[tuple[asyncio.Future, int]] = collections.deque()
+        # Bytes still to come: of creations let in and not yet created (`pending`), and of each
+        # upload created (`active`: upload id -> [bytes left, when it last made progress]).
+        self.pending = 0
+        self.active: dict[str, list] = {}
+        self.owed = 0
+        self._swept = 0.0
+        # Bytes committed per second while pieces were waiting for slots (None: not seen yet).
+        # Measured only then: a gateway that is not the bottleneck commits what clients send,
+        # and a few slow uploads must not make it look slow.
+        self.rate: float | None = None
+        self._window_start = clock()
+        self._window_bytes = 0
+        self._window_saturated = True
 
     @property
     def n_held(self) -> int:
-        return sum(1 for f in self._held if not f.done())
+        return sum(1 for f, _ in self._held if not f.done())
 
-    def _open(self) -> bool:
-        return self.gate.predicted_wait() <= self.target
+    def predicted_wait(self) -> float:
+        wait = self.gate.predicted_wait()
+        if self.rate:
+            self._sweep()
+            wait = max(wait, (self.owed + self.pending) / self.rate)
+        return wait
 
-    async def admit(self) -> None:
-        """Return when a new upload may start; raise Refused after `hold` seconds held."""
-        if not self._held and self._open():
+    def _closed_by(self) -> str | None:
+        """Why a creation may not start now (a refusal's reason), or None."""
+        if self.buffer is not None:
+            self._sweep()
+            if self.buffer.fill + self.owed + self.pending >= self.buffer.high:
+                return "buffer-high"
+        if self.predicted_wait() > self.target:
+            return "gateway-overloaded"
+        return None
+
+    def _sweep(self) -> None:
+        """Forget uploads that made no progress for UPLOAD_IDLE: their clients went away or
+        paused, and their bytes are not coming soon. They count again when they do."""
+        now = self.clock()
+        if now - self._swept < 0.5:
+            return
+        self._swept = now
+        for upload_id in [u for u, (_, seen) in self.active.items() if now - seen > UPLOAD_IDLE]:
+            self.owed -= self.active.pop(upload_id)[0]
+
+    async def admit(self, length: int) -> None:
+        """Return when a new upload of `length` bytes may start, its bytes counted as pending
+        (the caller gives them back with `created`); raise Refused after `hold` seconds held."""
+        if not self._held and self._closed_by() is None:
+            self.pending += length
             return
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._held.append(fut)
+        self._held.append((fut, length))
         self.wake()
         try:
             await asyncio.wait_for(asyncio.shield(fut), self.hold)
@@ -314,20 +398,65 @@ class CreationGate:
             if fut.done():  # let in at the last moment
                 return
             fut.cancel()
+            if self._closed_by() == "buffer-high":
+                raise Refused("buffer-high", "the buffer is nearly full (the ingesters are behind), so new uploads "
+                              "wait; uploads in progress continue. Nothing was created, start this upload after "
+                              "the pause", retry_after=5) from None
             raise Refused("gateway-overloaded", "more uploads are starting than the gateway can take; nothing "
                           "was created, start this upload after the pause",
-                          retry_after=max(2, min(60, round(self.gate.predicted_wait())))) from None
+                          retry_after=max(2, min(60, round(self.predicted_wait())))) from None
         except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.pending -= length
             fut.cancel()
             raise
 
+    def created(self, length: int, upload_id: str | None, left: int) -> None:
+        """A creation let in by `admit(length)` is over; `upload_id` (None: it failed) has
+        `left` bytes to come."""
+        self.pending -= length
+        if upload_id is not None and left > 0:
+            self.owed += left - self.active.get(upload_id, (0,))[0]
+            self.active[upload_id] = [left, self.clock()]
+        self.wake()
+
+    def committed(self, upload_id: str, n: int, left: int) -> None:
+        """`n` bytes of `upload_id` were committed and `left` are still to come."""
+        now = self.clock()
+        before = self.active.pop(upload_id, (0,))[0]
+        self.owed -= before
+        if left > 0:
+            self.active[upload_id] = [left, now]
+            self.owed += left
+        self._measure(n, now)
+        self.wake()
+
+    def _measure(self, n: int, now: float) -> None:
+        self._window_bytes += n
+        if not self.gate.n_waiting:
+            self._window_saturated = False
+        elapsed = now - self._window_start
+        if elapsed < RATE_WINDOW:
+            return
+        sample = self._window_bytes / elapsed
+        if self._window_saturated or (self.rate is not None and sample > self.rate):
+            # The first saturated window sets the rate; later ones move it a third of the way.
+            self.rate = sample if self.rate is None else self.rate + 0.3 * (sample - self.rate)
+        self._window_start, self._window_bytes, self._window_saturated = now, 0, bool(self.gate.n_waiting)
+
     def wake(self) -> None:
-        """Let the oldest held creation in if the backlog allows: one per call, so that
-        creations are let in no faster than pieces are committed while the gate is busy."""
-        while self._held and self._held[0].done():  # gave up or timed out
+        """Let held creations in, oldest first, while the estimate allows: each one's bytes
+        count at once, so the next is judged with them."""
+        while self._held:
+            fut, length = self._held[0]
+            if fut.done():  # gave up or timed out
+                self._held.popleft()
+                continue
+            if self._closed_by() is not None:
+                break
             self._held.popleft()
-        if self._held and self._open():
-            self._held.popleft().set_result(True)
+            self.pending += length
+            fut.set_result(True)
 
 
 class ByteBudget:
@@ -379,13 +508,16 @@ class ByteBudget:
 class BufferWatch:
     """The buffer's fill, refreshed in the background so admission costs no round trip."""
 
-    def __init__(self, store, budget: int, high_ratio: float, partitions: int, interval: float = 0.2) -> None:
+    def __init__(self, store, budget: int, high_ratio: float, partitions: int, interval: float = 0.2,
+                 on_refresh: Callable[[], None] | None = None) -> None:
         self.store = store
         self.budget = budget
         self.high = int(budget * high_ratio)
         self.partitions = partitions
         self.interval = interval
         self.fill = 0
+        # Called after every refresh: held creations may go in as the ingesters drain.
+        self.on_refresh = on_refresh
         self._task: asyncio.Task | None = None
 
     @property
@@ -403,6 +535,9 @@ class BufferWatch:
                 await self.refresh()
             except Exception as e:  # Redis down: keep the last value, the error middleware answers requests
                 log.debug("buffer watch failed", extra={"error": repr(e)})
+            else:
+                if self.on_refresh is not None:
+                    self.on_refresh()
             await asyncio.sleep(self.interval)
 
     def start(self) -> None:
@@ -414,12 +549,6 @@ class BufferWatch:
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=5)
 
-    def create_refusal(self) -> Refused | None:
-        if self.fill >= self.high:
-            return Refused("buffer-high", "the buffer is nearly full, so new uploads wait; uploads in progress "
-                           "continue. Retry after the pause", retry_after=5)
-        return None
-
     def append_refusal(self) -> Refused | None:
         if self.fill >= self.budget:
             return Refused("buffer-full", "the buffer is full; your bytes so far are safe, retry after the pause",
@@ -427,26 +556,41 @@ class BufferWatch:
         return None
 
 
+class Creation:
+    """What a creation's handler tells admission: the upload it made, if it made one."""
+    upload_id: str | None = None
+
+
 class Admission:
     def __init__(self, settings, store) -> None:
         self.gate = FairGate(settings.append_slots, settings.append_queue, settings.append_max_wait_ms / 1000,
                              contended_slots=settings.append_tenant_slots, read_slots=settings.append_read_slots)
-        self.creations = CreationGate(self.gate, settings.create_target_wait_ms / 1000, settings.create_hold_ms / 1000)
-        self.gate.on_release = self.creations.wake
-        self.bytes = ByteBudget(max(4 * settings.checksum_patch_max_bytes, 64 * settings.entry_bytes))
         self.buffer = BufferWatch(store, settings.buffer_budget, settings.buffer_high_ratio, settings.partitions)
+        self.creations = CreationGate(self.gate, settings.create_target_wait_ms / 1000, settings.create_hold_ms / 1000,
+                                      buffer=self.buffer)
+        # A creation without Upload-Length counts as one piece of work to come.
+        self.unknown_length = settings.entry_bytes
+        self.gate.on_release = self.buffer.on_refresh = self.creations.wake
+        self.bytes = ByteBudget(max(4 * settings.checksum_patch_max_bytes, 64 * settings.entry_bytes))
         self.max_wait = settings.append_max_wait_ms / 1000
         self.body_idle = settings.body_idle_seconds
 
     @asynccontextmanager
-    async def creation(self):
-        """A new upload's admission: held while the gateway is behind (CreationGate), then
-        the next held one is considered as soon as this one is done."""
-        await self.creations.admit()
+    async def creation(self, length: int | None):
+        """A new upload's admission: held while the gateway is behind (CreationGate). Yields a
+        Creation; the handler sets its upload_id once the upload exists, and from then on its
+        `length` bytes (None: deferred) count as work to come until they are committed."""
+        length = self.unknown_length if length is None else length
+        await self.creations.admit(length)
+        made = Creation()
         try:
-            yield
+            yield made
         finally:
-            self.creations.wake()
+            self.creations.created(length, made.upload_id, length)
+
+    def committed(self, upload_id: str, n: int, left: int) -> None:
+        """`n` bytes of `upload_id` are in the buffer, `left` still to come."""
+        self.creations.committed(upload_id, n, left)
 
     @asynccontextmanager
     async def turn(self, n: int, tenant: str, progress: float):
@@ -501,15 +645,18 @@ class Turn:
         task = asyncio.ensure_future(reading)
         done, _ = await asyncio.wait({task}, timeout=SLOW_READ)
         if not done:
-            self.gate.release(self.tenant)
+            self.gate.step_aside(self.tenant)
             self.held = False
-            seen = arrived()
-            while not (await asyncio.wait({task}, timeout=self.idle))[0]:
-                if arrived() == seen:
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
-                    raise BodyStalled()
+            try:
                 seen = arrived()
+                while not (await asyncio.wait({task}, timeout=self.idle))[0]:
+                    if arrived() == seen:
+                        task.cancel()
+                        await asyncio.gather(task, return_exceptions=True)
+                        raise BodyStalled()
+                    seen = arrived()
+            finally:
+                self.gate.come_back()
             result = task.result()
             await self.gate.acquire(self.tenant, self.progress)
             self.held = self.reading = True

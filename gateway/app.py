@@ -110,7 +110,7 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
     signing_key = receipts.load_or_create_key(settings.receipt_key_path)
     public_key_pem = receipts.public_pem(signing_key)
     # /metrics, timing, graceful shutdown
-    install_metrics(app, settings, client, store, admission.gate, ready=app[READY])
+    install_metrics(app, settings, client, store, admission, ready=app[READY])
     app.on_response_prepare.append(reads.drain_refused_body)
 
     async def upload_status(request: web.Request) -> web.Response:

@@ -27,7 +27,7 @@ from buffer.messages import RECEIVING, STORED, TERMINATED, UploadState, decode_m
 from buffer.store import Appended, UploadStore
 from gateway import checksum, headers
 from gateway.auth import may_read_uploads, may_write, unknown_or_revoked
-from gateway.admission import Admission, BodyStalled, Refused
+from gateway.admission import Admission, BodyStalled, Creation, Refused
 from gateway.context import PRINCIPAL, READ_ALL, TENANT
 from gateway.windows import Windows, WindowClosed
 from gateway.problems import TUS_VERSION, problem, retry_after
@@ -153,30 +153,30 @@ class TusHandler:
             if len(self.lengths) > 100_000:
                 self.lengths.popitem(last=False)
 
+    def committed(self, upload_id: str, n: int, offset: int) -> None:
+        """Tell admission `n` bytes of `upload_id` are in, and how many are still to come
+        (one piece's worth while the length is unknown or not remembered)."""
+        length = self.lengths.get(upload_id)
+        self.admission.committed(upload_id, n, length - offset if length is not None else self.s.entry_bytes)
+
     def progress(self, upload_id: str, offset: int) -> float:
         length = self.lengths.get(upload_id)
         return offset / length if length else 0.5
 
     def shed(self, request: web.Request, tenant: str) -> web.Response | None:
-        """The refusal a new PATCH or creation of `tenant` would get now from the buffer's
-        watermarks, asked before the token is confirmed (see gateway/auth.py): while the
-        buffer is full most writes are refused, and this answers them without a round trip
-        to Redis. Being busy refuses nothing here: appends wait their turn, creations are
-        held (gateway/admission.py)."""
-        method = headers.tus_method(request)
-        upload_id = request.match_info.get("upload_id")
+        """The refusal a new PATCH of `tenant` would get now from a full buffer, asked before
+        the token is confirmed (see gateway/auth.py): while the buffer is full appends are
+        refused, and this answers them without a round trip to Redis. Being busy refuses
+        nothing here: appends wait their turn, creations are held (gateway/admission.py)."""
+        if headers.tus_method(request) != "PATCH" or (upload_id := request.match_info.get("upload_id")) is None:
+            return None
+        offset = request.headers.get("Upload-Offset", "")
+        if not headers.is_offset(offset) or self.store.partition(upload_id) is None:
+            return None  # bad input: the full path says what is wrong
         # Nothing here raises: a raised refusal held in a local of this frame, which its
         # traceback holds in turn, is a reference cycle that keeps the request alive until
         # the garbage collector finds it, and under overload that is most requests.
-        if method == "POST" and upload_id is None:
-            refusal = self.admission.buffer.create_refusal()
-        elif method == "PATCH" and upload_id is not None:
-            offset = request.headers.get("Upload-Offset", "")
-            if not headers.is_offset(offset) or self.store.partition(upload_id) is None:
-                return None  # bad input: the full path says what is wrong
-            refusal = self.admission.buffer.append_refusal()
-        else:
-            return None
+        refusal = self.admission.buffer.append_refusal()
         return None if refusal is None else self.refused(refusal)
 
     def stalled(self, offset: int, kept: str) -> web.Response:
@@ -262,9 +262,6 @@ class TusHandler:
         except WindowClosed as e:
             log.info("creation refused", extra={"tenant": tenant, "reason": "window-closed"})
             return self.refused(e)
-        if (refusal := self.admission.buffer.create_refusal()) is not None:
-            log.info("creation refused", extra={"tenant": tenant, "reason": refusal.reason})
-            return self.refused(refusal)
         ttl_end = int((self.clock() + self.s.upload_ttl_seconds) * 1000)
         expires_at = min(ttl_end, deadline) if deadline else ttl_end
         idem = request.headers.get("Idempotency-Key", "").strip()
@@ -273,15 +270,17 @@ class TusHandler:
         fingerprint = hashlib.sha256(
             f"{length}|{defer}|{meta_raw}|{request.headers.get('Upload-Concat', '')}".encode()).hexdigest() if idem else ""
         # A final brings no bytes of its own, so it is never held back.
-        admit = contextlib.nullcontext() if concat == "final" else self.admission.creation()
+        admit = contextlib.nullcontext(Creation()) if concat == "final" else self.admission.creation(length)
         try:
-            async with admit:
+            async with admit as admitted:
                 created = await self.store.create(
                     tenant=tenant, length=-1 if length is None else length, metadata=meta_raw, concat=concat,
                     parts=[p.id for p in final_parts], expires_at=expires_at, window=window,
                     idempotency_key=idem, fingerprint=fingerprint, pending=has_body,
                     idempotency_ttl=self.s.idempotency_ttl_seconds,
                     inflight_ms=self.s.idempotency_inflight_seconds * 1000, actor=self.actor(request))
+                if created.outcome not in ("mismatch", "inflight", "replay"):
+                    admitted.upload_id = created.upload_id
         except Refused as e:
             log.info("creation refused", extra={"tenant": tenant, "reason": e.reason})
             return self.refused(e)
@@ -421,7 +420,10 @@ class TusHandler:
             return self.stalled(offset, "nothing of this chunk was stored")
         if res.outcome == "conflict" and res.record == record:
             return res.offset  # a retry of a PATCH we already took
-        return self.refusal(res, upload_id) if res.outcome != "ok" else res.offset
+        if res.outcome != "ok":
+            return self.refusal(res, upload_id)
+        self.committed(upload_id, len(body), res.offset)
+        return res.offset
 
     async def _read_whole(self, request, upload_id, cap) -> bytes | web.Response:
         if request.content_length is not None:
@@ -483,6 +485,7 @@ class TusHandler:
                     return await self._maybe_duplicate(request, res, received, crc_all, last, upload_id)
                 return self.refusal(res, upload_id)
             pos, first = res.offset, False
+            self.committed(upload_id, len(piece), pos)
             if last:
                 break
         if interrupted:

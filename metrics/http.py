@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.exposition import choose_encoder
 
 from buffer.store import UploadStore
-from gateway.admission import FairGate
+from gateway.admission import Admission
 from gateway.context import REQUEST_ID
 from gateway.headers import tus_method
 from metrics import lifecycle
@@ -159,33 +159,40 @@ GATE_METRICS = {
     "unggah_append_waiting": "Pieces waiting for a slot now.",
     "unggah_append_read_slots": "Of those slots, pieces whose bodies may be read at once (append_read_slots).",
     "unggah_append_reading": "Pieces whose bodies are being read now (the rest in progress are being committed).",
-    "unggah_append_predicted_wait_seconds": "How long a piece queued now would wait (waiting pieces x measured "
-                                            "time between two); above create_target_wait_ms new uploads are held.",
+    "unggah_append_predicted_wait_seconds": "How long a piece queued now would wait (pieces waiting or being read "
+                                            "slowly x measured time between two commits).",
+    "unggah_creation_predicted_wait_seconds": "The wait creations are judged by: the larger of the append wait and "
+                                              "the active uploads' bytes to come over the commit rate; above "
+                                              "create_target_wait_ms new uploads are held.",
+    "unggah_creations_held": "New uploads held now, waiting to be let in or refused.",
+    "unggah_commit_rate_bytes": "Bytes per second this gateway committed while pieces waited for slots "
+                                "(0: not measured yet).",
 }
 
 
 class GateCollector(Collector):
-    """The admission gate as it stands at scrape time (gate None: names only, for describe())."""
+    """The admission gates as they stand at scrape time (admission None: names only, for describe())."""
 
-    def __init__(self, gate: FairGate | None) -> None:
-        self.gate = gate
+    def __init__(self, admission: Admission | None) -> None:
+        self.admission = admission
 
     def describe(self):
         for name, doc in GATE_METRICS.items():
             yield GaugeMetricFamily(name, doc)
 
     def collect(self):
-        g = self.gate
-        for (name, doc), v in zip(GATE_METRICS.items(), (g.slots, g.inflight, g.n_waiting, g.read_slots, g.reading,
-                                                         g.predicted_wait())):
+        g, c = self.admission.gate, self.admission.creations
+        values = (g.slots, g.inflight, g.n_waiting, g.read_slots, g.reading, g.predicted_wait(),
+                  c.predicted_wait(), c.n_held, c.rate or 0)
+        for (name, doc), v in zip(GATE_METRICS.items(), values):
             yield GaugeMetricFamily(name, doc, value=v)
 
 
-def install(app: web.Application, settings: Settings, client: redis.Redis, store: UploadStore, gate: FairGate, *,
+def install(app: web.Application, settings: Settings, client: redis.Redis, store: UploadStore, admission: Admission, *,
             ready: dict) -> None:
     snapshot = BufferSnapshot(client, settings.partitions, budget=settings.buffer_budget)
     app[SNAPSHOT] = snapshot
-    app[REGISTRY] = make_registry("gateway", [BufferCollector(snapshot), GateCollector(gate)])
+    app[REGISTRY] = make_registry("gateway", [BufferCollector(snapshot), GateCollector(admission)])
     instrument_store(store)
     app.router.add_get("/metrics", metrics_handler)
     lifecycle.install(app, ready)

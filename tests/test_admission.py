@@ -13,11 +13,13 @@ import aiohttp
 import pytest
 
 from buffer import keys
-from gateway.admission import SLOW_READ, ByteBudget, CreationGate, FairGate, Refused
+from gateway.admission import RATE_WINDOW, SLOW_READ, UPLOAD_IDLE, ByteBudget, CreationGate, FairGate, Refused
 from gateway.app import TUS as TUS_HANDLER
 from gateway.problems import retry_after
 from tests.conftest import OCTET, TUS, Gateway, create, make_settings, patch
 from unggah.config import ConfigError, load
+
+MiB = 1 << 20
 
 
 async def test_completion_first_within_a_tenant():
@@ -135,7 +137,7 @@ async def test_byte_budget_waiters_get_memory_in_turn_and_a_wait_that_runs_out_r
 async def test_a_creation_is_let_in_at_once_while_the_gateway_keeps_up():
     gate = FairGate(slots=1, queue_limit=100, max_wait=5)
     creations = CreationGate(gate, target=0.5, hold=5)
-    await asyncio.wait_for(creations.admit(), 0.1)
+    await asyncio.wait_for(creations.admit(MiB), 0.1)
     assert creations.n_held == 0
 
 
@@ -160,7 +162,7 @@ async def backlog(waiting: int, interval: float, hold: float = 5.0):
 
 async def test_a_creation_is_held_while_the_backlog_is_long_and_let_in_as_it_drains():
     async with backlog(4, 0.2) as (gate, creations):  # 4 x 0.2 s: 0.8 s, above the 0.5 s target
-        held = asyncio.create_task(creations.admit())
+        held = asyncio.create_task(creations.admit(MiB))
         await asyncio.sleep(0.01)
         assert not held.done() and creations.n_held == 1
         gate.release("a")  # 3 waiting: 0.6 s, still above
@@ -170,32 +172,149 @@ async def test_a_creation_is_held_while_the_backlog_is_long_and_let_in_as_it_dra
         await asyncio.wait_for(held, 1)
 
 
-async def test_held_creations_are_let_in_one_per_piece_committed_in_arrival_order():
-    async with backlog(3, 1.0) as (gate, creations):
-        order = []
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
 
-        async def create(i):
-            await creations.admit()
-            order.append(i)
+    def __call__(self) -> float:
+        return self.now
 
-        held = [asyncio.create_task(create(i)) for i in range(3)]
-        await asyncio.sleep(0.01)
-        gate.release_interval = 0.0  # the backlog is gone by the estimate...
-        gate.release("a")  # ...but only one creation goes in per piece committed
-        await asyncio.sleep(0.01)
-        assert order == [0]
-        gate.release("a")
-        await asyncio.sleep(0.01)
-        assert order == [0, 1]
-        for t in held:
-            t.cancel()
-        await asyncio.gather(*held, return_exceptions=True)
+
+def measured(rate: float, target: float = 0.5, hold: float = 5.0) -> tuple[FairGate, CreationGate, Clock]:
+    """An idle append gate and a creation gate that has measured `rate` bytes/s."""
+    clock = Clock()
+    gate = FairGate(slots=1, queue_limit=100, max_wait=5, clock=clock)
+    creations = CreationGate(gate, target=target, hold=hold, clock=clock)
+    creations.rate = rate
+    return gate, creations, clock
+
+
+async def test_a_whole_upload_counts_as_work_to_come_from_its_creation_until_its_bytes_are_committed():
+    """A 4 MiB whole-file PATCH is one piece in the append queue at a time; counted by the
+    bytes it still has to send, two such uploads at 10 MiB/s are 0.8 s of work, so a third
+    is held (target 0.5 s) until enough of theirs is committed, and is let in then."""
+    _, creations, _ = measured(rate=10 * MiB)
+    for upload_id in ("a", "b"):
+        await asyncio.wait_for(creations.admit(4 * MiB), 0.1)  # 0 s, then 0.4 s: under the target
+        creations.created(4 * MiB, upload_id, 4 * MiB)
+    assert creations.predicted_wait() == pytest.approx(0.8)
+    third = asyncio.create_task(creations.admit(4 * MiB))
+    await asyncio.sleep(0.01)
+    assert not third.done() and creations.n_held == 1
+    creations.committed("a", 2 * MiB, 2 * MiB)  # 6 MiB to come: 0.6 s
+    await asyncio.sleep(0.01)
+    assert not third.done()
+    creations.committed("a", 2 * MiB, 0)  # a is complete: 0.4 s
+    await asyncio.wait_for(third, 1)
+    assert creations.predicted_wait() == pytest.approx(0.8), "the third's bytes count from the moment it is let in"
+
+
+async def test_held_creations_are_let_in_in_arrival_order_as_the_work_drains():
+    _, creations, _ = measured(rate=10 * MiB)
+    await creations.admit(8 * MiB)
+    creations.created(8 * MiB, "big", 8 * MiB)
+    order = []
+
+    async def create(i):
+        await creations.admit(2 * MiB)
+        order.append(i)
+
+    held = [asyncio.create_task(create(i)) for i in range(3)]
+    await asyncio.sleep(0.01)
+    assert order == []
+    creations.committed("big", 4 * MiB, 4 * MiB)  # 0.4 s to come: room for one 2 MiB upload
+    await asyncio.sleep(0.01)
+    assert order == [0]
+    creations.committed("big", 2 * MiB, 2 * MiB)  # 0.4 s with the first's: room for one more
+    await asyncio.sleep(0.01)
+    assert order == [0, 1]
+    for t in held:
+        t.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
+    assert creations.n_held == 0
+
+
+async def test_an_upload_that_makes_no_progress_stops_counting_as_work_to_come():
+    _, creations, clock = measured(rate=MiB)
+    await creations.admit(10 * MiB)
+    creations.created(10 * MiB, "paused", 10 * MiB)
+    assert creations.predicted_wait() == pytest.approx(10.0)
+    clock.now += UPLOAD_IDLE + 1
+    assert creations.predicted_wait() == 0.0, "a paused client's bytes held new uploads back"
+    creations.committed("paused", MiB, 9 * MiB)  # it came back
+    assert creations.predicted_wait() == pytest.approx(9.0)
+
+
+async def test_the_commit_rate_is_measured_only_while_pieces_wait_for_slots():
+    """Without waiters the gateway commits what clients send, not what it can: a few slow
+    uploads must not make it look slow. A saturated window sets the rate."""
+    gate, creations, clock = measured(rate=None)
+    for _ in range(3):  # idle: nothing waits
+        clock.now += RATE_WINDOW / 2
+        creations.committed("slow", 1000, MiB)
+    assert creations.rate is None
+    await gate.acquire("a", 0.5)
+    waiter = asyncio.create_task(gate.acquire("a", 0.5))
+    await asyncio.sleep(0.01)
+    clock.now += RATE_WINDOW / 2
+    creations.committed("fast", 3 * MiB, MiB)  # window start: saturated from here
+    clock.now += RATE_WINDOW
+    creations.committed("fast", 4 * MiB, 0)
+    assert creations.rate == pytest.approx(4 * MiB / RATE_WINDOW)
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+
+
+async def test_a_slow_reader_set_aside_still_counts_as_waiting_and_its_hand_back_is_not_a_commit():
+    clock = Clock()
+    gate = FairGate(slots=1, queue_limit=100, max_wait=5, clock=clock)
+    gate.release_interval = 0.1
+    await gate.acquire("a", 0.5)
+    gate.step_aside("a")
+    assert gate.inflight == 0 and gate.predicted_wait() == pytest.approx(0.1)
+    clock.now += 0.001
+    await gate.acquire("b", 0.5)
+    gate.release("b")  # failed before its commit: not measured
+    assert gate.release_interval == 0.1
+    gate.come_back()
+    assert gate.predicted_wait() == 0.0
+
+
+class Fill:
+    """A buffer watch's numbers without Redis: what the buffer holds, its high watermark."""
+
+    def __init__(self, high: int) -> None:
+        self.fill, self.high = 0, high
+
+
+async def test_a_creation_is_held_while_the_buffer_and_the_work_admitted_would_pass_the_high_watermark():
+    """The ingesters are behind: the buffer holds 6 MiB of a 10 MiB high watermark, and an
+    upload admitted has 4 MiB still to send. A new upload is held, not refused, and let in
+    once the ingesters have drained the buffer; one still held when the hold ends is refused
+    as buffer-high."""
+    buffer = Fill(high=10 * MiB)
+    gate = FairGate(slots=1, queue_limit=100, max_wait=5)
+    creations = CreationGate(gate, target=5, hold=5, buffer=buffer)
+    buffer.fill = 6 * MiB
+    await asyncio.wait_for(creations.admit(4 * MiB), 0.1)
+    creations.created(4 * MiB, "a", 4 * MiB)
+    held = asyncio.create_task(creations.admit(MiB))
+    await asyncio.sleep(0.01)
+    assert not held.done(), "let in although the buffer would pass its high watermark"
+    buffer.fill = 2 * MiB  # the ingesters caught up
+    creations.wake()  # what the buffer watch does after each refresh
+    await asyncio.wait_for(held, 1)
+    creations.hold = 0.05
+    buffer.fill = 9 * MiB
+    with pytest.raises(Refused) as refused:
+        await creations.admit(MiB)
+    assert refused.value.reason == "buffer-high" and refused.value.retry_after == 5
 
 
 async def test_a_creation_held_past_the_hold_is_refused_with_retry_after_from_the_backlog():
     async with backlog(10, 1.0, hold=0.1) as (gate, creations):  # 10 s of backlog
         with pytest.raises(Refused) as refused:
-            await creations.admit()
+            await creations.admit(MiB)
         assert refused.value.reason == "gateway-overloaded" and refused.value.retry_after == 10
         assert creations.n_held == 0
 
@@ -515,7 +634,8 @@ async def test_a_refused_request_leaves_no_garbage_for_the_collector(tmp_path, v
     import gc
 
     from aiohttp import web
-    settings = make_settings(tmp_path, valkey.url, append_slots=1, append_queue=0)
+    # No hold: a creation while the buffer is high is refused at once.
+    settings = make_settings(tmp_path, valkey.url, append_slots=1, append_queue=0, create_hold_ms=0)
     gw = await Gateway(settings).start()
     tus = gw.app[TUS_HANDLER]
     gate, watch = tus.admission.gate, tus.admission.buffer

@@ -92,9 +92,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # timeout a real client or proxy puts on a request whose body is not being read (nginx's
     # 60 s proxy timeouts; tus-js-client, tuspy and browsers set none): docs/operations.md.
     append_max_wait_ms: int = 45_000
-    # New uploads are held while a piece queued now would wait longer than this (the backlog
-    # over the measured drain rate), and let in as it drains; so admitted work stays well
-    # inside append_max_wait_ms even when uploads arrive faster than they can be served.
+    # New uploads are held while the work already admitted would take longer than this (the
+    # active uploads' bytes still to come over the measured commit rate), and let in as it
+    # drains; so admitted work stays well inside append_max_wait_ms even when uploads arrive
+    # faster than they can be served.
     create_target_wait_ms: int = 5_000
     # A creation held this long is refused (503, Retry-After): arrivals stayed beyond capacity
     # all that while. Nothing was created, so nothing is lost.

@@ -79,7 +79,7 @@ function describe(err) {
 }
 
 const t0 = process.hrtime.bigint();
-const pending = new Set();
+const pending = new Map();  // promise -> its Upload, while unsettled
 
 function startOne(i) {
   result.started += 1;
@@ -123,8 +123,9 @@ function startOne(i) {
     upload = new Upload(file, options);
     upload.start();
   });
-  p.upload = upload;
-  pending.add(p);
+  // Only `pending` holds the upload, and only until it settles: every promise stays in `all`,
+  // and through one a finished upload would keep its body's bytes for the rest of the run.
+  pending.set(p, upload);
   p.then(() => pending.delete(p));
   return p;
 }
@@ -148,8 +149,8 @@ const timedOut = new Promise((r) => { timer = setTimeout(() => r('timeout'), tim
 await Promise.race([Promise.all(all), timedOut]);
 clearTimeout(timer);
 result.unfinished = pending.size;
-for (const p of pending) {
-  try { p.upload.abort(false); } catch { /* best effort */ }
+for (const upload of pending.values()) {
+  try { upload.abort(false); } catch { /* best effort */ }
 }
 result.wall_s = Number(process.hrtime.bigint() - t0) / 1e9;
 result.mb_s = result.bytes_sent / (1 << 20) / result.wall_s;
