@@ -124,7 +124,8 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
             # Its assembly is not queued yet: check again, in case the trigger was lost to a crash.
             await store.link_final(state)
         body = status_body(state)
-        if state.state == STORED:
+        if state.state == STORED and state.concat != "partial":
+            # A partial of a concatenation is a part, not a file: the final gets the receipt.
             # Ed25519 is deterministic: signing on demand hands out the same receipt every time.
             body["receipt"] = msgspec.to_builtins(receipts.sign(receipt_payload(state), signing_key))
         return web.Response(body=orjson.dumps(body), content_type="application/json",

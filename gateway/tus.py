@@ -617,7 +617,10 @@ def status_body(state: UploadState) -> dict:
         "created_at": state.created_at, "received_at": state.received_at or None,
         "stored_at": state.stored_at or None,
         "expires_at": state.expires_at if state.state == RECEIVING else None,
-        "safe_to_delete_local_copy": state.state == STORED,
+        "safe_to_delete_local_copy": state.state == STORED and state.concat != "partial",
+        # A partial of a concatenation (tus-js-client's parallelUploads) is a part, not a file:
+        # it is not validated or receipted, and its final says when the file is safe.
+        **({"part_of": state.final_of or None} if state.concat == "partial" else {}),
     }
 
 

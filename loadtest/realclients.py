@@ -81,10 +81,11 @@ def installed_versions(folder: Path = HERE) -> dict[str, str]:
     return out
 
 
-def run_tusjs(endpoint: str, *, uploads: int = 1, size: int, chunk_size: int | None = None,
+def run_tusjs(endpoint: str, *, uploads: int = 1, size: int = 0, chunk_size: int | None = None,
               parallel_uploads: int | None = None, headers: dict | None = None,
               rate: float | None = None, duration: float | None = None, lazy: bool = False,
-              timeout: float = 600.0, env: dict | None = None) -> dict:
+              timeout: float = 600.0, env: dict | None = None, file: str | None = None,
+              metadata: dict | None = None) -> dict:
     """Run one batch of tus-js-client uploads and return the driver's JSON result.
 
     The driver enforces `timeout` itself (unfinished uploads are reported, not lost); the
@@ -101,6 +102,10 @@ def run_tusjs(endpoint: str, *, uploads: int = 1, size: int, chunk_size: int | N
         spec["rate"], spec["duration"] = rate, duration
     if lazy:
         spec["lazy"] = True
+    if file:
+        spec["file"] = file  # its bytes, once per upload, instead of random bodies
+    if metadata:
+        spec["metadata"] = metadata
     node_env = dict(env or os.environ)
     # Room for 1000 x 4 MiB bodies in one process; the client itself is left at its defaults.
     node_env.setdefault("NODE_OPTIONS", "--max-old-space-size=8192")

@@ -31,7 +31,8 @@ from dukungan.rules import prepare
 from dukungan.scans import ScanSets
 from ingest.results import SQLiteResults
 from ingest.validate import GROUP, Validator
-from tests.conftest import OCTET, child_env, make_settings, wait_for
+from loadtest import realclients
+from tests.conftest import OCTET, TUS, child_env, make_settings, wait_for
 
 ELECTION = """
 name = "Pilwalkot Contoh 2024"
@@ -311,6 +312,49 @@ async def test_template_invalid_is_recorded_as_rejected(tmp_path, ctx, gateway, 
     assert got[other]["status"] == "skipped" and got[noname]["status"] == "rejected"
     st, prog = await get_json(http, f"{gateway.url}/progress", tokens["a"])
     assert st == 200 and prog["ms"] == 0 and prog["uploads"]["lists_rejected"] == 1
+
+
+@pytest.mark.timeout(300)
+async def test_parallel_uploads_partials_are_parts_not_files(tmp_path, ctx, gateway, ingester, validator, tokens,
+                                                             results, http):
+    """tus-js-client's parallelUploads sends a file as four partial uploads and a final that
+    concatenates them. Only the final is the team's file: it is judged, receipted and counted;
+    the partials are neither validated nor receipted nor counted, and each names its final."""
+    try:
+        realclients.ensure_installed()
+    except realclients.Unavailable as e:
+        pytest.skip(f"tus-js-client unavailable: {e}")
+    g = generate(ctx, 400, seed=6, dup_rate=0.02)
+    path = tmp_path / "daftar.csv"
+    write_csv(path, g.rows)
+    # The driver blocks; the gateway runs in this loop, so the client runs beside it.
+    result = await asyncio.to_thread(realclients.run_tusjs, gateway.files, file=str(path), parallel_uploads=4,
+                                     headers=auth(tokens["a"]), metadata={"filename": "daftar.csv"}, timeout=120)
+    assert result["succeeded"] == 1 and result["failed"] == 0, result
+    final_url = result["urls"][0]
+    final_id = final_url.rsplit("/", 1)[1]
+    async with http.head(final_url, headers=auth(tokens["a"], TUS)) as resp:
+        concat = resp.headers["Upload-Concat"]
+    assert concat.startswith("final;")
+    part_ids = [p.rsplit("/", 1)[1] for p in concat.split(";", 1)[1].split()]
+    assert len(part_ids) == 4
+
+    body = (await wait_validated(http, gateway, tokens["a"], [final_id], timeout=60))[final_id]
+    (tmp_path / "no-scans").mkdir()  # none were uploaded: the server finds none either
+    report = check_file(path, ctx, scans=tmp_path / "no-scans")
+    assert body["status"] == "accepted" and body["rows"] == len(g.rows) and body["counts"] == report.counts
+    st, final = await get_json(http, f"{final_url}/status", tokens["a"])
+    assert st == 200 and final["state"] == "stored" and final["receipt"]["payload"]["upload_id"] == final_id
+    for pid in part_ids:
+        st, part = await get_json(http, f"{gateway.url}/files/{pid}/status", tokens["a"])
+        assert st == 200 and part["state"] == "stored", part
+        assert "receipt" not in part and part["part_of"] == final_id and not part["safe_to_delete_local_copy"]
+        st, _ = await get_json(http, f"{gateway.url}/files/{pid}/verdicts", tokens["a"])
+        assert st != 200, "a partial was judged as a file"
+    assert not any(results.file(pid) for pid in part_ids)
+    st, prog = await get_json(http, f"{gateway.url}/progress", tokens["a"])
+    assert st == 200 and prog["uploads"] == {"lists": 1}, prog["uploads"]
+    assert prog["ms"] == report.counts["MS"]
 
 
 async def test_access_rules(tmp_path, ctx, gateway, ingester, validator, tokens, http):

@@ -6,7 +6,8 @@
 //
 // Usage: node tusjs_run.mjs '<json spec>'   (or: node tusjs_run.mjs @spec.json)
 // Spec: {endpoint, uploads, size, chunkSize?, parallelUploads?, headers?,
-//        rate?, duration?, timeout?, metadata?, lazy?}
+//        rate?, duration?, timeout?, metadata?, lazy?, file?}
+//   file: upload the bytes of this file (size is then its size) instead of random bodies.
 //   rate + duration: open loop, one new upload every 1/rate s for duration s
 //   (uploads is then ignored); otherwise all `uploads` start at once.
 //   lazy: bodies are made when the client reads them (see LazyBody), not up front.
@@ -21,7 +22,8 @@ function loadSpec(arg) {
 }
 
 const spec = loadSpec(process.argv[2]);
-const size = Number(spec.size);
+const given = spec.file ? readFileSync(spec.file) : null;
+const size = given ? given.length : Number(spec.size);
 const timeoutMs = Number(spec.timeout ?? 600) * 1000;
 
 // One random template, and each upload gets its own copy with a distinct prefix, so
@@ -29,6 +31,7 @@ const timeoutMs = Number(spec.timeout ?? 600) * 1000;
 const template = Buffer.alloc(size);
 randomFillSync(template);
 function body(i) {
+  if (given) return given;
   const b = Buffer.from(template);
   b.write(`upload-${i}-`.padEnd(Math.min(32, size), '.'), 0, 'latin1');
   return b;
