@@ -57,11 +57,16 @@ class PushReport(msgspec.Struct, kw_only=True):
             out[f.state] = out.get(f.state, 0) + 1
         return out
 
+    def lists_not_counted(self) -> list[FileResult]:
+        """Lists the server stored but whose rows count for nothing: rejected, not validated."""
+        return [f for f in self.files if f.verdict not in (None, "accepted")]
+
     @property
     def ok(self) -> bool:
         if self.stopped:
             return False
-        return all(f.state in ("stored", "uploaded") and f.receipt_status != rcpt.INVALID for f in self.files)
+        return all(f.state in ("stored", "uploaded") and f.receipt_status != rcpt.INVALID
+                   and f.verdict not in ("rejected", "error") for f in self.files)
 
 
 def collect(paths: Iterable[str | os.PathLike[str]], exclude: Iterable[Path] = ()) -> list[FileJob]:
@@ -178,6 +183,10 @@ async def push(paths: Iterable[str | os.PathLike[str]], server: str, token: str 
                 board.message(f"[unggah push] all bytes sent; waiting for the server to store "
                               f"{poller.outstanding()} file(s) (up to {wait:.0f} s)")
             await poller.finish(wait)
+            lists = [f for f in results if f is not None and f.state == "stored" and pf.is_list(Path(f.name))]
+            if lists and not poller.no_status_endpoint:
+                # What a team must not learn only at the close: a stored list that counts for nothing.
+                await collect_verdicts(http, lists, deadline=time.monotonic() + min(wait, VERDICT_WAIT))
         finally:
             await board.stop()
             await poller.close()
@@ -320,6 +329,37 @@ class StatusPoller:
             fr.receipt_status, fr.receipt_error = rcpt.VERIFIED, f"verified but not saved: {e}"
             return
         fr.receipt_status = rcpt.VERIFIED
+
+
+# How long push waits, at most, for the server's verdicts on the lists it stored.
+VERDICT_WAIT = 60.0
+
+
+async def collect_verdicts(http: Http, lists: list[FileResult], deadline: float) -> None:
+    """Ask the server for each stored list's verdict (GET <upload>/verdicts) until it has one
+    or the deadline passes; a list still unjudged then is left with verdict None and a note."""
+    waiting, pause = list(lists), 0.3
+    while waiting:
+        for fr in list(waiting):
+            resp = await http.send("GET", fr.url + "/verdicts", tus=False, count=False)
+            if resp.status == 404 and resp.reason != "not-validated":
+                return  # this server does not judge lists
+            if resp.status != 200:
+                continue  # not-validated: still being judged; 503, network trouble: ask again
+            try:
+                v = resp.json()
+            except orjson.JSONDecodeError:
+                continue
+            fr.verdict = str(v.get("status") or "")
+            fr.verdict_message = v.get("message") or None
+            fr.verdict_problems = [str(x) for x in (v.get("problems") or [])]
+            waiting.remove(fr)
+        if not waiting or time.monotonic() + pause > deadline:
+            break
+        await asyncio.sleep(pause)
+        pause = min(2.0, pause * 2)
+    for fr in waiting:
+        fr.notes.append("stored; the server has not judged this list yet: `unggah status` shows its verdict")
 
 
 async def fetch_progress(server: str, token: str | None = None) -> tuple[int, dict | None, str]:

@@ -145,9 +145,18 @@ def format_report(r) -> str:
     if invalid:
         out += ["", "TANDA TERIMA TIDAK SAH / RECEIPT VERIFICATION FAILED (keep the file and report this):"]
         out += [f"  {f.path}: {f.receipt_error}" for f in invalid[:50]]
+    not_counted = r.lists_not_counted()
+    if not_counted:
+        out += ["", "DAFTAR TIDAK DIHITUNG / LISTS NOT COUNTED (stored, but their rows count for nothing):"]
+        out += [f"  {line}" for f in not_counted for line in describe_list(
+            {"filename": f.path, "status": f.verdict, "message": f.verdict_message, "problems": f.verdict_problems})]
     if pending or failed:
         out += ["", "Simpan berkas asli. Jalankan perintah yang sama lagi untuk melanjutkan.",
                 "Keep your local copies. Run the same command again: it resumes where the server stopped."]
+    elif stored == len(r.files) and r.files and not_counted:
+        out += ["", f"Semua berkas tersimpan, tetapi {len(not_counted)} daftar tidak dihitung (lihat di atas). / "
+                    f"Every file is stored, but {len(not_counted)} list(s) count for nothing: see above, fix and "
+                    "push the corrected list."]
     elif stored == len(r.files) and r.files:
         out += ["", "Semua berkas tersimpan di server. / Every file is stored on the server."]
     return "\n".join(out)
@@ -188,6 +197,18 @@ def _pct(part: int, whole: int) -> str:
     if part and pct < 0.1:
         return "<0.1%"
     return f"{min(pct, 99.9):.1f}%"
+
+
+def describe_list(f: dict) -> list[str]:
+    """A list that counts for nothing (rejected, not validated): its name, why, and the cells."""
+    status = {"rejected": "DITOLAK / REJECTED", "skipped": "TIDAK DIPERIKSA / NOT VALIDATED",
+              "error": "GAGAL DIPERIKSA / VALIDATION FAILED"}.get(f.get("status", ""), str(f.get("status", "")).upper())
+    lines = [f"{f.get('filename') or f.get('id')}: {status}: {f.get('message') or 'no reason given'}"]
+    problems = f.get("problems") or []
+    lines += [f"  - {x}" for x in problems[:10]]
+    if len(problems) > 10:
+        lines.append(f"  ... and {len(problems) - 10} more")
+    return lines
 
 
 def format_progress(p: dict, now: dt.datetime | None = None) -> str:
@@ -232,6 +253,10 @@ def format_progress(p: dict, now: dt.datetime | None = None) -> str:
             for code, count in sorted(rows.items(), key=lambda kv: -kv[1]):
                 lid, len_ = labels.get(code, ("", ""))
                 out.append(f"  {code:<22} {_n(count):>9}  {lid}{' / ' + len_ if len_ else ''}")
+    not_counted = p.get("lists_not_counted") or []
+    if not_counted:
+        out.append("DAFTAR TIDAK DIHITUNG / LISTS NOT COUNTED:")
+        out += [f"  {line}" for f in not_counted for line in describe_list(f)]
     uploads = p.get("uploads") or {}
     if uploads:
         out.append("Unggahan / uploads: " + ", ".join(f"{k} {_n(v)}" for k, v in uploads.items() if not isinstance(v, dict)))

@@ -39,6 +39,11 @@ class FileResult(msgspec.Struct, kw_only=True):
     receipt: str | None = None  # path of the saved receipt
     receipt_status: str | None = None  # verified | invalid | unavailable | missing
     receipt_error: str | None = None
+    # Supporter lists: the server's verdict on the file (accepted | rejected | skipped | error;
+    # None: not judged yet), its message and the problems it names (cells, columns).
+    verdict: str | None = None
+    verdict_message: str | None = None
+    verdict_problems: list[str] = []
     notes: list[str] = []
 
 

@@ -33,7 +33,7 @@ from buffer.tenants import TENANT_ID
 from gateway.auth import PUBLIC
 from gateway.context import PRINCIPAL, STREAMING
 from gateway.problems import problem
-from ingest.results import SQLiteResults
+from ingest.results import FileRecord, SQLiteResults
 from unggah.config import Settings
 
 UTC = dt.timezone.utc
@@ -97,7 +97,8 @@ class ResultsAPI:
         return {"name": st.round, "kind": kind, "open": True, "closes_at": st.closes_at.astimezone(e.tz).isoformat(),
                 "closes_at_ms": int(st.closes_at.timestamp() * 1000), "extension": st.extended_by}
 
-    def render(self, tenant: str, snap: dict | None, uploads: dict[str, int] | None) -> dict:
+    def render(self, tenant: str, snap: dict | None, uploads: dict[str, int] | None,
+               not_counted: list[FileRecord] | None = None) -> dict:
         """The client's shape (docs/client.md) plus every field of dukungan.progress.Progress."""
         body: dict = {"tenant": tenant}
         if snap is None:
@@ -122,17 +123,22 @@ class ResultsAPI:
                     body[k] = snap[k]
         if uploads is not None:
             body["uploads"] = uploads
+        if not_counted:
+            # A list whose rows count for nothing is the first thing a team must see, by name.
+            body["lists_not_counted"] = [
+                {"id": f.upload_id, "filename": f.filename, "status": f.status, "message": f.message,
+                 "problems": f.problems[:20]} for f in not_counted]
         w = self.window(tenant)
         if w is not None:
             body["window"] = w
         return body
 
-    def _tenant_progress(self, tenant: str) -> tuple[dict | None, dict[str, int]]:
+    def _tenant_progress(self, tenant: str) -> tuple[dict | None, dict[str, int], list[FileRecord]]:
         snap = self.results.progress(tenant)
         if snap is None:
             empty = self.results.meta("empty_progress")
             snap = orjson.loads(empty) if empty else None
-        return snap, self.results.upload_counts(tenant)
+        return snap, self.results.upload_counts(tenant), self.results.lists_not_counted(tenant)
 
     # ---- handlers
 
@@ -141,8 +147,8 @@ class ResultsAPI:
         if isinstance(tenant, web.Response):
             return tenant
         got = await self._read(self._tenant_progress, tenant)
-        snap, uploads = got if got else (None, None)
-        return _json(self.render(tenant, snap, uploads))
+        snap, uploads, not_counted = got if got else (None, None, None)
+        return _json(self.render(tenant, snap, uploads, not_counted))
 
     async def progress_all(self, request: web.Request) -> web.Response:
         p = self.principal(request)

@@ -181,12 +181,19 @@ class ResultsReader(Protocol):
     def progress(self, tenant: str) -> dict | None: ...
     def all_progress(self) -> dict[str, dict]: ...
     def upload_counts(self, tenant: str) -> dict[str, int]: ...
+    def lists_not_counted(self, tenant: str, limit: int = 50) -> list[FileRecord]: ...
     def verdict_batches(self, tenant: str, upload_id: str | None = None,
                         batch: int = 5000) -> Iterator[list[tuple[StoredRow, str]]]: ...
     def meta(self, key: str) -> str | None: ...
 
 
 _ROW_COLS = "id, upload_id, row_no, nik, nama, kode_desa, status, reasons, fingerprint, round, superseded_by"
+
+
+def _file(t: tuple) -> FileRecord:
+    return FileRecord(upload_id=t[0], tenant=t[1], kind=t[2], filename=t[3], sha256=t[4], length=t[5],
+                      status=t[6], message=t[7], problems=json.loads(t[8]), rows=t[9], round=t[10],
+                      stored_at=t[11], validated_at=t[12])
 
 
 def _row(t: tuple) -> StoredRow:
@@ -343,15 +350,18 @@ class SQLiteResults:
         rows = self._read("SELECT value FROM meta WHERE key=?", (key,))
         return rows[0][0] if rows else None
 
+    def lists_not_counted(self, tenant: str, limit: int = 50) -> list[FileRecord]:
+        """The tenant's supporter lists whose rows count for nothing: rejected, not validated
+        (no election) or failed validation; latest first."""
+        rows = self._read("SELECT upload_id, tenant, kind, filename, sha256, length, status, message, problems, rows,"
+                          " round, stored_at, validated_at FROM files WHERE tenant=? AND kind='list' AND status<>?"
+                          " ORDER BY seq DESC LIMIT ?", (tenant, ACCEPTED, limit))
+        return [_file(t) for t in rows]
+
     def file(self, upload_id: str) -> FileRecord | None:
         rows = self._read("SELECT upload_id, tenant, kind, filename, sha256, length, status, message, problems, rows,"
                           " round, stored_at, validated_at FROM files WHERE upload_id=?", (upload_id,))
-        if not rows:
-            return None
-        t = rows[0]
-        return FileRecord(upload_id=t[0], tenant=t[1], kind=t[2], filename=t[3], sha256=t[4], length=t[5],
-                          status=t[6], message=t[7], problems=json.loads(t[8]), rows=t[9], round=t[10],
-                          stored_at=t[11], validated_at=t[12])
+        return _file(rows[0]) if rows else None
 
     def file_counts(self, upload_id: str) -> dict:
         """Row counts of one file as validated now (statuses include late-scan changes)."""

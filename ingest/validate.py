@@ -97,6 +97,11 @@ def progress_snapshot(ctx: RuleContext, rows) -> dict:
     return snap
 
 
+# What a team sees for a list while the server has no election: never silence.
+NO_ELECTION = ("not validated: no election configured. The list is stored, but its rows are not judged or "
+               "counted until the server is started with an election (unggah up --election election.toml)")
+
+
 class Validator:
     def __init__(self, settings: Settings, name: str, client: redis.Redis, results: SQLiteResults,
                  blobs: LocalBlobStore, election: Election | None = None, ctx: RuleContext | None = None) -> None:
@@ -287,9 +292,7 @@ class Validator:
                 return  # a duplicate delivery: already committed
             if self.ctx is None:
                 log.warning("list not validated: no election_file configured", extra={"upload": ev.u})
-                w.add_file(FileRecord(**base, status=SKIPPED,
-                                      message="no election is configured on the server; the list is stored "
-                                              "but not validated"))
+                w.add_file(FileRecord(**base, status=SKIPPED, message=NO_ELECTION))
                 return
             round_name, round_kind = self.round_of(tenant, state)
             ktp, statement = w.scan_niks(tenant)

@@ -357,6 +357,36 @@ async def test_parallel_uploads_partials_are_parts_not_files(tmp_path, ctx, gate
     assert prog["ms"] == report.counts["MS"]
 
 
+async def test_a_rejected_list_is_named_with_its_reason_by_push_status_and_progress(
+        tmp_path, ctx, gateway, ingester, validator, tokens, http):
+    """A list the server rejects is stored, and its rows count for nothing. `unggah push` must
+    not end with "every file is stored" as if all were well: it names the list and the reason,
+    and so do /progress and `unggah status`, for as long as the list is not replaced."""
+    from client.api import push
+    from client.cli import format_progress, format_report
+
+    g = generate(ctx, 10, seed=4, traps=False)
+    header, rows = template_traps(g.rows)["swapped_columns"]
+    folder = tmp_path / "kirim"
+    folder.mkdir()
+    write_csv(folder / "geser.csv", rows, header=header)
+    rep = await push([folder], gateway.url, token=tokens["a"], force=True, state_path=tmp_path / "s.json", wait=30)
+    [f] = rep.files
+    assert f.state == "stored" and f.verdict == "rejected" and f.verdict_message.startswith("TEMPLATE_INVALID")
+    assert not rep.ok, "a rejected list is not a successful push"
+    text = format_report(rep)
+    assert "geser.csv" in text and "TEMPLATE_INVALID" in text and "JENIS_KELAMIN" in text
+    assert "Every file is stored on the server." not in text and "count for nothing" in text
+
+    st, prog = await get_json(http, f"{gateway.url}/progress", tokens["a"])
+    assert st == 200
+    [named] = prog["lists_not_counted"]
+    assert named["filename"] == "geser.csv" and named["status"] == "rejected"
+    assert named["message"].startswith("TEMPLATE_INVALID")
+    status_text = format_progress(prog)
+    assert "geser.csv" in status_text and "REJECTED" in status_text and "TEMPLATE_INVALID" in status_text
+
+
 async def test_access_rules(tmp_path, ctx, gateway, ingester, validator, tokens, http):
     g = generate(ctx, 6, seed=5, traps=False)
     path = tmp_path / "a.csv"
@@ -498,7 +528,9 @@ async def test_without_an_election_lists_are_kept_but_not_judged(tmp_path, valke
     v.process(CompletedEvent(u="0-" + "b" * 32, tenant="t", state="stored", length=len(JPEG),
                              metadata=f"filename {b64('ktp.jpg')},kind {b64('ktp')},nik {b64(nik)}"), None)
     f = v.results.file("0-" + "a" * 32)
-    assert f.status == "skipped" and "no election" in f.message and v.results.count_rows() == 0
+    assert f.status == "skipped" and v.results.count_rows() == 0
+    assert f.message.startswith("not validated: no election configured") and "--election" in f.message
+    assert [x.upload_id for x in v.results.lists_not_counted("t")] == ["0-" + "a" * 32], "the list is named"
     scan = v.results.scan("0-" + "b" * 32)
     assert scan.ok and scan.nik == nik and scan.kind == "ktp"
     v.results.close()

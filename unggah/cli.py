@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import msgspec
 
@@ -14,6 +15,8 @@ def _settings(args: argparse.Namespace) -> config.Settings:
     overrides = {}
     if getattr(args, "port", None) is not None:
         overrides["port"] = args.port
+    if getattr(args, "election_file", None):
+        overrides["election_file"] = str(Path(args.election_file).resolve())
     s = config.load(getattr(args, "config", None), **overrides)
     if s.embedded and args.command != "up":
         # Beside a running `unggah up` (same state_dir), use its embedded Valkey.
@@ -40,7 +43,29 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     s = _settings(args)
     logs.setup(s.log_level)
+    if s.election_file:
+        # A wrong election file found now, not by the validator after the first list arrives.
+        from dukungan.election import ElectionError, load_election
+        try:
+            load_election(s.election_file)
+        except (ElectionError, OSError) as e:
+            print(f"unggah up: the election file cannot be used: {e}", file=sys.stderr)
+            return 2
     return up(s, port=args.port, ingesters=args.ingesters)
+
+
+def cmd_election_example(args: argparse.Namespace) -> int:
+    """`unggah election example [--codes FILE]`: a commented election on stdout."""
+    import datetime as dt
+
+    from dukungan.example import example_election
+    from dukungan.region import synthetic_code_list_text
+
+    codes = args.codes or "wilayah-kepmendagri.csv"
+    if args.codes:
+        Path(args.codes).write_text(synthetic_code_list_text(), encoding="utf-8")
+    print(example_election(codes, dt.date.today(), synthetic=bool(args.codes)), end="")
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -134,7 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the whole local stack (embedded Valkey, gateway, ingesters)")
     up.add_argument("--port", type=int, help="gateway port (default 8080)")
     up.add_argument("--ingesters", type=int, help="ingester processes (default: ingest_processes)")
+    up.add_argument("--election", dest="election_file", metavar="TOML",
+                    help="the election's file: its windows are enforced and lists judged by it "
+                         "(default: $UNGGAH_ELECTION_FILE; none: lists are stored, not validated)")
     up.set_defaults(func=cmd_up)
+
+    el = sub.add_parser("election", help="election files: `unggah election example > election.toml`")
+    el_sub = el.add_subparsers(dest="election_command", required=True)
+    ex = el_sub.add_parser("example", help="print a commented example election (its window open from today)")
+    ex.add_argument("--codes", metavar="CSV", help="also write an invented code list to this file and use it, "
+                                                   "to try the stack out (never for a real election)")
+    ex.set_defaults(func=cmd_election_example)
 
     serve = sub.add_parser("serve", help="run only the gateway against UNGGAH_REDIS_URL")
     serve.add_argument("--port", type=int)

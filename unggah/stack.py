@@ -263,6 +263,8 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
             # So `unggah tenants`, `unggah dead`, ... run beside the stack find its Valkey.
             running_url_file(settings).write_text(valkey.url)
         env["UNGGAH_STATE_DIR"] = settings.state_dir
+        if settings.election_file:  # from --election: every child judges by the same file
+            env["UNGGAH_ELECTION_FILE"] = settings.election_file
         specs = {"gateway": ["serve", "--port", str(port)]}
         # Each ingester serves its own /metrics on a free port, kept across its restarts.
         metrics_ports = {f"ingest-{i}": free_port(settings.host) for i in range(n_ingest)}
@@ -294,6 +296,7 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
              f"  prometheus    file_sd targets in {targets}\n"
              f"  restarts      {restarts_file(settings)}\n"
              f"  validation    {base}/progress  {base}/verdicts.csv  (results in {settings.results_path})\n"
+             f"  election      {settings.election_file or 'none: lists are stored but not validated (unggah up --election election.toml)'}\n"
              f"  state         {settings.state_dir}")
         while not stopped_by:
             sup.check()
