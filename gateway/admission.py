@@ -574,6 +574,7 @@ class Admission:
         self.bytes = ByteBudget(max(4 * settings.checksum_patch_max_bytes, 64 * settings.entry_bytes))
         self.max_wait = settings.append_max_wait_ms / 1000
         self.body_idle = settings.body_idle_seconds
+        self.body_min_rate = settings.body_min_bytes_per_second
 
     @asynccontextmanager
     async def creation(self, length: int | None):
@@ -598,7 +599,7 @@ class Admission:
         and committed. Reading a fast client's body is most of a request's cost, so it
         happens inside the slot; see Turn.read for slow clients."""
         await self.gate.acquire(tenant, progress)
-        turn = Turn(self.gate, tenant, progress, self.body_idle)
+        turn = Turn(self.gate, tenant, progress, self.body_idle, self.body_min_rate)
         try:
             # Memory is bounded by waiting for it, not by refusing: slots bound what is reserved.
             if not await self.bytes.reserve(n, self.max_wait):
@@ -615,18 +616,23 @@ class Admission:
 
 # A body read slower than this is a slow client, not CPU: it gives its slot back while it waits.
 SLOW_READ = 0.25
+# How often a slow body's progress is looked at: the stall is found within this of its time.
+STALL_POLL = 0.5
 
 
 class BodyStalled(Exception):
-    """No byte of a request body arrived for body_idle_seconds."""
+    """No byte of a request body arrived for body_idle_seconds, or fewer than
+    body_min_bytes_per_second on average over that long. The turn's slot is held again when
+    this is raised, so the caller can still commit what had arrived."""
 
 
 class Turn:
-    def __init__(self, gate: FairGate, tenant: str, progress: float, idle: float) -> None:
+    def __init__(self, gate: FairGate, tenant: str, progress: float, idle: float, min_rate: float = 0) -> None:
         self.gate = gate
         self.tenant = tenant
         self.progress = progress
         self.idle = idle
+        self.min_rate = min_rate
         self.held = True
         self.reading = True
 
@@ -639,26 +645,43 @@ class Turn:
 
     async def read(self, reading, arrived: Callable[[], int]):
         """Await a body read inside the slot; if the client is slow, leave the slot to others
-        while it trickles in, then queue again (as work in progress) for the commit. If no
-        byte arrives (`arrived`: bytes of the body received so far) for `idle` seconds, give
-        the read up: BodyStalled, and the turn's memory goes back to the others."""
+        while it trickles in, then queue again (as work in progress) for the commit.
+
+        The body is given up (BodyStalled, with the slot held again so that what arrived can
+        still be committed) when no byte arrives (`arrived`: bytes of the body received so
+        far) for `idle` seconds counted from the last one, or when a whole `idle` window
+        brings fewer than `min_rate` bytes a second: a trickle of a byte now and then would
+        otherwise hold its memory and connection for ever."""
         task = asyncio.ensure_future(reading)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         done, _ = await asyncio.wait({task}, timeout=SLOW_READ)
-        if not done:
-            self.gate.step_aside(self.tenant)
-            self.held = False
-            try:
-                seen = arrived()
-                while not (await asyncio.wait({task}, timeout=self.idle))[0]:
-                    if arrived() == seen:
-                        task.cancel()
-                        await asyncio.gather(task, return_exceptions=True)
-                        raise BodyStalled()
-                    seen = arrived()
-            finally:
-                self.gate.come_back()
-            result = task.result()
-            await self.gate.acquire(self.tenant, self.progress)
-            self.held = self.reading = True
-            return result
+        if done:
+            return task.result()
+        self.gate.step_aside(self.tenant)
+        self.held = False
+        stalled = False
+        try:
+            seen, last_change = arrived(), start
+            window_start, window_bytes = start, seen
+            while not (await asyncio.wait({task}, timeout=min(self.idle, STALL_POLL)))[0]:
+                now, n = loop.time(), arrived()
+                if n != seen:
+                    seen, last_change = n, now
+                if now - last_change >= self.idle:
+                    stalled = True
+                elif now - window_start >= self.idle:
+                    if n - window_bytes < self.min_rate * (now - window_start):
+                        stalled = True
+                    window_start, window_bytes = now, n
+                if stalled:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    break
+        finally:
+            self.gate.come_back()
+        await self.gate.acquire(self.tenant, self.progress)
+        self.held = self.reading = True
+        if stalled:
+            raise BodyStalled()
         return task.result()

@@ -94,7 +94,7 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
     tus = TusHandler(store, settings, admission, Windows.from_file(settings.election_file, clock), clock=clock)
     # Auditing sits outside `errors` so that the refusals `errors` makes (Redis unreachable,
     # internal errors) are in the trail too.
-    app = web.Application(middlewares=[observe_requests, auditing.middleware(store, refusals), errors,
+    app = web.Application(middlewares=[reads.track_heads, observe_requests, auditing.middleware(store, refusals), errors,
                                        auth.middleware(tenants, tus.shed),
                                        refuse_when_draining],
                           client_max_size=1 << 20,
@@ -102,7 +102,12 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
                           # read_chunk_bytes (gateway/reads.py), before aiohttp pauses reading it: the
                           # rest waits in the kernel under TCP flow control, so bodies are read (the main
                           # cost of a request) inside admission's fair turns.
-                          handler_args={"read_bufsize": settings.read_buffer_bytes})
+                          handler_args={"read_bufsize": settings.read_buffer_bytes,
+                                        # gateway/reads.py: what comes before a request is bounded too.
+                                        "max_line_size": settings.max_header_bytes,
+                                        "max_field_size": settings.max_header_bytes,
+                                        "max_headers": settings.max_headers,
+                                        "keepalive_timeout": settings.idle_timeout_seconds})
     app[STORE] = store
     app[SETTINGS] = settings
     app[READY] = {"ready": True}

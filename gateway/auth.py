@@ -13,6 +13,7 @@ from aiohttp import web
 
 from buffer.tenants import Principal, TenantStore, hash_token
 from gateway.context import ADMITTED, PRINCIPAL, READ_ALL, TENANT
+from gateway import reads
 from gateway.headers import tus_method
 from gateway.problems import problem
 
@@ -50,6 +51,7 @@ def middleware(tenants: TenantStore | None, shed: Shed | None = None):
     recent: collections.OrderedDict[str, Principal] = collections.OrderedDict()
 
     def attach(request: web.Request, principal: Principal) -> None:
+        reads.vouch(request)  # its connection no longer counts against the unauthenticated bound
         request[PRINCIPAL] = principal
         request[TENANT] = principal.tenant
         request[READ_ALL] = principal.reads_all

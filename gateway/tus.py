@@ -90,6 +90,8 @@ class TusHandler:
             "Tus-Version": TUS_VERSION,
             "Tus-Extension": EXTENSIONS,
             "Tus-Max-Size": str(self.s.max_upload_bytes),
+            # The longest header the gateway reads: Upload-Metadata must fit in it.
+            "Unggah-Max-Header-Bytes": str(self.s.max_header_bytes),
             "Tus-Checksum-Algorithm": checksum.SUPPORTED,
             # Not part of tus 1.0: the cap on a PATCH that carries Upload-Checksum.
             "Upload-Checksum-Max-Size": str(self.s.checksum_patch_max_bytes),
@@ -180,8 +182,10 @@ class TusHandler:
         return None if refusal is None else self.refused(refusal)
 
     def stalled(self, offset: int, kept: str) -> web.Response:
-        response = problem(408, "body-stalled", f"no byte of the body arrived for {self.s.body_idle_seconds:g} s; "
-                           f"{kept}; resume from HEAD", headers={"Upload-Offset": str(offset)})
+        response = problem(408, "body-stalled",
+                           f"the body stalled: no byte for {self.s.body_idle_seconds:g} s, or under "
+                           f"{self.s.body_min_bytes_per_second:g} bytes a second over that long; {kept}; "
+                           "resume from HEAD", headers={"Upload-Offset": str(offset)})
         # The connection goes too (after aiohttp's lingering read): more of this body is of no use.
         response.force_close()
         return response
@@ -453,14 +457,20 @@ class TusHandler:
         total = request.content_length  # None for chunked bodies
         step = self.s.entry_bytes
         pos, received, crc_all, first = offset, 0, 0, True
-        interrupted = False
+        interrupted = stalled = False
         # The same for every piece of this PATCH.
         tenant, actor, token_hash = self.tenant(request), self.actor(request), self.token_hash(request)
         while True:
             want = step if total is None else min(step, total - received)
             try:
                 async with self.admission.turn(max(want, 1), tenant, self.progress(upload_id, pos)) as turn:
-                    piece, eof, interrupted = await turn.read(self._read_piece(request, want), arrived(request))
+                    parts: list[bytes] = []
+                    try:
+                        piece, eof, interrupted = await turn.read(self._read_piece(request, want, parts),
+                                                                  arrived(request))
+                    except BodyStalled:
+                        # Commit what did arrive of this piece: the 408 says it is kept.
+                        piece, eof, interrupted, stalled = b"".join(parts), True, True, True
                     piece_crc = checksum.crc32c(piece)
                     # CRC of the whole PATCH so far; with one piece it is the piece's own.
                     crc_all = piece_crc if received == 0 else checksum.crc32c(piece, crc_all)
@@ -478,8 +488,6 @@ class TusHandler:
                 refusal = self.refused(e)
                 refusal.headers["Upload-Offset"] = str(pos)
                 return refusal
-            except BodyStalled:
-                return self.stalled(pos, f"the bytes up to offset {pos} are kept")
             if res.outcome != "ok":
                 if res.outcome == "conflict" and first and res.record:
                     return await self._maybe_duplicate(request, res, received, crc_all, last, upload_id)
@@ -488,12 +496,16 @@ class TusHandler:
             self.committed(upload_id, len(piece), pos)
             if last:
                 break
+        if stalled:
+            return self.stalled(pos, f"every byte that arrived is kept (up to offset {pos})")
         if interrupted:
             log.info("PATCH interrupted; kept what arrived", extra={"upload": upload_id, "offset": pos})
         return pos
 
-    async def _read_piece(self, request: web.Request, want: int) -> tuple[bytes, bool, bool]:
-        """Up to `want` bytes: (bytes, at_eof, interrupted).
+    async def _read_piece(self, request: web.Request, want: int,
+                          parts: list[bytes] | None = None) -> tuple[bytes, bool, bool]:
+        """Up to `want` bytes: (bytes, at_eof, interrupted). What has been read so far is in
+        `parts` (given: the caller's), so a read given up midway still has it.
 
         Asked for at most the read-ahead (`read_buffer_bytes`) at a time: aiohttp's read(n) raises
         the body's read-ahead to 2 x n for the rest of the request, so one read(entry_bytes) would
@@ -501,7 +513,7 @@ class TusHandler:
         KiB, and thousands of them the gateway's memory."""
         if want <= 0:
             return b"", True, False
-        parts: list[bytes] = []
+        parts = [] if parts is None else parts
         got = 0
         step = self.s.read_buffer_bytes
         try:

@@ -105,7 +105,8 @@ async def serve(make_app: Callable[[Settings], Awaitable[web.Application]], sett
     app = await make_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=LAST_CALL_SECONDS)
     await runner.setup()
-    listener = await reads.listen(runner, settings.host, settings.port, settings.read_chunk_bytes)
+    listener = await reads.listen(runner, settings.host, settings.port, settings.read_chunk_bytes,
+                                  reads.doors_for(settings))
     # Everything built so far (modules, the app, settings) lives as long as the process: out of
     # the collector's sight, a full collection costs a fraction of the time, which is a pause
     # every request in flight would otherwise wait out.

@@ -82,7 +82,8 @@ class Gateway:
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
         # The listener `unggah serve` uses (bounded reads), not web.TCPSite.
-        self.listener = await reads.listen(self.runner, "127.0.0.1", self.port, self.settings.read_chunk_bytes)
+        self.listener = await reads.listen(self.runner, "127.0.0.1", self.port, self.settings.read_chunk_bytes,
+                                           reads.doors_for(self.settings))
         return self
 
     async def stop(self) -> None:

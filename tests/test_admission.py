@@ -419,6 +419,77 @@ async def test_stalled_bodies_are_given_up_and_their_memory_goes_back(tmp_path, 
         await gw.stop()
 
 
+async def open_patch(gw, url: str, length: int, first: bytes):
+    """A PATCH head and the first bytes of its body, sent by hand; the rest is up to the caller."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write((f"PATCH {urlsplit(url).path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+                  "Upload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\n"
+                  f"Content-Length: {length}\r\n\r\n").encode() + first)
+    await writer.drain()
+    return reader, writer
+
+
+async def answer_head(reader) -> bytes:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    return head
+
+
+@pytest.mark.parametrize("sent", [5000, 300_000])  # inside the first piece; past the first of 256 KiB pieces
+async def test_a_stalled_body_keeps_every_byte_that_arrived_and_is_given_up_at_the_configured_time(
+        tmp_path, valkey, http, sent):
+    """A streamed PATCH whose client stops sending: every byte that arrived is stored (the
+    piece being read included), and the 408 comes body_idle_seconds after the last byte."""
+    idle = 1.5
+    settings = make_settings(tmp_path, valkey.url, entry_bytes=256 * 1024, body_idle_seconds=idle)
+    gw = await Gateway(settings).start()
+    writer = None
+    try:
+        url = await create(http, gw, 1 << 20)
+        reader, writer = await open_patch(gw, url, 1 << 20, os.urandom(sent))
+        last_byte = time.monotonic()
+        head = await answer_head(reader)
+        waited = time.monotonic() - last_byte
+        assert b" 408 " in head and f"Upload-Offset: {sent}".encode() in head, head
+        assert idle <= waited < idle + 1.0, f"408 after {waited:.2f} s, configured {idle} s"
+        async with http.head(url, headers=TUS) as resp:
+            assert resp.headers["Upload-Offset"] == str(sent), "bytes that arrived before the stall were dropped"
+    finally:
+        if writer:
+            writer.close()
+        await gw.stop()
+
+
+async def test_a_body_that_trickles_below_the_minimum_rate_is_given_up_with_what_it_sent_kept(
+        tmp_path, valkey, http):
+    """A byte every 0.2 s never leaves the body idle, yet it is not an upload: over a whole
+    body_idle_seconds it brings fewer than body_min_bytes_per_second, so it is given up."""
+    settings = make_settings(tmp_path, valkey.url, body_idle_seconds=1.0, body_min_bytes_per_second=100)
+    gw = await Gateway(settings).start()
+    writer = None
+    try:
+        url = await create(http, gw, 1000)
+        reader, writer = await open_patch(gw, url, 1000, b"x")
+        answered = asyncio.create_task(answer_head(reader))
+        sent = 1
+        t0 = time.monotonic()
+        while not answered.done() and time.monotonic() - t0 < 10:
+            await asyncio.sleep(0.2)
+            if not answered.done():
+                writer.write(b"x")
+                await writer.drain()
+                sent += 1
+        head = await answered
+        assert b" 408 " in head and time.monotonic() - t0 < 4, head
+        kept = int(head.split(b"Upload-Offset: ")[1].split(b"\r\n")[0])
+        assert 0 < kept <= sent
+        async with http.head(url, headers=TUS) as resp:
+            assert resp.headers["Upload-Offset"] == str(kept)
+    finally:
+        if writer:
+            writer.close()
+        await gw.stop()
+
+
 def test_read_slots_below_one_are_refused_with_the_setting_named():
     with pytest.raises(ConfigError, match="append_read_slots"):
         load(env={"UNGGAH_APPEND_READ_SLOTS": "0"})

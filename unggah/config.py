@@ -111,9 +111,26 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # reads up to 256,000 at once, past read_buffer_bytes. 0: the loop's own read size.
     read_chunk_bytes: int = 16 * KiB
 
+    # What comes before a request (gateway/reads.py). The longest request line or header the
+    # gateway reads (Upload-Metadata included; advertised as Unggah-Max-Header-Bytes), and how
+    # many headers; beyond either the answer is 431 headers-too-large.
+    max_header_bytes: int = 16 * KiB
+    max_headers: int = 100
+    # A request head must be complete this long after its first byte (nginx allows 60 s).
+    header_timeout_seconds: float = 30.0
+    # A connection with no request in progress is closed after this long (nginx's 75 s).
+    idle_timeout_seconds: float = 75.0
+    # Connections open that have not yet shown a valid token; a new one beyond this is closed at
+    # once, so a crowd of idle or tokenless connections cannot take the gateway's descriptors.
+    max_unauthenticated_connections: int = 4096
+
     # A request body from which no byte arrives for this long is given up (408, then the
-    # connection is closed): a stalled client must not hold its reserved memory for ever.
+    # connection is closed; every byte that did arrive is kept): a stalled client must not hold
+    # its reserved memory for ever.
     body_idle_seconds: float = 60.0
+    # ... and so is one that brings fewer bytes a second than this over a whole body_idle_seconds:
+    # a byte every few seconds is not an upload. 64 B/s is far below any mobile link that works.
+    body_min_bytes_per_second: float = 64.0
 
     # Graceful shutdown (SIGTERM): the gateway turns unready, refuses new uploads and keeps
     # listening while appends are in flight, at least drain and at most grace seconds.
@@ -205,6 +222,11 @@ def _check(s: Settings) -> None:
         raise ConfigError("buffer_high_ratio must be in (0, 1]")
     if s.append_slots < 1 or s.append_read_slots < 1 or s.append_queue < 0:
         raise ConfigError("append_slots and append_read_slots must be >= 1, and append_queue >= 0")
+    if s.max_header_bytes < 1 * KiB or s.max_headers < 16:
+        raise ConfigError("max_header_bytes must be at least 1024 and max_headers at least 16")
+    if s.header_timeout_seconds < 0 or s.idle_timeout_seconds <= 0 or s.max_unauthenticated_connections < 1:
+        raise ConfigError("header_timeout_seconds must be >= 0 (0: none), idle_timeout_seconds > 0 and "
+                          "max_unauthenticated_connections >= 1")
     if s.read_chunk_bytes < 0 or 0 < s.read_chunk_bytes < 1 * KiB:
         raise ConfigError("read_chunk_bytes must be 0 (the event loop's own read size) or at least 1024")
     if not 0 < s.create_target_wait_ms < s.append_max_wait_ms:
