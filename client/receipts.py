@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
-import orjson
 
 from client.state import write_atomic
 from client.transport import Http
@@ -89,10 +88,11 @@ def receipt_path(file: str | Path) -> Path:
 
 def save(file: str | Path, receipt: dict) -> Path:
     """The receipt exactly as issued (a unggah.receipts.Receipt), verifiable later with
-    `unggah.receipts.verify(path.read_bytes(), public_key)`."""
+    `unggah.receipts.verify(path.read_bytes(), public_key)`: its canonical encoding and nothing
+    else (no indentation, no trailing newline), the only form that verifies."""
     out = receipt_path(file)
     # Round-trip through the Struct so the file holds the receipt's fields and nothing else.
     # No fsync: the server signs deterministically and hands out the same receipt again.
     r = msgspec.convert(receipt, rc.Receipt)
-    write_atomic(out, orjson.dumps(msgspec.to_builtins(r), option=orjson.OPT_INDENT_2) + b"\n", durable=False)
+    write_atomic(out, rc.canonical_receipt(r), durable=False)
     return out

@@ -32,7 +32,7 @@ from gateway.context import PRINCIPAL, READ_ALL, TENANT
 from gateway.windows import Windows, WindowClosed
 from gateway.problems import TUS_VERSION, problem, retry_after
 from unggah.config import Settings
-from unggah.receipts import ReceiptPayload
+from unggah.receipts import ReceiptPayload, payload_for
 
 log = logging.getLogger("unggah.gateway")
 
@@ -638,9 +638,10 @@ def status_body(state: UploadState) -> dict:
 
 def receipt_payload(state: UploadState) -> ReceiptPayload:
     try:
-        filename = decode_metadata(state.metadata).get("filename", b"").decode(errors="replace")
+        filename = decode_metadata(state.metadata).get("filename", b"")
     except ValueError:
-        filename = ""
-    return ReceiptPayload(tenant=state.tenant, upload_id=state.id, filename=filename, size=state.length,
-                          sha256=state.sha256, created_at=state.created_at, completed_at=state.received_at,
-                          stored_at=state.stored_at, window=state.window)
+        filename = b""
+    # The name's bytes as sent: a name that is not UTF-8 is kept (as filename_b64), not replaced.
+    return payload_for(tenant=state.tenant, upload_id=state.id, filename=filename, size=state.length,
+                       sha256=state.sha256, created_at=state.created_at, completed_at=state.received_at,
+                       stored_at=state.stored_at, window=state.window)

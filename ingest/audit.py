@@ -17,7 +17,7 @@ import redis.asyncio as redis
 
 from buffer import keys
 from buffer.connection import connect, ensure_groups
-from unggah.auditlog import REDELIVERY_WINDOW, Chain, ChainGap, chain_path
+from unggah.auditlog import REDELIVERY_WINDOW, Chain, ChainGap, ChainMismatch, chain_path
 from unggah.config import Settings
 
 log = logging.getLogger("unggah.audit")
@@ -38,7 +38,8 @@ class Auditor:
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.s = settings
         self.r = client
-        self.chains = [Chain(chain_path(audit_dir(settings), p)) for p in range(settings.partitions)]
+        # ChainMismatch if a chain file holds another partition's chain (swapped or renamed files).
+        self.chains = [Chain(chain_path(audit_dir(settings), p), p) for p in range(settings.partitions)]
         self.token = secrets.token_hex(8)
         self.stopping = asyncio.Event()
 
@@ -116,7 +117,12 @@ async def run(settings: Settings) -> int:
     # No replayed commands: a replayed XREADGROUP ">" would chain the next batch before the one
     # whose reply was lost, and the chain then skips that one as already written.
     client = connect(settings.redis_url, retry=False)
-    auditor = Auditor(settings, client)
+    try:
+        auditor = Auditor(settings, client)
+    except ChainMismatch as e:
+        log.error("audit chain files do not match their partitions; not writing on them", extra={"error": str(e)})
+        await client.aclose()
+        return 1
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, auditor.stopping.set)

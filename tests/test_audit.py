@@ -21,7 +21,7 @@ from ingest.audit import LEASE, Auditor, LeaseLost, audit_dir
 from gateway.auditing import ID_CHARS
 from tests.conftest import OCTET, TUS, Gateway, child_env, make_settings, wait_for, wait_stored
 from tests.redis_cutter import ReplyCutter
-from unggah.auditlog import Chain, ChainGap
+from unggah.auditlog import Chain, ChainGap, ChainMismatch, chain_path
 from unggah.valkey import EmbeddedValkey
 
 
@@ -284,3 +284,119 @@ def test_an_entry_older_than_the_chain_stops_the_chain_instead_of_being_dropped(
         chain.append([("4-0", {"ev": "lost"}), ("8-0", {"ev": "d"})])
     assert path.read_bytes() == before
     assert chain.append([("8-0", {"ev": "d"})]) == 1  # the chain is as it was
+
+
+# ---------------------------------------------------------------- the set of chains
+
+def small_trail(tmp_path) -> tuple[object, Path]:
+    """Partitions 0 and 1 with a few records each, in a folder of their own (no Redis needed)."""
+    settings = make_settings(tmp_path, "redis://127.0.0.1:1", partitions=2)
+    d = audit_dir(settings)
+    for p in (0, 1):
+        Chain(chain_path(d, p), p).append([(f"{i}-{p}", {"ev": "create", "u": f"{p}-{i}"}) for i in range(1, 4)])
+    return settings, d
+
+
+def keep_heads(settings, tmp_path) -> Path:
+    out = cli(settings, "heads")
+    assert out.returncode == 0, out.stderr
+    kept = tmp_path / "heads.json"
+    kept.write_text(out.stdout)
+    return kept
+
+
+def test_an_untouched_trail_still_verifies(tmp_path):
+    settings, d = small_trail(tmp_path)
+    kept = keep_heads(settings, tmp_path)
+    assert orjson.loads(kept.read_bytes())["chains"] == 2
+    for args in (("verify",), ("verify", "--heads", str(kept))):
+        out = cli(settings, *args)
+        assert out.returncode == 0 and out.stdout.count(": ok, 3 records") == 2, out.stdout
+
+
+def test_swapped_chain_files_are_detected(tmp_path):
+    """Every record's hash covers its partition: a chain in another partition's file breaks at
+    its first record, with or without heads."""
+    settings, d = small_trail(tmp_path)
+    kept = keep_heads(settings, tmp_path)
+    p0, p1 = chain_path(d, 0), chain_path(d, 1)
+    tmp = d / "swap"
+    p0.rename(tmp)
+    p1.rename(p0)
+    tmp.rename(p1)
+    for args in (("verify",), ("verify", "--heads", str(kept))):
+        out = cli(settings, *args)
+        assert out.returncode == 1 and out.stdout.count("BROKEN at line 1") == 2, out.stdout
+        assert "partition 1's chain in partition 0's file" in out.stdout and "swapped" in out.stdout
+    # Re-labelled as well, its hashes give it away.
+    lines = [orjson.loads(line) for line in p0.read_bytes().splitlines()]
+    p0.write_bytes(b"".join(orjson.dumps(dict(rec, partition=0)) + b"\n" for rec in lines))
+    out = cli(settings, "verify")
+    assert out.returncode == 1 and "audit-p0.jsonl: BROKEN at line 1: its hash does not match" in out.stdout
+    # And the auditor will not write on a chain of another partition.
+    with pytest.raises(ChainMismatch):
+        Chain(p1, 1)
+
+
+def test_an_added_chain_is_detected_with_heads(tmp_path):
+    settings, d = small_trail(tmp_path)
+    kept = keep_heads(settings, tmp_path)
+    Chain(chain_path(d, 5), 5).append([("9-0", {"ev": "create", "u": "planted"})])  # well formed, hashes right
+    assert cli(settings, "verify").returncode == 0  # a chain alone cannot show it was not there
+    out = cli(settings, "verify", "--heads", str(kept))
+    assert out.returncode == 1 and "audit-p5.jsonl: NOT IN HEADS" in out.stdout and "(p0, p1)" in out.stdout, out.stdout
+    # A copy of a chain under a name that reads as the same partition is no chain at all.
+    chain_path(d, 5).unlink()
+    (d / "audit-p01.jsonl").write_bytes(chain_path(d, 1).read_bytes())
+    for args in (("verify",), ("verify", "--heads", str(kept))):
+        out = cli(settings, *args)
+        assert out.returncode == 1 and "audit-p01.jsonl: NOT A CHAIN" in out.stdout, out.stdout
+
+
+def test_a_removed_chain_is_detected_with_heads(tmp_path):
+    settings, d = small_trail(tmp_path)
+    kept = keep_heads(settings, tmp_path)
+    chain_path(d, 1).unlink()
+    assert cli(settings, "verify").returncode == 0
+    out = cli(settings, "verify", "--heads", str(kept))
+    assert out.returncode == 1 and "audit-p1.jsonl: MISSING, but a head kept earlier is at record 3" in out.stdout
+    assert "audit-p0.jsonl: ok" in out.stdout
+
+
+def test_heads_that_do_not_add_up_are_refused(tmp_path):
+    settings, d = small_trail(tmp_path)
+    kept = keep_heads(settings, tmp_path)
+    heads = orjson.loads(kept.read_bytes())
+    heads["heads"] = heads["heads"][:1]  # a chain's head dropped from the kept copy
+    kept.write_bytes(orjson.dumps(heads))
+    out = cli(settings, "verify", "--heads", str(kept))
+    assert out.returncode == 2 and "say 2 chains but list 1" in out.stderr, out.stderr
+
+
+def test_a_trail_written_before_records_named_their_partition_still_verifies(tmp_path):
+    """Format 1 records (hash without the partition) verify by their own formula, and a chain
+    goes on with format 2 records after them; a format 1 record after those is refused."""
+    import hashlib
+
+    settings = make_settings(tmp_path, "redis://127.0.0.1:1", partitions=1)
+    path = chain_path(audit_dir(settings), 0)
+    path.parent.mkdir(parents=True)
+    prev, lines = "0" * 64, []
+    for seq in (1, 2):
+        body = {"prev": prev, "seq": seq, "id": f"{seq}-0", "event": {"ev": "old"}}
+        h = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        lines.append(orjson.dumps(dict(body, hash=h)))
+        prev = h
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    out = cli(settings, "verify")
+    assert out.returncode == 0 and "ok, 2 records" in out.stdout, out.stdout
+    assert Chain(path).append([("3-0", {"ev": "new"})]) == 1
+    assert orjson.loads(path.read_bytes().splitlines()[-1])["partition"] == 0
+    out = cli(settings, "verify")
+    assert out.returncode == 0 and "ok, 3 records" in out.stdout, out.stdout
+    body = {"prev": orjson.loads(path.read_bytes().splitlines()[-1])["hash"], "seq": 4, "id": "4-0",
+            "event": {"ev": "old"}}
+    h = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    path.write_bytes(path.read_bytes() + orjson.dumps(dict(body, hash=h)) + b"\n")
+    out = cli(settings, "verify")
+    assert out.returncode == 1 and "BROKEN at line 4: a record without its partition" in out.stdout, out.stdout

@@ -80,6 +80,10 @@ def receipt(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     print("valid receipt:")
     for k, v in msgspec.structs.asdict(payload).items():
+        if v is msgspec.UNSET:
+            continue
+        if k == "filename_b64":  # a name that is not UTF-8: its bytes, then as they read
+            v = f"{v}  ({payload.filename_bytes!r})"
         print(f"  {k}: {v}")
     return 0
 
@@ -95,40 +99,30 @@ async def audit(settings: Settings, args: argparse.Namespace) -> int:
             return 2
         return await run_auditor(settings)
     directory = Path(args.dir) if args.dir else audit_dir(settings)
-    files = sorted(directory.glob("audit-p*.jsonl"))
-    if not files and not (args.action == "verify" and args.heads):  # with heads: every chain is missing
+    chains, strays = auditlog.chain_files(directory)
+    if not chains and not strays and not (args.action == "verify" and args.heads):  # with heads: all missing
         print(f"no audit chains in {directory}", file=sys.stderr)
         return 2
     if args.action == "heads":
         taken = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        partitions = sorted({auditlog.chain_partition(f) for f in files} | set(range(settings.partitions)))
-        print(msgspec.json.format(msgspec.json.encode(auditlog.Heads(
-            taken_at=taken, heads=auditlog.heads(directory, partitions)))).decode())
+        kept = auditlog.take_heads(directory, list(range(settings.partitions)), taken)
+        print(msgspec.json.format(msgspec.json.encode(kept)).decode())
         return 0
     if args.action == "verify":
-        pins: dict[int, auditlog.Head] = {}
+        kept = None
         if args.heads:
             try:
-                kept = msgspec.json.decode(Path(args.heads).read_bytes(), type=auditlog.Heads)
-            except (OSError, msgspec.DecodeError) as e:
+                kept = auditlog.load_heads(Path(args.heads).read_bytes())
+            except (OSError, auditlog.HeadsError) as e:
                 print(f"cannot read heads from {args.heads}: {e}", file=sys.stderr)
                 return 2
-            pins = {h.partition: h for h in kept.heads}
-        bad = 0
-        for p in sorted(pins.keys() - {auditlog.chain_partition(f) for f in files}):
-            if pins[p].seq > 0:
-                bad += 1
-                print(f"{auditlog.chain_path(directory, p).name}: MISSING, but a head kept earlier is at record "
-                      f"{pins[p].seq}")
-        for f in files:
-            n, head, problem = auditlog.verify(f, pins.get(auditlog.chain_partition(f)))
-            if problem:
-                bad += 1
-                print(f"{f.name}: BROKEN at line {problem.line}: {problem.problem} ({n} records verified before it)")
-            else:
-                print(f"{f.name}: ok, {n} records, head {head}")
-        return 1 if bad else 0
-    for f in files:  # show
+        reports = auditlog.verify_trail(directory, kept)
+        for rep in reports:
+            print(f"{rep.name}: {rep.text}")
+        return 0 if all(rep.ok for rep in reports) else 1
+    for f in strays:
+        print(f"{f.name}: skipped, not named as a chain file (audit-p<partition>.jsonl)", file=sys.stderr)
+    for f in chains.values():  # show
         for rec in auditlog.read(f):
             e = rec.event
             if args.upload and e.get("u") != args.upload:
