@@ -97,6 +97,11 @@ def upload(p: int, upload_id: str) -> str:
     return f"{_tag(p)}:up:{upload_id}"
 
 
+def lost(p: int, upload_id: str) -> str:
+    """A tombstone: this upload was acknowledged, then lost with the buffer (AckWitness)."""
+    return f"{_tag(p)}:lost:{upload_id}"
+
+
 def records(p: int, upload_id: str) -> str:
     return f"{_tag(p)}:rec:{upload_id}"
 

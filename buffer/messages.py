@@ -52,6 +52,10 @@ class UploadState(msgspec.Struct, kw_only=True):
     sha256: str = ""  # hex, once stored
     window: str = ""  # the registration window the upload was created in
     finq: int = 0  # 1 once its finalisation entry (a final's: its assembly entry) has been queued
+    # Set when the buffer came back from a crash without bytes it had acknowledged (AckWitness):
+    # the offset that had been acknowledged, and when the loss was found.
+    lost_acked: int = 0
+    lost_at: int = 0
 
     @property
     def complete(self) -> bool:

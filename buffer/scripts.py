@@ -299,6 +299,35 @@ return 1
 """
 
 
+# Report acknowledged state the buffer no longer has, after Valkey came back without it
+# (appendfsync everysec, or an external Redis without WAITAOF). Writes the upload's
+# lost_acked / lost_at (its status then says what to resend), or a tombstone if the upload
+# itself is gone, and an audit record. Nothing is reported when the upload holds at least
+# what was acknowledged: it did not lose it, or it was sent again meanwhile.
+# KEYS: state, tombstone, audit
+# ARGV: id, acknowledged offset, now_ms, tombstone ttl_s, tenant
+# Returns the offset the upload has now, -1 if the upload is gone, -2 if nothing was lost.
+MARK_LOST = r"""
+local off = redis.call('HGET', KEYS[1], 'offset')
+local acked = tonumber(ARGV[2])
+if not off then
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', tonumber(ARGV[4]))
+  redis.call('XADD', KEYS[3], '*', 'ev', 'loss', 'u', ARGV[1], 't', ARGV[5], 'at', ARGV[3],
+             'acked', ARGV[2], 'now', '-1')
+  return -1
+end
+off = tonumber(off)
+if off >= acked then return -2 end
+local before = tonumber(redis.call('HGET', KEYS[1], 'lost_acked') or '0')
+if acked > before then
+  redis.call('HSET', KEYS[1], 'lost_acked', acked, 'lost_at', ARGV[3])
+end
+redis.call('XADD', KEYS[3], '*', 'ev', 'loss', 'u', ARGV[1], 't', ARGV[5], 'at', ARGV[3],
+           'acked', ARGV[2], 'now', off)
+return off
+"""
+
+
 class Scripts:
     """The scripts registered on one client. redis-py's Script reloads after NOSCRIPT
     (a restarted Valkey forgets its script cache)."""
@@ -315,3 +344,4 @@ class Scripts:
         self.claim_part = client.register_script(CLAIM_PART)
         self.release_part = client.register_script(RELEASE_PART)
         self.replay = client.register_script(REPLAY)
+        self.mark_lost = client.register_script(MARK_LOST)

@@ -167,6 +167,30 @@ class UploadStore:
                 pipe.xadd(keys.audit(partition), record)
             await pipe.execute()
 
+    async def mark_lost(self, upload_id: str, acked: int, tenant: str, tombstone_ttl: int) -> int | None:
+        """Report that `upload_id` had `acked` bytes acknowledged that the buffer may no longer
+        hold (MARK_LOST): the offset it has now, -1 if it is gone, None if nothing was lost."""
+        p = self.partition(upload_id)
+        if p is None:
+            return None
+        res = int(await self.scripts.mark_lost(
+            keys=[keys.upload(p, upload_id), keys.lost(p, upload_id), keys.audit(p)],
+            args=[upload_id, acked, int(self.clock() * 1000), tombstone_ttl, tenant]))
+        return None if res == -2 else res
+
+    async def lost_acknowledged(self, upload_id: str) -> int | None:
+        """The offset acknowledged to an upload the buffer lost whole (its tombstone), or None."""
+        p = self.partition(upload_id)
+        if p is None:
+            return None
+        v = await self.r.get(keys.lost(p, upload_id))
+        return int(v) if v is not None else None
+
+    async def server_id(self) -> str:
+        """The buffer server's run id: it changes when the server restarts."""
+        info = await self.r.info("server")
+        return str(info.get("run_id", ""))
+
     async def buffered(self) -> int:
         vals = await self.r.mget([keys.buffered_bytes(p) for p in range(self.partitions)])
         return sum(int(v or 0) for v in vals)

@@ -183,6 +183,19 @@ async def push(paths: Iterable[str | os.PathLike[str]], server: str, token: str 
                 board.message(f"[unggah push] all bytes sent; waiting for the server to store "
                               f"{poller.outstanding()} file(s) (up to {wait:.0f} s)")
             await poller.finish(wait)
+            for _ in range(RESEND_ROUNDS):
+                # Uploads the server lost after acknowledging them are sent again, then polled again.
+                again, poller.resend = poller.resend, []
+                if not again:
+                    break
+                for fr in again:
+                    i = next(n for n, r in enumerate(results) if r is fr)
+                    redo = await up.upload(jobs[i])
+                    redo.notes = fr.notes + redo.notes
+                    results[i] = redo
+                    if redo.state in ("uploaded", "stored"):
+                        poller.add(redo)
+                await poller.finish(wait)
             lists = [f for f in results if f is not None and f.state == "stored" and pf.is_list(Path(f.name))]
             if lists and not poller.no_status_endpoint:
                 # What a team must not learn only at the close: a stored list that counts for nothing.
@@ -213,6 +226,8 @@ class StatusPoller:
         self._ring_lock = asyncio.Lock()
         self.no_status_endpoint = False
         self.pending: dict[int, FileResult] = {}
+        # Files the server lost after acknowledging them (a crash of its buffer): sent again.
+        self.resend: list[FileResult] = []
 
     def add(self, fr: FileResult) -> None:
         entry = self.state.get(upload_key(self.ep.creation, fr.name, fr.size, fr.sha256 or ""))
@@ -276,6 +291,13 @@ class StatusPoller:
             fr.notes.append("the server has no status endpoint: all bytes acknowledged, storage not confirmed")
             return True
         resp = await self.http.send("GET", fr.url + "/status", count=False)
+        if resp.status == 410 and resp.reason == LOST_UPLOAD:
+            # Acknowledged, then lost whole with the server's buffer: a new upload, from the start.
+            gen = int((self.state.get(k) or {}).get("generation") or 0) + 1
+            self.state.put(k, state="uploading", url=None, generation=gen, reason=None)
+            fr.notes.append("the server lost this upload in a crash after acknowledging it; sent again")
+            self.resend.append(fr)
+            return True
         if resp.status == 404:
             if resp.reason == "upload-not-found":
                 fr.state = "failed"
@@ -292,6 +314,13 @@ class StatusPoller:
         except orjson.JSONDecodeError:
             return False
         s = st.get("state")
+        if st.get("reason") == LOST_BYTES and s == "receiving":
+            # The server's buffer came back without bytes it had acknowledged: resume from its offset.
+            self.state.put(k, state="uploading", reason=None)
+            fr.notes.append(f"the server lost acknowledged bytes in a crash; sent again from offset "
+                            f"{st.get('bytes_received')}")
+            self.resend.append(fr)
+            return True
         if s == "failed":
             fr.state = "failed"
             fr.reason = f"the server could not store the file: {st.get('reason') or 'no reason given'}"
@@ -330,6 +359,11 @@ class StatusPoller:
             return
         fr.receipt_status = rcpt.VERIFIED
 
+
+# The server's answers when its buffer lost what it had acknowledged (gateway/witness.py).
+LOST_UPLOAD, LOST_BYTES = "upload-lost", "buffer-lost-acknowledged-bytes"
+# Rounds of sending such uploads again within one push.
+RESEND_ROUNDS = 3
 
 # How long push waits, at most, for the server's verdicts on the lists it stored.
 VERDICT_WAIT = 60.0

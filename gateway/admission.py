@@ -49,6 +49,8 @@ import itertools
 import logging
 import time
 from contextlib import asynccontextmanager
+
+from gateway.background import Every
 from typing import Callable
 
 log = logging.getLogger("unggah.admission")
@@ -518,7 +520,7 @@ class BufferWatch:
         self.fill = 0
         # Called after every refresh: held creations may go in as the ingesters drain.
         self.on_refresh = on_refresh
-        self._task: asyncio.Task | None = None
+        self._every = Every(interval, self._step, "buffer watch")
 
     @property
     def partition_limit(self) -> int:
@@ -529,25 +531,17 @@ class BufferWatch:
     async def refresh(self) -> None:
         self.fill = await self.store.buffered()
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception as e:  # Redis down: keep the last value, the error middleware answers requests
-                log.debug("buffer watch failed", extra={"error": repr(e)})
-            else:
-                if self.on_refresh is not None:
-                    self.on_refresh()
-            await asyncio.sleep(self.interval)
+    async def _step(self) -> None:
+        # Redis down: the last value stays, and the error middleware answers requests.
+        await self.refresh()
+        if self.on_refresh is not None:
+            self.on_refresh()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._every.start()
 
     async def stop(self) -> None:
-        # Wait for the task to be gone before the connection pool closes under it.
-        if self._task:
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=5)
+        await self._every.stop()
 
     def append_refusal(self) -> Refused | None:
         if self.fill >= self.budget:

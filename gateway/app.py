@@ -26,9 +26,11 @@ from gateway.admission import Admission
 from gateway.progress import add_routes as add_result_routes
 from gateway.tus import TusHandler, receipt_payload, status_body
 from gateway.windows import Windows
+from gateway.witness import AckWitness
 from unggah import receipts
 from metrics.http import install as install_metrics, log_problem, observe_requests
 from metrics.lifecycle import refuse_when_draining
+from metrics.registry import ACKED_LOST, ACKED_LOST_BYTES
 from unggah.config import Settings
 
 log = logging.getLogger("unggah.gateway")
@@ -91,7 +93,14 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
                         waitaof=(settings.waitaof_local, settings.waitaof_replicas, settings.waitaof_timeout_ms))
     refusals = auditing.RefusalLog(store)
     admission = Admission(settings, store)
-    tus = TusHandler(store, settings, admission, Windows.from_file(settings.election_file, clock), clock=clock)
+
+    def count_loss(upload_id: str, tenant: str, acked: int, now: int) -> None:
+        ACKED_LOST.labels("upload" if now < 0 else "bytes").inc()
+        ACKED_LOST_BYTES.inc(acked - max(now, 0))
+
+    witness = AckWitness(store, on_loss=count_loss)
+    tus = TusHandler(store, settings, admission, Windows.from_file(settings.election_file, clock), witness=witness,
+                     clock=clock)
     # Auditing sits outside `errors` so that the refusals `errors` makes (Redis unreachable,
     # internal errors) are in the trail too.
     app = web.Application(middlewares=[reads.track_heads, observe_requests, auditing.middleware(store, refusals), errors,
@@ -124,6 +133,10 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
             return refusal
         state = await tus.load(request, request.match_info["upload_id"])
         if state is None:
+            if (acked := await store.lost_acknowledged(request.match_info["upload_id"])) is not None:
+                return problem(410, "upload-lost",
+                               f"the buffer lost this upload in a crash after acknowledging {acked} bytes of it; "
+                               "nothing of it is kept: create it again and send the whole file")
             return tus.not_found(request.match_info["upload_id"])
         if state.concat == "final" and state.state == RECEIVING and not state.finq:
             # Its assembly is not queued yet: check again, in case the trigger was lost to a crash.
@@ -163,8 +176,10 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
 
     async def start_watch(app: web.Application) -> None:
         admission.buffer.start()
+        witness.start()
 
     async def stop_watch(app: web.Application) -> None:
+        await witness.stop()
         await admission.buffer.stop()
         try:
             await refusals.flush()

@@ -28,6 +28,7 @@ from buffer.store import Appended, UploadStore
 from gateway import checksum, headers
 from gateway.auth import may_read_uploads, may_write, unknown_or_revoked
 from gateway.admission import Admission, BodyStalled, Creation, Refused
+from gateway.witness import AckWitness
 from gateway.context import PRINCIPAL, READ_ALL, TENANT
 from gateway.windows import Windows, WindowClosed
 from gateway.problems import TUS_VERSION, problem, retry_after
@@ -47,8 +48,10 @@ def _http_date(ms: int) -> str:
 
 class TusHandler:
     def __init__(self, store: UploadStore, settings: Settings, admission: Admission, windows: Windows, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 witness: AckWitness | None = None, clock: Callable[[], float] = time.time) -> None:
         self.store = store
+        # Told of every offset acknowledged to a client, so a buffer that loses it is caught.
+        self.witness = witness
         self.s = settings
         self.admission = admission
         self.windows = windows
@@ -154,6 +157,10 @@ class TusHandler:
             self.lengths.move_to_end(upload_id)
             if len(self.lengths) > 100_000:
                 self.lengths.popitem(last=False)
+
+    def acknowledged(self, request: web.Request, upload_id: str, offset: int) -> None:
+        if self.witness is not None:
+            self.witness.acked(upload_id, offset, self.tenant(request))
 
     def committed(self, upload_id: str, n: int, offset: int) -> None:
         """Tell admission `n` bytes of `upload_id` are in, and how many are still to come
@@ -329,6 +336,7 @@ class TusHandler:
                 result.headers["Location"] = h["Location"]
                 return result
             h["Upload-Offset"] = str(result)
+        self.acknowledged(request, upload_id, result if has_body else 0)
         return web.Response(status=201, headers=h)
 
     async def _check_parts(self, request: web.Request, parts: list[str]) -> tuple[list[UploadState], web.Response | None]:
@@ -371,6 +379,7 @@ class TusHandler:
         result = await self._receive(request, upload_id, offset)
         if isinstance(result, web.Response):
             return result
+        self.acknowledged(request, upload_id, result)
         return web.Response(status=204, headers={"Tus-Resumable": TUS_VERSION, "Upload-Offset": str(result)})
 
     async def _receive(self, request: web.Request, upload_id: str, offset: int) -> int | web.Response:
@@ -619,6 +628,9 @@ def _encoded_body(request: web.Request) -> web.Response | None:
     return None
 
 
+LOST_REASON = "buffer-lost-acknowledged-bytes"
+
+
 def status_body(state: UploadState) -> dict:
     """What the status endpoint reports. Keep your local copy until state is 'stored'."""
     return {
@@ -630,6 +642,11 @@ def status_body(state: UploadState) -> dict:
         "stored_at": state.stored_at or None,
         "expires_at": state.expires_at if state.state == RECEIVING else None,
         "safe_to_delete_local_copy": state.state == STORED and state.concat != "partial",
+        # The buffer came back from a crash without bytes it had acknowledged (gateway/witness.py):
+        # the client must send them again, from `bytes_received`.
+        **({"reason": LOST_REASON, "lost": {"acknowledged_offset": state.lost_acked, "found_at": state.lost_at,
+                                            "resume_from": state.offset}}
+           if state.lost_acked > state.offset else {}),
         # A partial of a concatenation (tus-js-client's parallelUploads) is a part, not a file:
         # it is not validated or receipted, and its final says when the file is safe.
         **({"part_of": state.final_of or None} if state.concat == "partial" else {}),

@@ -118,6 +118,13 @@ UPLOADS_STORED = Counter(
     "unggah_uploads_stored_total", "Uploads whose every byte is stored and verified.", registry=None)
 UPLOADS_FAILED = Counter(
     "unggah_uploads_failed_total", "Uploads that ended failed, by reason.", ["reason"], registry=None)
+ACKED_LOST = Counter(
+    "unggah_acknowledged_lost_total", "Uploads found, after the buffer restarted, to hold less than the gateway had "
+    "acknowledged: 'bytes' (the upload is short), 'upload' (it is gone). Never expected under appendfsync always.",
+    ["what"], registry=None)
+ACKED_LOST_BYTES = Counter(
+    "unggah_acknowledged_lost_bytes_total", "Acknowledged bytes the buffer came back without (their clients must send "
+    "them again; statuses say from where).", registry=None)
 
 # --- common: validation, per-pair progress, registration window ---------------
 
@@ -241,13 +248,15 @@ def record_validation(status: str, reason: str = "", rows: int = 1) -> None:
 COMMON = [VALIDATION_ROWS, PAIR_SUPPORTERS, PAIR_MIN_SUPPORT, PAIR_UNITS_MEETING, PAIR_MIN_SPREAD, WINDOW]
 GATEWAY_METRICS = [HTTP_REQUESTS, HTTP_DURATION, HTTP_IN_FLIGHT, REFUSALS, RECEIVED_BYTES, APPENDS_ACCEPTED,
                    APPENDS_REJECTED, UPLOADS_CREATED, UPLOADS_TERMINATED, BUFFER_APPEND_DURATION, SHUTTING_DOWN,
-                   EVENT_LOOP_LAG, GC_PAUSE]
+                   EVENT_LOOP_LAG, GC_PAUSE, ACKED_LOST, ACKED_LOST_BYTES]
 INGEST_METRICS = [INGEST_ENTRIES, INGEST_BYTES, INGEST_BATCH_DURATION, INGEST_REDELIVERIES,
                   INGEST_DEAD_LETTERS, INGEST_ERRORS, UPLOADS_STORED, UPLOADS_FAILED]
 
 # Label values known in advance start at zero, so rate() has a series from the first scrape.
 for _generation in ("0", "1", "2"):
     GC_PAUSE.labels(_generation)
+for _what in ("bytes", "upload"):
+    ACKED_LOST.labels(_what)
 for _kind in ("data", "fin", "concat", "drop"):
     INGEST_ENTRIES.labels(_kind)
 for _reason in ("sha256-mismatch", "dead-letter"):
