@@ -15,6 +15,7 @@ import asyncio
 import logging
 import signal
 import socket
+import time
 from contextlib import asynccontextmanager
 
 import crc32c
@@ -31,6 +32,57 @@ from metrics import ingest as ingest_metrics
 from unggah.config import Settings
 
 log = logging.getLogger("unggah.ingest")
+
+# What an unreachable buffer raises (builtin TimeoutError is an OSError): logged once per
+# outage, without a traceback, and retried; anything else is a bug and keeps its traceback.
+CONNECTION_ERRORS = (*UNAVAILABLE, OSError)
+
+
+def one_line(error: BaseException) -> str:
+    """`Type: message` on one line (redis-py's own repr leaves the message out)."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class Outage:
+    """The buffer unreachable, as every loop of one ingester sees it: one warning when it
+    starts, one info line when it ends, and no traceback per partition."""
+
+    def __init__(self) -> None:
+        # When the current outage was first noticed (monotonic), None while the buffer answers.
+        self.lost_since: float | None = None
+        self.lost_first: BaseException | None = None  # the error that opened it
+        self.lost_failed: set[tuple[str, int]] = set()  # the loops that have failed in it
+        self.lost_logged = False
+
+    def lost(self, error: BaseException, loop: str, p: int) -> None:
+        """Log an outage once, whichever loop notices it (the others keep retrying, silently).
+
+        It is an outage once one loop has failed twice with nothing getting through in between:
+        a single failure that the next command clears is a connection the pool kept idle
+        through an earlier restart of the buffer, used for the first time (each such
+        connection fails once and is replaced)."""
+        now = time.monotonic()
+        if self.lost_since is None:
+            self.lost_since, self.lost_first, self.lost_failed = now, error, set()
+        if (loop, p) in self.lost_failed and not self.lost_logged:
+            self.lost_logged = True
+            log.warning("buffer unreachable, retrying",
+                        extra={"error": one_line(self.lost_first), "loop": loop, "partition": p})
+        self.lost_failed.add((loop, p))
+
+    def back(self) -> None:
+        """A command got through: the outage, if there was one, is over."""
+        if self.lost_since is None:
+            return
+        down = time.monotonic() - self.lost_since
+        if self.lost_logged:
+            log.info(f"buffer reachable again after {down:.1f}s", extra={"down_s": round(down, 3)})
+        else:
+            log.debug("a buffer command failed once and the next got through",
+                      extra={"error": one_line(self.lost_first)})
+        self.lost_since, self.lost_first, self.lost_failed, self.lost_logged = None, None, set(), False
+
 
 
 class EntryError(Exception):
@@ -55,6 +107,8 @@ class Ingester:
         self.store = UploadStore(client, partitions=settings.partitions)
         self.blobs = blobs
         self.stopping = asyncio.Event()
+        # Every loop notices an outage of the buffer, but it is one event and logged as one.
+        self.outage = Outage()
         ingest_metrics.instrument(self)  # counts acks, finishes, dead letters, errors; times batches
 
     async def run(self) -> None:
@@ -76,6 +130,7 @@ class Ingester:
             try:
                 raw = await self.q.read(p, self.name, self.s.ingest_read_count, self.s.ingest_block_ms,
                                         own_pending=own_pending)
+                self.outage.back()
                 if own_pending and not raw:
                     own_pending = False
                     continue
@@ -84,8 +139,8 @@ class Ingester:
                 if own_pending:
                     # Entries we keep failing stay pending under our name: leave them to reclaim.
                     own_pending = False
-            except (*UNAVAILABLE, OSError) as e:
-                log.warning("redis unavailable; retrying", extra={"partition": p, "error": str(e)})
+            except CONNECTION_ERRORS as e:
+                self.outage.lost(e, "partition", p)
                 # What we were handed before the outage is pending under our name: take it up again
                 # as soon as Redis is back, rather than after the claim idle time.
                 own_pending = True
@@ -105,6 +160,7 @@ class Ingester:
             for p in range(self.s.partitions):
                 try:
                     claimed = await self.q.reclaim(p, self.name, self.s.ingest_claim_idle_ms, self.s.ingest_read_count)
+                    self.outage.back()
                     live = []
                     for entry_id, fields in claimed:
                         parsed = parse_entry(entry_id, fields)
@@ -121,6 +177,8 @@ class Ingester:
                         log.info("reclaimed entries", extra={"partition": p, "count": len(live)})
                         ingest_metrics.redelivered(len(live))
                         await self.process(p, live)
+                except CONNECTION_ERRORS as e:
+                    self.outage.lost(e, "reclaim", p)
                 except Exception:
                     log.exception("reclaim error", extra={"partition": p})
 
@@ -132,7 +190,9 @@ class Ingester:
                 await asyncio.sleep(max(self.s.ingest_claim_idle_ms / 3000, 0.05))
                 try:
                     await self.q.keep_alive(p, self.name, entry_ids)
-                except Exception as e:  # losing a beat only risks a duplicate, which is harmless
+                except CONNECTION_ERRORS as e:  # losing a beat only risks a duplicate, which is harmless
+                    self.outage.lost(e, "keep-alive", p)
+                except Exception as e:
                     log.warning("keep-alive failed", extra={"error": repr(e)})
         task = asyncio.create_task(beat())
         try:
