@@ -305,7 +305,7 @@ async def listen(runner: web.AppRunner, host: str, port: int, read_chunk_bytes: 
 
     def factory() -> asyncio.BaseProtocol:
         handler = ProblemHandler(server, loop=loop, **kwargs)
-        connection = BoundedReads(handler, view, drains, doors)
-        handler.after_parse_error = connection.linger
-        return connection
+        protocol = BoundedReads(handler, view, drains, doors)
+        handler.after_parse_error = protocol.linger
+        return protocol
     return await loop.create_server(factory, host, port, backlog=128)
