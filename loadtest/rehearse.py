@@ -566,6 +566,11 @@ def main(argv: list[str] | None = None) -> int:
     fault_at = runner.get("fault_at", 0.3)
     fault_for = runner.get("fault_for", 0.0)
     fault_for = fault_for * duration if 0 < fault_for < 1 else fault_for
+    if a.scenario == "ingest-outage":
+        # New uploads are held while the ingesters are out (and the buffer near its watermark),
+        # and refused only once held create_hold_ms: for the outage to be seen shedding, the
+        # hold must end well inside it (the default 30 s outlasts a short run's outage).
+        extra_env.setdefault("UNGGAH_CREATE_HOLD_MS", str(max(200, int(fault_for * 1000 / 4))))
     run_info: dict = {"scenario": a.scenario, "argv": sys.argv[1:] if argv is None else argv,
                       "target": a.target or "", "embedded": not a.target, "duration": duration}
 
