@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import gc
 import io
+import posixpath
+import re
 import zipfile
+from bisect import bisect_left
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -265,7 +269,251 @@ def _refuse_zip_bomb(path: str | Path) -> None:
 
 
 def parse_xlsx(path: str | Path) -> Table:
-    """First sheet of an XLSX in read-only mode, whatever the file is named. Cell types matter: see TEXT_ONLY."""
+    """First worksheet of an XLSX, read with calamine (Rust), whatever the file is named.
+
+    Cell types matter: see TEXT_ONLY. The Table is the one _parse_xlsx_openpyxl (the reader up to
+    issue 19, 12-20x slower) gives, cell for cell: same text, row numbers, flags and refusals.
+    Where calamine cannot tell what openpyxl saw (an error cell such as #N/A reads as empty), the
+    file goes to that reader.
+    """
+    import python_calamine as pc
+
+    try:
+        _refuse_zip_bomb(path)
+        # The bytes, never the name: the server stores uploads under their id, with no extension.
+        data = Path(path).read_bytes()
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            if "xl/workbook.xml" not in z.NameToInfo:
+                # calamine would read an ODS or XLSB zip too; openpyxl, and so the template, does not.
+                raise KeyError("no xl/workbook.xml")
+        wb = pc.CalamineWorkbook.from_filelike(io.BytesIO(data))
+    except BaseException as e:
+        if isinstance(e, TemplateError) or not _is_read_error(e):
+            raise
+        raise TemplateError(f"Bukan berkas XLSX yang sah ({type(e).__name__}). Simpan ulang sebagai .xlsx.",
+                            f"Not a valid XLSX file ({type(e).__name__}: {e}). Save it again as .xlsx.") from None
+    try:
+        # openpyxl's worksheets[0]: the first sheet that is not a chart sheet.
+        index = next((i for i, m in enumerate(wb.sheets_metadata) if m.typ != pc.SheetTypeEnum.ChartSheet), None)
+        if index is None:
+            raise TemplateError("Lembar kerja pertama kosong.", "The first worksheet is empty.")
+        # calamine reads all of the sheet data, whatever its (possibly stale or forged) <dimension> says.
+        sheet = wb.get_sheet_by_index(index)
+        start = sheet.start
+        if start is None:  # no cell with a value
+            raise TemplateError("Lembar kerja pertama kosong.", "The first worksheet is empty.")
+        header, raw_cols = _columns(sheet)
+        del sheet
+    except BaseException as e:
+        if isinstance(e, TemplateError) or not _is_read_error(e):
+            raise
+        # A sheet whose XML is damaged, or hostile (calamine expands no entities).
+        raise TemplateError(f"Isi berkas XLSX rusak ({type(e).__name__}). Simpan ulang sebagai .xlsx.",
+                            f"The XLSX file's content is damaged ({type(e).__name__}: {str(e)[:200]}). "
+                            "Save it again as .xlsx.") from None
+    finally:
+        wb.close()
+    cells = _XlsxCells(raw_cols)
+    # Two cells calamine reads as "" where openpyxl read text, and so the sheets read again the slow
+    # way: an error cell (#N/A, #REF!...), looked for only when a cell reads as "", and a cell of
+    # white space without xml:space="preserve", which only a cell beyond the template can tell
+    # apart (a refused list whatever the other cells are, with openpyxl).
+    if (("" in header or cells.has_empty) and _sheet_xml_holds(data, _ERROR_TYPE)
+            or len(raw_cols) > NCOLS and _sheet_xml_holds(data, _BARE_WHITE_SPACE, "xl/sharedStrings.xml")):
+        return _parse_xlsx_openpyxl(path)
+    # The data starts at `start` (row, column), 0-based. The header must fill A1:M1, so data that
+    # starts elsewhere has a header problem: the one openpyxl saw, reading from A1.
+    if start != (0, 0):
+        header = [] if start[0] > 0 else [""] * start[1] + header
+    problem = _header_problem([_header_text(v) for v in header])
+    if problem:
+        raise problem
+    if start != (0, 0):  # unreachable: a header in A1:M1 puts the top left cell at A1
+        raise TemplateError("Baris pertama (judul kolom) kosong.", "The first row (the header) is empty.")
+    return cells.table()
+
+
+def _is_read_error(e: BaseException) -> bool:
+    import python_calamine as pc
+
+    # A Rust panic inside calamine reaches Python as pyo3's PanicException, a BaseException.
+    return (isinstance(e, (pc.CalamineError, zipfile.BadZipFile, EOFError, KeyError, IndexError, OSError, ValueError))
+            or type(e).__name__ == "PanicException")
+
+
+_CHUNK_ROWS = 65536
+
+
+def _columns(sheet) -> tuple[list[object], list[list[object]]]:
+    """The sheet's first row and the other rows as columns, from its top left cell on."""
+    width = sheet.width
+    # One Python list per row: a million of them set off the cyclic garbage collector again and
+    # again, each pass walking every list made so far (about 7 s instead of 2 s at 1.2 million
+    # rows, making the rows and turning them into columns). Cell values form no cycle; the rows
+    # are freed before it runs again.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        rows = sheet.to_python()
+        cols: list[list[object]] = [[] for _ in range(width)]
+        header = list(rows[0]) if rows else []
+        for k in range(1, len(rows), _CHUNK_ROWS):
+            chunk = rows[k:k + _CHUNK_ROWS]
+            if any(len(r) != width for r in chunk):  # calamine makes every row the sheet's width
+                chunk = [list(r) + [""] * (width - len(r)) for r in chunk]
+            for col, part in zip(cols, zip(*chunk)):
+                col.extend(part)
+        del rows
+    finally:
+        if enabled:
+            gc.enable()
+    return header, cols
+
+
+def _header_text(v: object) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)):
+        return _num_text(v)
+    if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
+        v = dt.datetime(v.year, v.month, v.day)
+    return str(v)
+
+
+def _cell_texts(raw: list[object], c: int, flagged: list[int]) -> list[str]:
+    """One column's cells as text, as _parse_xlsx_openpyxl makes them; appends to `flagged` the rows
+    whose NIK is a number or whose TANGGAL_LAHIR is a date cell."""
+    try:
+        return list(map(str.strip, raw))  # every cell text: the usual case
+    except TypeError:
+        pass
+    nik_c, date_c = HEADER.index("NIK"), HEADER.index("TANGGAL_LAHIR")
+    out: list[str] = []
+    add = out.append
+    for i, v in enumerate(raw):
+        if isinstance(v, str):
+            add(v.strip())
+        elif c == nik_c and isinstance(v, (int, float)):  # a bool too, as openpyxl's reading had it
+            flagged.append(i)
+            add(_num_text(v))
+        elif c == date_c and isinstance(v, dt.date):  # a date, or a datetime when the serial has a time
+            flagged.append(i)
+            add(f"{v.day:02d}-{v.month:02d}-{v.year:04d}")
+        elif isinstance(v, (dt.datetime, dt.time)):
+            add(v.isoformat())
+        elif isinstance(v, dt.date):  # calamine's whole-day serial, a datetime in openpyxl's reading
+            add(dt.datetime(v.year, v.month, v.day).isoformat())
+        elif isinstance(v, (int, float)):
+            add(_num_text(v))
+        else:  # a duration ([h]:mm)
+            add(str(v))
+    return out
+
+
+class _XlsxCells:
+    """The data rows (sheet row 2 on), one list of values per sheet column, as text."""
+
+    def __init__(self, raw_cols: list[list[object]]) -> None:
+        self.raw = raw_cols
+        self.n = len(raw_cols[0]) if raw_cols else 0
+        self.flags: list[list[int]] = [[] for _ in raw_cols]
+        self.texts = [_cell_texts(raw, c, self.flags[c]) for c, raw in enumerate(raw_cols)]
+        # Lengths once: the blank-row, size and empty-cell checks all read them (one pass over
+        # a million strings scattered in memory costs about 0.1 s a column).
+        self.lens = [list(map(len, t)) for t in self.texts]
+        self.blanks = [x.count(0) for x in self.lens]
+        self.has_empty = any(self.blanks)
+
+    def table(self) -> Table:
+        n, texts, lens = self.n, self.texts, self.lens
+        # A row is blank when every cell is empty or white space; a cell that is not text never is.
+        blank: list[int] = []
+        if n and min(self.blanks):
+            k = self.blanks.index(min(self.blanks))
+            blank = [i for i, x in enumerate(lens[k]) if not x and not any(t[i] for t in lens)]
+        blank_set = set(blank)
+        # A value beyond the template in a row that is not blank: the first such row, its first such cell.
+        beyond = []
+        for c in range(NCOLS, len(self.raw)):
+            raw = self.raw[c]
+            if raw.count("") != n:
+                i = next((i for i, v in enumerate(raw) if v != "" and i not in blank_set), None)
+                if i is not None:
+                    beyond.append((i, c))
+        if beyond:
+            i, c = min(beyond)
+            r = i + 2
+            raise TemplateError(
+                f"Baris {r} punya isi di sel {col_letter(c)}{r}, di luar templat: ada sel yang bergeser.",
+                f"Row {r} has a value in cell {col_letter(c)}{r}, beyond the template: cells shifted.")
+        cols = texts[:NCOLS]
+        nik_numeric, date_from_sheet = self.flags[HEADER.index("NIK")], self.flags[HEADER.index("TANGGAL_LAHIR")]
+        if blank:
+            keep = [i for i in range(n) if i not in blank_set]
+            cols = [[col[i] for i in keep] for col in cols]
+            row_no = [i + 2 for i in keep]
+            # Flagged cells are numbers or dates, never in a blank row.
+            nik_numeric = [i - bisect_left(blank, i) for i in nik_numeric]
+            date_from_sheet = [i - bisect_left(blank, i) for i in date_from_sheet]
+        else:
+            row_no = list(range(2, n + 2))
+        if not row_no:
+            raise TemplateError("Berkas hanya berisi judul kolom, tanpa data.", "The file has a header but no rows.")
+        if any(x and max(x) > MAX_CELL_CHARS for x in lens[:NCOLS]):
+            _check_sizes(cols, row_no)
+        return _table("xlsx", cols, row_no, nik_numeric=frozenset(nik_numeric),
+                      date_from_sheet=frozenset(date_from_sheet))
+
+
+def _first_sheet_member(z: zipfile.ZipFile) -> str | None:
+    """The zip member holding the first worksheet (workbook order, chart sheets skipped), or None."""
+    try:
+        book = ElementTree.fromstring(z.read("xl/workbook.xml"))
+        rels = ElementTree.fromstring(z.read("xl/_rels/workbook.xml.rels"))
+    except (KeyError, ElementTree.ParseError, OSError, ValueError, zipfile.BadZipFile):
+        return None
+    target = {r.get("Id"): (r.get("Target") or "", r.get("Type") or "") for r in rels}
+    for s in book.iter():
+        if s.tag.rsplit("}", 1)[-1] != "sheet":
+            continue
+        rid = next((v for k, v in s.attrib.items() if k.rsplit("}", 1)[-1] == "id"), None)
+        name, kind = target.get(rid, ("", ""))
+        if not name or kind.endswith("/chartsheet"):
+            continue
+        return posixpath.normpath(name.lstrip("/") if name.startswith("/") else "xl/" + name)
+    return None
+
+
+# A cell of type error, t="e" as every writer we know puts it (a regex with a literal start is the
+# cheapest search of the sheet XML: about 0.3 s for 1.2 million rows, besides 1.2 s to inflate it).
+_ERROR_TYPE = re.compile(rb"""t=["']e["']""")
+# Text of white space only, without xml:space="preserve": calamine drops it.
+_BARE_WHITE_SPACE = re.compile(rb"<(?:\w+:)?t>[ \t\r\n]+</(?:\w+:)?t>")
+
+
+def _sheet_xml_holds(data: bytes, pattern: re.Pattern, *also: str) -> bool:
+    """Whether the first worksheet's XML (or the members `also`) matches `pattern`; when unsure, True."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            member = _first_sheet_member(z)
+            if member not in z.NameToInfo:
+                return True
+            for name in (member, *(m for m in also if m in z.NameToInfo)):
+                with z.open(name) as f:
+                    tail = b""
+                    while chunk := f.read(1 << 22):
+                        if pattern.search(chunk) or pattern.search(tail + chunk[:256]):
+                            return True
+                        tail = chunk[-256:]
+    except Exception:  # noqa: BLE001 - the openpyxl reader then says what is wrong
+        return True
+    return False
+
+
+def _parse_xlsx_openpyxl(path: str | Path) -> Table:
+    """The openpyxl reader (read-only mode) parse_xlsx replaced: about 6,600 rows/s. Kept for the sheets
+    parse_xlsx hands over (error cells, white space beyond the template) and for the comparison in
+    loadtest/bench_validate.py --xlsx. Cell types matter: see TEXT_ONLY."""
     import openpyxl
     from openpyxl.utils.exceptions import InvalidFileException
 

@@ -21,6 +21,18 @@ Runs are interleaved (a, a2, r, b, c, then again) so that load from other
 processes falls on all of them alike; reports the median of --runs runs each
 and the ratios, and checks that (a) and (r) give identical verdicts. A
 benchmark, not a test.
+
+    python -m loadtest.bench_validate --xlsx [--rows 1200000] [--runs 3]
+
+writes the same generated list as XLSX too (dukungan.generate.write_xlsx, stored
+without an extension as the server stores uploads) and times instead, interleaved:
+
+  (x1) preflight.validate_file on the XLSX: calamine reader + every row rule
+  (x1r) the calamine reader alone (template.parse_xlsx)
+  (x2) the openpyxl reader alone (template._parse_xlsx_openpyxl, used up to issue 19)
+
+and checks that (x1) gives the verdicts the CSV of the same rows gets, and that
+both readers give the same Table.
 """
 
 from __future__ import annotations
@@ -39,12 +51,12 @@ from pathlib import Path
 
 from dukungan import fast
 from dukungan.election import parse_election
-from dukungan.generate import generate, write_csv
+from dukungan.generate import generate, write_csv, write_xlsx
 from dukungan.occupation import is_prohibited
 from dukungan.preflight import validate_file
 from dukungan.region import parse_code_list, synthetic_code_list_text
 from dukungan.rules import normalize_phone, prepare, validate
-from dukungan.template import parse_csv_bytes
+from dukungan.template import _parse_xlsx_openpyxl, parse_csv_bytes, parse_xlsx
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wilayah-kepmendagri-2022.csv"
 
@@ -147,6 +159,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dup-rate", type=float, default=0.02)
     ap.add_argument("--skip-baseline", action="store_true", help="skip (b) and (c)")
     ap.add_argument("--skip-reference", action="store_true", help="skip (r) and the verdict comparison")
+    ap.add_argument("--xlsx", action="store_true",
+                    help="time the XLSX readers instead: (x1) validate_file, (x1r) calamine, (x2) openpyxl")
     args = ap.parse_args(argv)
 
     if SHARED.exists():
@@ -163,6 +177,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "dukungan.csv"
         write_csv(path, g.rows)
+        if args.xlsx:
+            return xlsx_bench(args, ctx, g, path, Path(d) / "dukungan", codes.version, region, gen_s)
         nrows = len(g.rows)
         size = path.stat().st_size
         del g.rows
@@ -226,6 +242,65 @@ def main(argv=None) -> int:
               + ("" if args.skip_baseline else
                  f"; >= 10x per-row loop: {'met' if med['loop'] / ours_s >= 10 else 'MISSED'} "
                  f"({med['loop'] / ours_s:.1f}x)"))
+    return 0
+
+
+def xlsx_bench(args, ctx, g, csv_path: Path, xlsx_path: Path, version: str, region: str, gen_s: float) -> int:
+    """--xlsx: the calamine reader (with and without the rules) against the openpyxl reader."""
+    import importlib.metadata
+
+    t0 = time.perf_counter()
+    write_xlsx(xlsx_path, g.rows)
+    write_s = time.perf_counter() - t0
+    nrows = len(g.rows)
+    del g.rows
+    print(f"rows: {nrows:,} ({args.dup_rate:.0%} duplicates + trap rows), XLSX {xlsx_path.stat().st_size / 1e6:.1f} MB "
+          f"(openpyxl write-only, inline strings; written in {write_s:.1f} s), "
+          f"CSV {csv_path.stat().st_size / 1e6:.1f} MB, "
+          f"code list {version}, region {region}; generated in {gen_s:.1f} s")
+    print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs visible, "
+          f"python-calamine {importlib.metadata.version('python-calamine')}, "
+          f"single-threaded runs, interleaved, median of {args.runs}")
+    csv_verdicts = validate_file(csv_path, ctx, g.scans, g.other_pairs)
+    last: dict[str, object] = {}
+
+    def judged():
+        last["x1"] = None
+        last["x1"] = validate_file(xlsx_path, ctx, g.scans, g.other_pairs)
+
+    def read_calamine():
+        last["x1r"] = None
+        last["x1r"] = parse_xlsx(xlsx_path)
+
+    def read_openpyxl():
+        last["x2"] = None
+        last["x2"] = _parse_xlsx_openpyxl(xlsx_path)
+
+    fns = {"x1": judged, "x1r": read_calamine, "x2": read_openpyxl}
+    times, cpu = interleaved(fns, args.runs)
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    labels = {
+        "x1": "(x1) validate_file on the XLSX (calamine + rules)",
+        "x1r": "(x1r) calamine reader alone (parse_xlsx)",
+        "x2": "(x2) openpyxl reader alone (_parse_xlsx_openpyxl)",
+    }
+    print()
+    print(f"{'what':52s} {'median s':>9s} {'rows/s':>12s} {'vs x1r':>8s} {'CPU s':>7s}")
+    for name, s in med.items():
+        print(f"{labels[name]:52s} {s:9.3f} {nrows / s:12,.0f} {s / med['x1r']:7.1f}x "
+              f"{statistics.median(cpu[name]):7.3f}")
+    print(f"rules on the XLSX table (x1 - x1r): {med['x1'] - med['x1r']:.3f} s")
+    print()
+    for name, ts in times.items():
+        print(f"{name:4s} all runs (s): {', '.join(f'{t:.3f}' for t in ts)}; "
+              f"CPU: {', '.join(f'{t:.3f}' for t in cpu[name])}")
+    x1 = last["x1"]
+    same = (x1.status == csv_verdicts.status and x1.reasons == csv_verdicts.reasons  # type: ignore[attr-defined]
+            and x1.table.row_no == list(csv_verdicts.table.row_no))  # type: ignore[attr-defined]
+    print(f"XLSX verdicts identical to the CSV verdicts of the same rows, row by row: {'yes' if same else 'NO'}")
+    print(f"calamine and openpyxl readers give the same Table: {'yes' if last['x1r'] == last['x2'] else 'NO'}")
+    print(f"target: a {nrows:,}-row XLSX judged in <= 15 s: {'met' if med['x1'] <= 15 else 'MISSED'} "
+          f"({med['x1']:.1f} s)")
     return 0
 
 
