@@ -429,23 +429,18 @@ def _sheet_shapes(ctx, rows, tmp_path) -> dict:
         wb.save(p)
     put("typed cells and blank rows", typed)
 
-    def spaced(p):
-        wb = openpyxl.Workbook()
-        ws = wb.active
-        for r, row in enumerate([list(HEADER)] + [list(x) for x in rows[:5]], start=3):  # two empty rows first
-            for c, value in enumerate(row, start=1):
-                ws.cell(row=r, column=c, value=value)
-        wb.save(p)
-    put("leading empty rows", spaced)
-
-    def shifted_right(p):
-        wb = openpyxl.Workbook()
-        ws = wb.active
-        for r, row in enumerate([list(HEADER)] + [list(x) for x in rows[:5]], start=1):
-            for c, value in enumerate(row, start=2):  # column A empty
-                ws.cell(row=r, column=c, value=value)
-        wb.save(p)
-    put("leading empty column", shifted_right)
+    def offset_sheet(first_row: int, first_column: int):
+        """The header and five rows, starting at (first_row, first_column) instead of A1."""
+        def build(p):
+            wb = openpyxl.Workbook()
+            ws = wb.active
+            for r, row in enumerate([list(HEADER)] + [list(x) for x in rows[:5]], start=first_row):
+                for c, value in enumerate(row, start=first_column):
+                    ws.cell(row=r, column=c, value=value)
+            wb.save(p)
+        return build
+    put("leading empty rows", offset_sheet(3, 1))  # two empty rows first
+    put("leading empty column", offset_sheet(1, 2))  # column A empty
     with_errors = [list(r) for r in rows]
     with_errors[3][HEADER.index("NAMA")] = "#N/A"  # openpyxl writes these as error cells
     with_errors[4] = ["#REF!"] * len(HEADER)
