@@ -109,6 +109,8 @@ def _header_problem(got: list[str]) -> TemplateError | None:
         if g == x:
             continue
         pos = f"{i + 1} ({col_letter(i)})"
+        if sorted(got) == sorted(exp):  # every column is there: one moved, or two swapped
+            return _moved_problem(got, exp, i)
         if x is None:
             return TemplateError(f"Kolom ke-{pos} '{g}' tidak ada dalam templat; hapus kolom itu.",
                                  f"Column {pos} '{g}' is not in the template; delete that column.")
@@ -126,6 +128,35 @@ def _header_problem(got: list[str]) -> TemplateError | None:
             f"Kolom ke-{pos} seharusnya {x}, tetapi berjudul '{g}'. Judul kolom harus persis: {', '.join(exp)}.",
             f"Column {pos} must be {x} but is headed '{g}'. The header must be exactly: {', '.join(exp)}.")
     return None
+
+
+def _moved_problem(got: list[str], exp: list[str], i: int) -> TemplateError:
+    """Every column is there, in another order: a column dragged elsewhere in a spreadsheet, or two
+    swapped. Say which moved and where it belongs, so the team puts it back instead of retyping."""
+    x, g = exp[i], got[i]
+    j = got.index(x)
+    at = lambda k: f"{k + 1} ({col_letter(k)})"  # noqa: E731
+    order = ", ".join(exp)
+    rest = lambda cols, skip: [c for c in cols if c not in skip]  # noqa: E731
+    if exp[j] == g and rest(got, (x, g)) == rest(exp, (x, g)):
+        return TemplateError(
+            f"Kolom {x} dan {g} tertukar: kolom ke-{at(i)} seharusnya {x} dan kolom ke-{at(j)} seharusnya {g}; "
+            f"isinya bergeser ke kolom yang salah. Tukar kembali kedua kolom itu. Urutan judul: {order}.",
+            f"Columns {x} and {g} are swapped: position {at(i)} must be {x} and position {at(j)} must be {g}; "
+            f"their data is shifted into the wrong columns. Swap them back. The header order is: {order}.")
+    moved = next((c for c in got if rest(got, (c,)) == rest(exp, (c,))), None)
+    if moved is not None:
+        a, b = exp.index(moved), got.index(moved)
+        return TemplateError(
+            f"Kolom {moved} dipindah dari kolom ke-{at(a)} ke kolom ke-{at(b)}; kolom di antaranya bergeser. "
+            f"Kembalikan {moved} ke kolom ke-{at(a)}. Urutan judul: {order}.",
+            f"Column {moved} was moved from position {at(a)} to position {at(b)}; the columns between shifted. "
+            f"Move {moved} back to position {at(a)}. The header order is: {order}.")
+    return TemplateError(
+        f"Semua kolom ada, tetapi urutannya bergeser: kolom ke-{at(i)} berisi {g}, seharusnya {x}. "
+        f"Urutan judul harus persis: {order}.",
+        f"Every column is there, but the order is shifted: position {at(i)} holds {g} where {x} belongs. "
+        f"The header order must be exactly: {order}.")
 
 
 def _check_sizes(cols: list[list[str]], row_no: list[int]) -> None:

@@ -10,7 +10,7 @@ import pytest
 from dukungan.generate import generate, write_csv, write_xlsx
 from dukungan.preflight import check_file, format_summary, validate_file
 from dukungan.reasons import ORDER
-from dukungan.template import HEADER, MAX_CELL_CHARS, TemplateError, read_table, write_template
+from dukungan.template import HEADER, MAX_CELL_CHARS, TemplateError, _header_problem, read_table, write_template
 
 NIK_C, DATE_C, CODE_C = HEADER.index("NIK"), HEADER.index("TANGGAL_LAHIR"), HEADER.index("KODE_DESA")
 
@@ -471,3 +471,33 @@ def test_the_calamine_reader_gives_the_table_the_openpyxl_reader_gave(ctx, gen, 
     assert calamine.nik_numeric == frozenset({5, 6, 7}) and 20 not in calamine.row_no and 21 not in calamine.row_no
     assert _both_readers(shapes["leading empty rows"])[0][1] == "The first row (the header) is empty."
     assert "N10" in _both_readers(shapes["a value beyond the template"])[0][1]
+
+
+def _moved(cols, name, to):
+    cols = [c for c in cols if c != name]
+    cols.insert(to, name)
+    return cols
+
+
+def _swapped(cols, a, b):
+    cols = list(cols)
+    i, j = cols.index(a), cols.index(b)
+    cols[i], cols[j] = cols[j], cols[i]
+    return cols
+
+
+@pytest.mark.parametrize("header, says_en, says_id", [
+    (_swapped(HEADER, "NAMA", "JENIS_KELAMIN"), ("NAMA and JENIS_KELAMIN are swapped", "shifted", "3 (C)", "4 (D)"),
+     ("tertukar", "bergeser")),
+    (_moved(HEADER, "NAMA", 12), ("NAMA was moved from position 3 (C) to position 13 (M)", "shifted"),
+     ("dipindah", "bergeser")),
+    (_moved(HEADER, "NO_HP", 0), ("NO_HP was moved from position 13 (M) to position 1 (A)", "shifted"),
+     ("dipindah", "bergeser")),
+    (_swapped(_swapped(HEADER, "NO", "RT"), "NIK", "RW"), ("order is shifted", "position 1 (A) holds RT where NO"),
+     ("bergeser",)),
+], ids=["two swapped", "moved to the end", "moved to the front", "several moved"])
+def test_a_header_with_every_column_in_another_order_says_which_moved_and_shifted(header, says_en, says_id):
+    problem = _header_problem(header)
+    assert problem is not None
+    assert [s for s in says_en if s not in problem.message_en] == [], problem.message_en
+    assert [s for s in says_id if s not in problem.message_id] == [], problem.message_id
