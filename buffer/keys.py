@@ -11,7 +11,9 @@ starts with its partition, so no lookup is needed to find an upload's keys.
     unggah:{p3}:completed      events for uploads that reached a final state
     unggah:{p3}:up:<id>        upload state hash (see messages.UploadState)
     unggah:{p3}:rec:<id>       accepted PATCHes: start offset -> "length:crc32c" (duplicate replay)
-    unggah:{p3}:idem:<digest>  Idempotency-Key record for upload creation
+    unggah:{p3}:idem:<digest>  Idempotency-Key record for upload creation (its owner while in flight)
+    unggah:{p3}:owners         sorted set: gateway boot id -> end of its lease (ms, the server's clock),
+                               kept by each gateway that has a creation in flight in this partition
     unggah:{p3}:audit          audit events of this partition, waiting to be chained to disk
     unggah:{p3}:revoked        hashes of revoked tokens, checked by APPEND (written to every partition)
 
@@ -104,6 +106,11 @@ def lost(p: int, upload_id: str) -> str:
 
 def records(p: int, upload_id: str) -> str:
     return f"{_tag(p)}:rec:{upload_id}"
+
+
+def owners(p: int) -> str:
+    """The live owners of in-flight creations in partition `p` (see scripts.CREATE)."""
+    return f"{_tag(p)}:owners"
 
 
 def idempotency(p: int, scope: str, key: str) -> str:

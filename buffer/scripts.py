@@ -37,27 +37,71 @@ local function held(state_key)
 end
 """
 
-# KEYS: state, stream, audit, [idempotency record]
-# ARGV: id, now_ms, fingerprint, idem_ttl_s, inflight_ms, pending(0|1), actor, length, field, value, ...
-CREATE = _PRELUDE + r"""
+# Owners of in-flight creations. A creation-with-upload holds its Idempotency-Key "in flight"
+# while its body is read; the mark names its owner, the boot id of the gateway process reading
+# that body, and the owner keeps a short lease in the partition's `owners` set for as long as
+# it lives (renewed by its background loop, LEASE). The lease is measured on the server's
+# clock (TIME), so the gateways' clocks do not matter to it.
+_OWNERS = r"""
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function lease(owners, owner, lease_ms)
+  local now = server_ms()
+  redis.call('ZADD', owners, now + tonumber(lease_ms), owner)
+  -- A lapsed lease is a dead owner's (a boot id is never reused): drop it.
+  redis.call('ZREMRANGEBYSCORE', owners, '-inf', '(' .. now)
+end
+
+-- A mark without an owner was made by an older gateway: only its age decides.
+local function alive(owners, owner)
+  if not owner or owner == '' then return true end
+  local ends = redis.call('ZSCORE', owners, owner)
+  return ends and tonumber(ends) > server_ms()
+end
+"""
+
+# KEYS: state, stream, audit, [idempotency record, owners of in-flight creations]
+# ARGV: id, now_ms, fingerprint, idem_ttl_s, inflight_ms, pending(0|1), actor, length,
+#       owner (the gateway's boot id; '' for none), lease_ms, field, value, ...
+# A retry of a creation still in flight answers 'inflight' while its owner lives, and
+# 'takeover' once the owner is gone (killed mid-body: its lease lapsed): the retry gets the
+# upload as it stands, as a replay would, and the mark is cleared so later retries replay too.
+CREATE = _PRELUDE + _OWNERS + r"""
 local id, now = ARGV[1], tonumber(ARGV[2])
 if KEYS[4] then
-  local rec = redis.call('HMGET', KEYS[4], 'id', 'fp', 'pending', 'at')
+  local rec = redis.call('HMGET', KEYS[4], 'id', 'fp', 'pending', 'at', 'owner')
   if rec[1] then
     if rec[2] ~= ARGV[3] then return {'mismatch', rec[1]} end
-    if rec[3] == '1' and now - tonumber(rec[4]) < tonumber(ARGV[5]) then return {'inflight', rec[1]} end
+    if rec[3] == '1' and now - tonumber(rec[4]) < tonumber(ARGV[5]) then
+      if alive(KEYS[5], rec[5]) then return {'inflight', rec[1]} end
+      redis.call('HSET', KEYS[4], 'pending', '0')
+      return {'takeover', rec[1]}
+    end
     return {'replay', rec[1]}
   end
-  redis.call('HSET', KEYS[4], 'id', id, 'fp', ARGV[3], 'pending', ARGV[6], 'at', now)
+  redis.call('HSET', KEYS[4], 'id', id, 'fp', ARGV[3], 'pending', ARGV[6], 'at', now, 'owner', ARGV[9])
   redis.call('EXPIRE', KEYS[4], ARGV[4])
+  -- The owner's lease starts in the same step as its mark: never a mark without a live lease.
+  if ARGV[6] == '1' and ARGV[9] ~= '' then lease(KEYS[5], ARGV[9], ARGV[10]) end
 end
 local fields = {}
-for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('XADD', KEYS[3], '*', 'ev', 'create', 'u', id, 't', redis.call('HGET', KEYS[1], 'tenant'),
            'a', ARGV[7], 'at', ARGV[2], 'len', ARGV[8])
 maybe_fin(KEYS[1], KEYS[2], id)
 return {'created', id}
+"""
+
+# Renew a gateway's lease on its in-flight creations of one partition.
+# KEYS: owners of in-flight creations
+# ARGV: owner (boot id), lease_ms
+LEASE = _OWNERS + r"""
+lease(KEYS[1], ARGV[1], ARGV[2])
+return 1
 """
 
 # KEYS: state, stream, buffered-bytes counter, records, audit, revoked tokens
@@ -302,27 +346,30 @@ return 1
 # Report acknowledged state the buffer no longer has, after Valkey came back without it
 # (appendfsync everysec, or an external Redis without WAITAOF). Writes the upload's
 # lost_acked / lost_at (its status then says what to resend), or a tombstone if the upload
-# itself is gone, and an audit record. Nothing is reported when the upload holds at least
-# what was acknowledged: it did not lose it, or it was sent again meanwhile.
+# itself is gone, and an audit record naming the witness. Nothing is reported when the upload
+# holds at least what was acknowledged (it did not lose it, or it was sent again meanwhile),
+# nor when this much was reported already: both witnesses (buffer/loss.py) may ask about the
+# same upload, and a loss is reported once.
 # KEYS: state, tombstone, audit
-# ARGV: id, acknowledged offset, now_ms, tombstone ttl_s, tenant
-# Returns the offset the upload has now, -1 if the upload is gone, -2 if nothing was lost.
+# ARGV: id, acknowledged offset, now_ms, tombstone ttl_s, tenant, witness
+# Returns the offset the upload has now, -1 if the upload is gone, -2 if nothing new was lost.
 MARK_LOST = r"""
 local off = redis.call('HGET', KEYS[1], 'offset')
 local acked = tonumber(ARGV[2])
+local by = ARGV[6] or ''
 if not off then
+  local told = redis.call('GET', KEYS[2])
+  if told and tonumber(told) >= acked then return -2 end
   redis.call('SET', KEYS[2], ARGV[2], 'EX', tonumber(ARGV[4]))
-  redis.call('XADD', KEYS[3], '*', 'ev', 'loss', 'u', ARGV[1], 't', ARGV[5], 'at', ARGV[3],
+  redis.call('XADD', KEYS[3], '*', 'ev', 'loss', 'u', ARGV[1], 't', ARGV[5], 'a', by, 'at', ARGV[3],
              'acked', ARGV[2], 'now', '-1')
   return -1
 end
 off = tonumber(off)
 if off >= acked then return -2 end
-local before = tonumber(redis.call('HGET', KEYS[1], 'lost_acked') or '0')
-if acked > before then
-  redis.call('HSET', KEYS[1], 'lost_acked', acked, 'lost_at', ARGV[3])
-end
-redis.call('XADD', KEYS[3], '*', 'ev', 'loss', 'u', ARGV[1], 't', ARGV[5], 'at', ARGV[3],
+if tonumber(redis.call('HGET', KEYS[1], 'lost_acked') or '0') >= acked then return -2 end
+redis.call('HSET', KEYS[1], 'lost_acked', acked, 'lost_at', ARGV[3])
+redis.call('XADD', KEYS[3], '*', 'ev', 'loss', 'u', ARGV[1], 't', ARGV[5], 'a', by, 'at', ARGV[3],
            'acked', ARGV[2], 'now', off)
 return off
 """
@@ -345,3 +392,4 @@ class Scripts:
         self.release_part = client.register_script(RELEASE_PART)
         self.replay = client.register_script(REPLAY)
         self.mark_lost = client.register_script(MARK_LOST)
+        self.lease = client.register_script(LEASE)

@@ -6,6 +6,7 @@ Outcomes come back as small Structs the handler maps to status codes.
 
 from __future__ import annotations
 
+import collections
 import time
 
 import msgspec
@@ -21,7 +22,8 @@ def now_ms() -> int:
 
 
 class Created(msgspec.Struct):
-    outcome: str  # created | replay | inflight | mismatch
+    # created | replay | inflight | mismatch | takeover (the creation was in flight, its owner is gone)
+    outcome: str
     upload_id: str
 
 
@@ -36,12 +38,18 @@ class Appended(msgspec.Struct):
 
 class UploadStore:
     def __init__(self, client: redis.Redis, *, partitions: int,
-                 waitaof: tuple[int, int, int] = (0, 0, 0), clock=time.time) -> None:
+                 waitaof: tuple[int, int, int] = (0, 0, 0), clock=time.time,
+                 owner: str = "", lease_ms: int = 5000) -> None:
         self.r = client
         self.clock = clock  # the server's clock; tests of windows and expiry control it
         self.partitions = partitions
         self.scripts = Scripts(client)
         self.waitaof = waitaof  # (numlocal, numreplicas, timeout_ms)
+        # This gateway process's boot id: it owns the creations it marks in flight, and keeps
+        # them alive (renew_creations) only while it lives. '' (the ingesters): owns none.
+        self.owner = owner
+        self.lease_ms = lease_ms
+        self.owned: collections.Counter[int] = collections.Counter()  # partition -> creations in flight
 
     def partition(self, upload_id: str) -> int | None:
         return keys.partition_of(upload_id, self.partitions)
@@ -68,14 +76,49 @@ class UploadStore:
         ks = [keys.upload(p, upload_id), keys.stream(p), keys.audit(p)]
         if idempotency_key:
             ks.append(keys.idempotency(p, tenant, idempotency_key))
+            ks.append(keys.owners(p))
         res = await self._durable(self.scripts.create, ks,
                                   [upload_id, now, fingerprint, idempotency_ttl, inflight_ms,
-                                   int(pending), actor or tenant, length, *fields])
-        return Created(res[0].decode(), res[1].decode())
+                                   int(pending), actor or tenant, length, self.owner, self.lease_ms, *fields])
+        created = Created(res[0].decode(), res[1].decode())
+        if created.outcome == "created" and pending and idempotency_key:
+            self.owned[p] += 1  # until creation_done
+        return created
 
     async def creation_done(self, tenant: str, idempotency_key: str) -> None:
+        """The creation marked in flight has read its body (or given up on it): retries replay it."""
         p = keys.partition_for_key(tenant, idempotency_key, self.partitions)
-        await self.r.hset(keys.idempotency(p, tenant, idempotency_key), "pending", 0)
+        try:
+            await self.r.hset(keys.idempotency(p, tenant, idempotency_key), "pending", 0)
+        finally:
+            self.owned[p] -= 1
+            if self.owned[p] <= 0:
+                del self.owned[p]
+
+    async def renew_creations(self) -> None:
+        """Renew this process's lease in every partition where it has a creation in flight
+        (LEASE, one round trip). Run more often than the lease lasts; a process that stops
+        running it, killed or frozen, loses its creations to the next retry once it lapses."""
+        if not self.owner:
+            return
+        partitions = [p for p, n in self.owned.items() if n > 0]
+        if not partitions:
+            return
+        async with self.r.pipeline(transaction=False) as pipe:
+            for p in partitions:
+                # Queued on the pipeline (the asyncio Script's call must be awaited for that).
+                await self.scripts.lease(keys=[keys.owners(p)], args=[self.owner, self.lease_ms], client=pipe)
+            await pipe.execute()
+
+    async def release_creations(self) -> None:
+        """An orderly stop: the creations this process still holds in flight will not be
+        finished by it, so a retry may take them over at once."""
+        if not self.owner or not self.owned:
+            return
+        async with self.r.pipeline(transaction=False) as pipe:
+            for p in list(self.owned):
+                pipe.zrem(keys.owners(p), self.owner)
+            await pipe.execute()
 
     async def get(self, upload_id: str) -> UploadState | None:
         p = self.partition(upload_id)
@@ -167,15 +210,17 @@ class UploadStore:
                 pipe.xadd(keys.audit(partition), record)
             await pipe.execute()
 
-    async def mark_lost(self, upload_id: str, acked: int, tenant: str, tombstone_ttl: int) -> int | None:
+    async def mark_lost(self, upload_id: str, acked: int, tenant: str, tombstone_ttl: int, *,
+                        witness: str = "gateway-witness") -> int | None:
         """Report that `upload_id` had `acked` bytes acknowledged that the buffer may no longer
-        hold (MARK_LOST): the offset it has now, -1 if it is gone, None if nothing was lost."""
+        hold (MARK_LOST, on behalf of `witness`): the offset it has now, -1 if it is gone, None
+        if nothing was lost or this loss was reported already."""
         p = self.partition(upload_id)
         if p is None:
             return None
         res = int(await self.scripts.mark_lost(
             keys=[keys.upload(p, upload_id), keys.lost(p, upload_id), keys.audit(p)],
-            args=[upload_id, acked, int(self.clock() * 1000), tombstone_ttl, tenant]))
+            args=[upload_id, acked, int(self.clock() * 1000), tombstone_ttl, tenant, witness]))
         return None if res == -2 else res
 
     async def lost_acknowledged(self, upload_id: str) -> int | None:
@@ -202,7 +247,7 @@ class UploadStore:
         if not (numlocal or numreplicas):
             return await script(keys=ks, args=args)
         async with self.r.pipeline(transaction=False) as pipe:
-            script(keys=ks, args=args, client=pipe)
+            await script(keys=ks, args=args, client=pipe)  # queues it: the asyncio Script's call is a coroutine
             pipe.execute_command("WAITAOF", numlocal, numreplicas, timeout)
             res, (local, replicas) = await pipe.execute()
         if local < numlocal or replicas < numreplicas:

@@ -177,15 +177,15 @@ def _n(x) -> str:
 
 
 def _closes_at(value) -> dt.datetime | None:
-    if isinstance(value, (int, float)):
-        return dt.datetime.fromtimestamp(value / 1000, dt.timezone.utc)
-    if isinstance(value, str):
-        try:
-            d = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        return d if d.tzinfo else d.replace(tzinfo=dt.timezone.utc)
-    return None
+    from unggah.times import parse
+    return parse(value)
+
+
+def _when(value) -> str:
+    """A time from the server as a person reads it: ISO 8601 as the server wrote it (in the
+    election's zone), or epoch milliseconds (an older server) as ISO 8601 in UTC."""
+    from unggah.times import readable
+    return readable(value)
 
 
 def _pct(part: int, whole: int) -> str:
@@ -261,21 +261,27 @@ def format_progress(p: dict, now: dt.datetime | None = None) -> str:
     if uploads:
         out.append("Unggahan / uploads: " + ", ".join(f"{k} {_n(v)}" for k, v in uploads.items() if not isinstance(v, dict)))
     w = p.get("window") or {}
-    if w:
+    if w.get("open") is False:  # between rounds, or after the last
+        out.append("Jendela / window: TUTUP / CLOSED"
+                   + (f"; the next opens {_when(w['next_opens_at'])}" if w.get("next_opens_at") else ""))
+    elif w:
         closes = _closes_at(w.get("closes_at"))
         line = f"Jendela / window: {w.get('name', '?')}"
         if closes is not None:
             left = (closes - now).total_seconds()
             if left > 0:
                 h, rem = divmod(int(left), 3600)
-                line += f", closes {w.get('closes_at')} — {h} h {rem // 60:02d} min left"
+                line += f", closes {_when(w.get('closes_at'))} — {h} h {rem // 60:02d} min left"
                 if shortfall and left > 0:
                     line += f"; {_n(shortfall)} supporters still missing ({shortfall / max(left / 3600, 1e-9):,.0f}/h needed)"
             else:
-                line += f", CLOSED at {w.get('closes_at')}"
+                line += f", CLOSED at {_when(w.get('closes_at'))}"
         if w.get("extension"):
             line += f" (extended: {w['extension']})"
         out.append(line)
+    computed = p.get("computed_at", p.get("computed_at_ms"))
+    if computed is not None:
+        out.append(f"Dihitung / counted at: {_when(computed)}")
     return "\n".join(out)
 
 

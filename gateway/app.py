@@ -23,6 +23,7 @@ from gateway import auditing, auth, headers, reads
 from gateway.context import REQUEST_ID, STREAMING
 from gateway.problems import problem, retry_after
 from gateway.admission import Admission
+from gateway.background import Every
 from gateway.progress import add_routes as add_result_routes
 from gateway.tus import TusHandler, receipt_payload, status_body
 from gateway.windows import Windows
@@ -39,6 +40,9 @@ STORE = web.AppKey("store", UploadStore)
 SETTINGS = web.AppKey("settings", Settings)
 READY = web.AppKey("ready", dict)
 TUS = web.AppKey("tus", TusHandler)
+# A random id per gateway process (per app: tests serve several in one process). It names the
+# owner of the creations this gateway marks in flight (buffer/scripts.py CREATE).
+BOOT_ID = web.AppKey("boot_id", str)
 
 
 # A client's own request id is echoed and logged only if it looks like one.
@@ -89,8 +93,13 @@ async def errors(request: web.Request, handler):
 
 def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], float] = time.time) -> web.Application:
     tenants = TenantStore(client) if settings.auth == "tokens" else None
+    boot_id = secrets.token_hex(8)
+    lease = settings.idempotency_owner_lease_seconds
     store = UploadStore(client, partitions=settings.partitions, clock=clock,
-                        waitaof=(settings.waitaof_local, settings.waitaof_replicas, settings.waitaof_timeout_ms))
+                        waitaof=(settings.waitaof_local, settings.waitaof_replicas, settings.waitaof_timeout_ms),
+                        owner=boot_id, lease_ms=int(lease * 1000))
+    # Renewed four times per lease: a renewal or two lost to a slow moment does not let it lapse.
+    creations = Every(lease / 4, store.renew_creations, "creation-leases")
     refusals = auditing.RefusalLog(store)
     admission = Admission(settings, store)
 
@@ -121,6 +130,7 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
     app[SETTINGS] = settings
     app[READY] = {"ready": True}
     app[TUS] = tus
+    app[BOOT_ID] = boot_id
     signing_key = receipts.load_or_create_key(settings.receipt_key_path)
     public_key_pem = receipts.public_pem(signing_key)
     # /metrics, timing, graceful shutdown
@@ -177,8 +187,14 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
     async def start_watch(app: web.Application) -> None:
         admission.buffer.start()
         witness.start()
+        creations.start()
 
     async def stop_watch(app: web.Application) -> None:
+        await creations.stop()
+        try:  # what this process still held in flight may be taken over at once
+            await asyncio.wait_for(store.release_creations(), 2)
+        except (asyncio.TimeoutError, redis.RedisError, OSError) as e:
+            log.debug("creation leases not released (they lapse by themselves)", extra={"error": repr(e)})
         await witness.stop()
         await admission.buffer.stop()
         try:

@@ -12,6 +12,10 @@ Access (the request's principal, see gateway/auth.py):
 
 The results are read from the validator's SQLite file, read-only. The window
 (name, close, extension) is computed here, on the gateway's clock.
+
+Times are ISO 8601 in the election's time zone (UTC, `Z`, without an election) under their
+plain names, each beside its epoch milliseconds as `<name>_ms`: `closes_at`/`closes_at_ms`,
+`next_opens_at`/`next_opens_at_ms`, `computed_at`/`computed_at_ms`, `validated_at`/`validated_at_ms`.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from gateway.context import PRINCIPAL, STREAMING
 from gateway.problems import problem
 from ingest.results import FileRecord, SQLiteResults
 from unggah.config import Settings
+from unggah.times import stamped
 
 UTC = dt.timezone.utc
 
@@ -83,6 +88,11 @@ class ResultsAPI:
             return None
         return await asyncio.to_thread(fn, *args)
 
+    @property
+    def tz(self) -> dt.tzinfo:
+        """The zone of every time a person reads here: the election's (WIB, WITA, WIT)."""
+        return self.election.tz if self.election is not None else UTC
+
     def window(self, tenant: str) -> dict | None:
         e = self.election
         if e is None:
@@ -91,7 +101,8 @@ class ResultsAPI:
         st = window_state(e, tenant, now)
         if not st.open:
             return {"name": None, "open": False,
-                    "next_opens_at": st.next_opens_at.astimezone(e.tz).isoformat() if st.next_opens_at else None}
+                    "next_opens_at": st.next_opens_at.astimezone(e.tz).isoformat() if st.next_opens_at else None,
+                    "next_opens_at_ms": int(st.next_opens_at.timestamp() * 1000) if st.next_opens_at else None}
         assert st.closes_at is not None
         kind = next((w.kind for w in e.windows if w.name == st.round), None)
         return {"name": st.round, "kind": kind, "open": True, "closes_at": st.closes_at.astimezone(e.tz).isoformat(),
@@ -118,9 +129,11 @@ class ResultsAPI:
                 "flags_by_reason": snap["flags_by_reason"],
             })
             for k in ("min_support", "min_spread", "ms_per_unit", "units_meeting", "units", "spread_shortfall",
-                      "met", "computed_at"):
+                      "met"):
                 if k in snap:
                     body[k] = snap[k]
+            if isinstance(snap.get("computed_at"), int):  # the validator's stamp, epoch ms
+                body.update(stamped(self.tz, computed_at=snap["computed_at"]))
         if uploads is not None:
             body["uploads"] = uploads
         if not_counted:
@@ -225,7 +238,7 @@ class ResultsAPI:
                            "received, stored or validated, or it is not yours; GET /files/<id>/status says which")
         body = {"id": f.upload_id, "tenant": f.tenant, "kind": f.kind, "filename": f.filename,
                 "sha256": f.sha256, "status": f.status, "message": f.message or None, "problems": f.problems,
-                "round": f.round or None, "validated_at": f.validated_at}
+                "round": f.round or None, **stamped(self.tz, validated_at=f.validated_at or None)}
         if f.kind == "list" and f.status == "accepted":
             body["rows"] = f.rows
             body.update(await self._read(self.results.file_counts, upload_id))

@@ -8,6 +8,19 @@ The handler never holds more than one stream entry of a streamed PATCH in
 memory, and commits each entry as it arrives, so an interrupted PATCH keeps
 every byte that reached us. A PATCH with Upload-Checksum is the exception:
 it must be verified whole before any byte counts, so its size is capped.
+
+Idempotency-Key: a retried POST gets the upload the first one made (201, Idempotent-Replayed,
+Upload-Offset: what it holds); the key with a different request is a 422. While the first
+request of a creation-with-upload is still reading its body, the key is in flight and a retry
+gets 409 with Retry-After, for as long as the gateway process reading that body lives (it
+owns the mark and keeps a lease on it, buffer/scripts.py CREATE and LEASE). When that process
+is gone, killed mid-body, nothing will finish the creation, so the retry takes it over at once
+(as soon as the lease lapses, idempotency_owner_lease_seconds) instead of after
+idempotency_inflight_seconds. A takeover is answered as a replay, not as a fresh upload: the
+same upload id, with Upload-Offset at the bytes committed before the kill. That is what a tus
+client needs: it resumes from Upload-Offset, so no committed byte is sent twice or orphaned in
+a second upload, and the key keeps naming one upload. The retry's own body is not read; the
+client sends the rest by PATCH from that offset, as after any creation that took part of a body.
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ from gateway.windows import Windows, WindowClosed
 from gateway.problems import TUS_VERSION, problem, retry_after
 from unggah.config import Settings
 from unggah.receipts import ReceiptPayload, payload_for
+from unggah.times import stamped
 
 log = logging.getLogger("unggah.gateway")
 
@@ -290,7 +304,7 @@ class TusHandler:
                     idempotency_key=idem, fingerprint=fingerprint, pending=has_body,
                     idempotency_ttl=self.s.idempotency_ttl_seconds,
                     inflight_ms=self.s.idempotency_inflight_seconds * 1000, actor=self.actor(request))
-                if created.outcome not in ("mismatch", "inflight", "replay"):
+                if created.outcome == "created":
                     admitted.upload_id = created.upload_id
         except Refused as e:
             log.info("creation refused", extra={"tenant": tenant, "reason": e.reason})
@@ -304,7 +318,10 @@ class TusHandler:
             return problem(409, "idempotency-key-in-flight",
                            "the first request with this Idempotency-Key is still being processed; retry in a moment",
                            headers={"Retry-After": "1"})
-        if created.outcome == "replay":
+        if created.outcome == "takeover":
+            log.info("creation taken over from a gateway that is gone",
+                     extra={"upload": upload_id, "tenant": tenant})
+        if created.outcome in ("replay", "takeover"):
             state = await self.store.get(upload_id)
             if state is None or state.state == TERMINATED:
                 return problem(410, "upload-gone", "the upload this Idempotency-Key created was terminated; use a new key")
@@ -638,13 +655,15 @@ def status_body(state: UploadState) -> dict:
         "length": state.length if state.length >= 0 else None,
         "bytes_received": state.offset, "bytes_stored": state.stored,
         "sha256": state.sha256 or None, "metadata": state.metadata or None, "window": state.window or None,
-        "created_at": state.created_at, "received_at": state.received_at or None,
-        "stored_at": state.stored_at or None,
-        "expires_at": state.expires_at if state.state == RECEIVING else None,
+        # Times (server clock): ISO 8601 in UTC for people, `<name>_ms` (epoch ms) for programs.
+        **stamped(created_at=state.created_at, received_at=state.received_at or None,
+                  stored_at=state.stored_at or None,
+                  expires_at=(state.expires_at or None) if state.state == RECEIVING else None),
         "safe_to_delete_local_copy": state.state == STORED and state.concat != "partial",
         # The buffer came back from a crash without bytes it had acknowledged (gateway/witness.py):
         # the client must send them again, from `bytes_received`.
-        **({"reason": LOST_REASON, "lost": {"acknowledged_offset": state.lost_acked, "found_at": state.lost_at,
+        **({"reason": LOST_REASON, "lost": {"acknowledged_offset": state.lost_acked,
+                                            **stamped(found_at=state.lost_at or None),
                                             "resume_from": state.offset}}
            if state.lost_acked > state.offset else {}),
         # A partial of a concatenation (tus-js-client's parallelUploads) is a part, not a file:

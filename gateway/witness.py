@@ -8,11 +8,13 @@ Valkey cannot know what it never wrote. The gateway can: it remembers what it ac
 in the last WINDOW seconds, notices the restart (the server's run id changes), and asks the
 buffer, upload by upload, whether it still holds that much. Whatever is missing is reported
 in the store (MARK_LOST: the upload's status then says what to send again, or a tombstone
-says the upload is gone), the audit trail, and through `on_loss` in the log and a metric.
+says the upload is gone), the audit trail, and through `on_loss` in the log and a metric
+(buffer/loss.py, the step both witnesses share).
 
-A gateway that crashes with Valkey forgets what it witnessed: then the audit chain on disk,
-which holds every acknowledged append the auditor had read, is the only record (see
-docs/operations.md). This witness covers the common case, Valkey alone restarting.
+A gateway that crashes with Valkey forgets what it witnessed: then the auditor is the
+witness, from the tail of the audit chain on disk (ingest/audit.py, ChainWitness; what that
+can and cannot see is said there). This witness covers the common case, Valkey alone
+restarting; a loss both see is reported once.
 """
 
 from __future__ import annotations
@@ -21,22 +23,19 @@ import logging
 import time
 from typing import Callable
 
+from buffer import loss
+from buffer.loss import WINDOW, OnLoss
 from buffer.store import UploadStore
 from gateway.background import Every
 
 log = logging.getLogger("unggah.witness")
 
-# Acknowledgements this old were on disk before any crash that a later successful look at
-# the same server could follow: everysec writes within about 2 s and fsyncs every second.
-WINDOW = 10.0
 # How often the server's run id is read.
 POLL = 0.5
-# How long a lost upload's tombstone answers its status.
-TOMBSTONE_TTL = 7 * 24 * 3600
 
 
 class AckWitness:
-    def __init__(self, store: UploadStore, on_loss: Callable[[str, str, int, int], None] | None = None,
+    def __init__(self, store: UploadStore, on_loss: OnLoss | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         # Called per upload found short: (upload id, tenant, acknowledged offset, offset now; -1: gone).
@@ -67,19 +66,9 @@ class AckWitness:
 
     async def check(self) -> int:
         """Ask the buffer about every upload acknowledged recently; the number found short."""
-        short = 0
-        for upload_id, (acked, tenant, _) in list(self.recent.items()):
-            now = await self.store.mark_lost(upload_id, acked, tenant, TOMBSTONE_TTL)
-            if now is None:
-                continue
-            short += 1
-            log.error("acknowledged bytes lost with the buffer",
-                      extra={"upload": upload_id, "tenant": tenant, "acknowledged": acked, "offset_now": now})
-            if self.on_loss is not None:
-                self.on_loss(upload_id, tenant, acked, now)
+        short = await loss.report(self.store, {u: (acked, tenant) for u, (acked, tenant, _) in self.recent.items()},
+                                  "gateway-witness", self.on_loss)
         self.recent.clear()
-        if short:
-            log.error("the buffer came back without acknowledged data", extra={"uploads": short})
         return short
 
     def start(self) -> None:

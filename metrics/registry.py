@@ -9,7 +9,10 @@ tenant label appears only on the per-pair progress gauges.
 Metric objects are module globals registered in role registries: a gateway
 process serves `GATEWAY`, an ingester serves `INGEST`. Both include the
 `COMMON` metrics (validation, per-pair progress, window) so whichever process
-runs that code exposes them.
+runs that code exposes them. `unggah up`'s supervisor serves `STACK` alone
+(its children's restarts, up and last exit code; metrics/supervisor.py), and the
+auditor `AUDIT` alone (the acknowledged data its chain witness finds lost:
+the same ACKED_LOST series as the gateways', from its own target).
 """
 
 from __future__ import annotations
@@ -119,8 +122,9 @@ UPLOADS_STORED = Counter(
 UPLOADS_FAILED = Counter(
     "unggah_uploads_failed_total", "Uploads that ended failed, by reason.", ["reason"], registry=None)
 ACKED_LOST = Counter(
-    "unggah_acknowledged_lost_total", "Uploads found, after the buffer restarted, to hold less than the gateway had "
-    "acknowledged: 'bytes' (the upload is short), 'upload' (it is gone). Never expected under appendfsync always.",
+    "unggah_acknowledged_lost_total", "Uploads found, after the buffer restarted, to hold less than had been "
+    "acknowledged (found by a gateway's witness, or by the auditor's from the audit chain): 'bytes' (the upload is "
+    "short), 'upload' (it is gone). Never expected under appendfsync always.",
     ["what"], registry=None)
 ACKED_LOST_BYTES = Counter(
     "unggah_acknowledged_lost_bytes_total", "Acknowledged bytes the buffer came back without (their clients must send "
@@ -141,6 +145,21 @@ PAIR_UNITS_MEETING = Gauge(
     registry=None)
 PAIR_MIN_SPREAD = Gauge(
     "unggah_pair_min_spread", "The number of units the pair needs support in.", ["tenant"], registry=None)
+
+# --- stack: `unggah up`'s supervisor (metrics/supervisor.py sets these) ---------
+
+STACK_CHILD_RESTARTS = Counter(
+    "unggah_stack_child_restarts_total",
+    "Children of `unggah up` started again after they exited, by child (valkey, gateway, ingest-N, validate, "
+    "audit).", ["child"], registry=None)
+STACK_CHILD_UP = Gauge(
+    "unggah_stack_child_up",
+    "1 while the child of `unggah up` runs; 0 from when the supervisor sees it exit until it is started again.",
+    ["child"], registry=None)
+STACK_CHILD_LAST_EXIT_CODE = Gauge(
+    "unggah_stack_child_last_exit_code",
+    "The exit code of the child's last exit (negative: killed by that signal, -9 SIGKILL); absent until it "
+    "first exits.", ["child"], registry=None)
 
 
 class WindowCollector(Collector):
@@ -177,7 +196,7 @@ WINDOW = WindowCollector()
 
 
 class BuildInfo(Collector):
-    """`unggah_build_info{version, role} 1`: which kind of process a target is."""
+    """`unggah_build_info{version, role} 1`: which kind of process a target is (gateway, ingest, stack, audit)."""
 
     def __init__(self, role: str) -> None:
         self.role = role
@@ -251,6 +270,8 @@ GATEWAY_METRICS = [HTTP_REQUESTS, HTTP_DURATION, HTTP_IN_FLIGHT, REFUSALS, RECEI
                    EVENT_LOOP_LAG, GC_PAUSE, ACKED_LOST, ACKED_LOST_BYTES]
 INGEST_METRICS = [INGEST_ENTRIES, INGEST_BYTES, INGEST_BATCH_DURATION, INGEST_REDELIVERIES,
                   INGEST_DEAD_LETTERS, INGEST_ERRORS, UPLOADS_STORED, UPLOADS_FAILED]
+STACK_METRICS = [STACK_CHILD_RESTARTS, STACK_CHILD_UP, STACK_CHILD_LAST_EXIT_CODE]
+AUDIT_METRICS = [ACKED_LOST, ACKED_LOST_BYTES]
 
 # Label values known in advance start at zero, so rate() has a series from the first scrape.
 for _generation in ("0", "1", "2"):
@@ -267,6 +288,10 @@ for _reason in ("corrupt-entry", "write-failed", "entry-failed"):
 
 def collectors(role: str) -> list[Collector]:
     """The metrics a process of this role exposes (the gateway adds its buffer collector)."""
+    if role == "stack":  # the supervisor runs none of the upload path's code
+        return STACK_METRICS + [BuildInfo(role)]
+    if role == "audit":  # the auditor: its chain witness's loss counts (ingest/audit.py)
+        return AUDIT_METRICS + [BuildInfo(role)]
     return (GATEWAY_METRICS if role == "gateway" else INGEST_METRICS) + COMMON + [BuildInfo(role)]
 
 

@@ -2,8 +2,12 @@
 
     <state_dir>/prometheus-targets.json   (see deploy/prometheus/prometheus.yml)
 
-Ports of ingesters are picked free at each start, so the file is rewritten
-each time; Prometheus re-reads file_sd files when they change.
+Jobs: unggah-gateway, unggah-ingest (one target per ingester, labelled with its
+consumer name), unggah-stack (the supervisor's own /metrics: child restarts) and
+unggah-audit (the auditor's own /metrics: acknowledged data its chain witness
+finds lost). Ports of ingesters, of the supervisor and of the auditor are picked
+free at each start, so the file is rewritten each time; Prometheus re-reads
+file_sd files when they change.
 """
 
 from __future__ import annotations
@@ -13,11 +17,26 @@ import os
 from pathlib import Path
 
 
-def write_targets(state_dir: str, host: str, gateway_port: int, ingest_ports: dict[str, int]) -> Path:
-    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+def local_host(host: str) -> str:
+    """A scrape address for a server listening on `host` (a wildcard: this machine)."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def write_targets(state_dir: str, host: str, gateway_port: int, ingest_ports: dict[str, int], *,
+                  stack_port: int | None = None, stack_host: str = "127.0.0.1",
+                  audit_port: int | None = None, audit_host: str = "127.0.0.1") -> Path:
+    host = local_host(host)
     groups = [{"targets": [f"{host}:{gateway_port}"], "labels": {"job": "unggah-gateway"}}]
     groups += [{"targets": [f"{host}:{port}"], "labels": {"job": "unggah-ingest", "consumer": name}}
                for name, port in ingest_ports.items()]
+    if stack_port is not None:
+        groups.append({"targets": [f"{local_host(stack_host)}:{stack_port}"], "labels": {"job": "unggah-stack"}})
+    if audit_port is not None:
+        groups.append({"targets": [f"{local_host(audit_host)}:{audit_port}"], "labels": {"job": "unggah-audit"}})
     path = Path(state_dir) / "prometheus-targets.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

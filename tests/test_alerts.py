@@ -17,7 +17,7 @@ from prometheus_client import ProcessCollector
 
 from metrics.buffer import BufferCollector
 from metrics.http import GateCollector
-from metrics.registry import collectors, metric_names
+from metrics.registry import ACKED_LOST, ACKED_LOST_BYTES, collectors, metric_names
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -29,7 +29,7 @@ needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not insta
 
 REQUIRED_ALERTS = {"BufferNearFull", "IngestFallingBehind", "DeadLettersPresent", "SheddingSustained",
                    "GatewayDown", "PairsBelowThresholdNearClose", "IngesterDown", "RedisUnavailable",
-                   "HighAppendLatency"}
+                   "HighAppendLatency", "StackChildRestarting", "StackChildDown", "AcknowledgedDataLost"}
 # Series Prometheus makes itself.
 BUILTIN = {"up", "ALERTS", "ALERTS_FOR_STATE", "scrape_duration_seconds", "scrape_samples_scraped"}
 KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left",
@@ -93,7 +93,8 @@ def exposed() -> set[str]:
     gateway = collectors("gateway") + [BufferCollector(None), GateCollector(None)]
     # make_registry adds prometheus_client's process metrics to every process (process_resident_memory_bytes, ...).
     process = {m.name + ("_total" if m.type == "counter" else "") for m in ProcessCollector(registry=None).collect()}
-    return metric_names(gateway) | metric_names(collectors("ingest")) | process | BUILTIN
+    return (metric_names(gateway) | metric_names(collectors("ingest")) | metric_names(collectors("stack"))
+            | metric_names(collectors("audit")) | process | BUILTIN)
 
 
 def test_names_in_parses_promql():
@@ -149,13 +150,25 @@ def test_dashboard_is_importable_json():
 
 
 def test_metric_names_follow_conventions():
-    for c in collectors("gateway") + [BufferCollector(None)] + collectors("ingest"):
+    for c in (collectors("gateway") + [BufferCollector(None)] + collectors("ingest") + collectors("stack")
+              + collectors("audit")):
         for fam in c.describe():
             assert fam.name.startswith("unggah_"), fam.name
             for unit in ("seconds", "bytes"):
                 if unit in fam.name:
                     assert fam.name.endswith(unit) or fam.name.endswith(unit + "_total"), fam.name
             assert not fam.name.endswith(("_ms", "_milliseconds", "_kb", "_mb"))
+
+
+@needs_promtool
+def test_acknowledged_data_lost_sums_every_witness():
+    """A loss the auditor counts (job unggah-audit) fires the alert as a gateway's does: the rule
+    aggregates the counter over every job, and does not select one."""
+    rule = next(r for r in alert_rules() if r["alert"] == "AcknowledgedDataLost")
+    assert "unggah_acknowledged_lost_total" in rule["expr"]
+    assert "job=" not in rule["expr"] and "sum by" not in rule["expr"], rule["expr"]
+    for counter in (ACKED_LOST, ACKED_LOST_BYTES):  # the same counters, served by both kinds of process
+        assert counter in collectors("audit") and counter in collectors("gateway")
 
 
 @needs_promtool
@@ -174,15 +187,23 @@ def test_promtool_checks_rules():
 
 @needs_promtool
 async def test_promtool_lints_the_exposition(gateway, http):
-    """`promtool check metrics`: naming, units and help text of what /metrics really serves."""
+    """`promtool check metrics`: naming, units and help text of what /metrics really serves
+    (the gateway, an ingester, `unggah up`'s supervisor with a child that has exited, the auditor)."""
+    from metrics import supervisor
     from metrics.ingest import MetricsServer
+    from metrics.registry import make_registry
     from tests.conftest import create, patch
 
     url = await create(http, gateway, 10)
     await patch(http, url, 0, b"0123456789")
     server = await MetricsServer("127.0.0.1", 0).start()
+    supervisor.child_started("ingest-0")
+    supervisor.child_exited("ingest-0", -9)
+    supervisor.child_restarted("ingest-0")
+    stack = supervisor.StackMetricsServer("127.0.0.1", 0).start()
+    audit = supervisor.ThreadMetricsServer("127.0.0.1", 0, make_registry("audit"), "auditor").start()
     try:
-        for target in (gateway.url + "/metrics", f"http://127.0.0.1:{server.port}/metrics"):
+        for target in (gateway.url + "/metrics", f"http://127.0.0.1:{server.port}/metrics", stack.url, audit.url):
             async with http.get(target, headers={"Accept": "text/plain"}) as resp:
                 text = await resp.text()
             res = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True,
@@ -192,3 +213,6 @@ async def test_promtool_lints_the_exposition(gateway, http):
             assert not problems, problems
     finally:
         await server.stop()
+        stack.stop()
+        audit.stop()
+        supervisor.reset()

@@ -21,6 +21,7 @@ from ingest.audit import LEASE, Auditor, LeaseLost, audit_dir
 from gateway.auditing import ID_CHARS
 from tests.conftest import OCTET, TUS, Gateway, child_env, make_settings, wait_for, wait_stored
 from tests.redis_cutter import ReplyCutter
+from unggah import auditlog
 from unggah.auditlog import Chain, ChainGap, ChainMismatch, chain_path
 from unggah.valkey import EmbeddedValkey
 
@@ -284,6 +285,22 @@ def test_an_entry_older_than_the_chain_stops_the_chain_instead_of_being_dropped(
         chain.append([("4-0", {"ev": "lost"}), ("8-0", {"ev": "d"})])
     assert path.read_bytes() == before
     assert chain.append([("8-0", {"ev": "d"})]) == 1  # the chain is as it was
+
+
+def test_the_end_of_a_chain_is_read_backwards_as_far_as_asked(tmp_path):
+    """The auditor's witness (ingest/audit.py) reads only a chain's last seconds: `tail` gives
+    the records written at or after a time, in order, however the blocks it reads cut lines."""
+    path = tmp_path / "audit-p0.jsonl"
+    Chain(path, 0).append([(f"{1000 + 10 * i}-{i % 3}", {"ev": "append", "u": "0-x", "o": str(i), "n": "1"})
+                           for i in range(200)])
+    everything = list(auditlog.read(path))
+    for block in (7, 64, 1 << 16):
+        assert auditlog.tail(path, 2500, block=block) == [r for r in everything if auditlog.entry_ms(r.id) >= 2500]
+        assert auditlog.tail(path, 0, block=block) == everything
+        assert auditlog.tail(path, 10_000, block=block) == []
+    assert auditlog.tail(tmp_path / "audit-p1.jsonl", 0) == []  # no chain yet
+    assert cli(make_settings(tmp_path, "redis://127.0.0.1:1", partitions=1), "verify", "--dir",
+               str(tmp_path)).returncode == 0
 
 
 # ---------------------------------------------------------------- the set of chains

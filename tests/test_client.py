@@ -304,8 +304,8 @@ async def test_client_verifies_saves_and_reports_receipts(gateway, ingester, pro
     def add_receipt(s, st):
         if st["state"] == "stored":
             p = rc.ReceiptPayload(tenant="public", upload_id=st["id"], filename="?", size=st["length"],
-                                  sha256=st["sha256"], created_at=st["created_at"],
-                                  completed_at=st["received_at"] or 0, stored_at=st["stored_at"] or 0)
+                                  sha256=st["sha256"], created_at=st["created_at_ms"],
+                                  completed_at=st["received_at_ms"] or 0, stored_at=st["stored_at_ms"] or 0)
             r = __import__("msgspec").to_builtins(rc.sign(p, key))
             if st["length"] == 1000:  # bad.bin: altered after signing
                 r["payload"]["stored_at"] += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 
 import aiohttp
 import pytest
@@ -179,5 +180,247 @@ async def test_push_sends_again_by_itself_what_the_server_lost_after_acknowledgi
             ing.stopping.set()
             await task
             await ing_client.aclose()
+        await gw.stop()
+        vk.stop()
+
+
+# ---------------------------------------------------------------- the audit chain as witness
+
+LOSS_SERIES = ('unggah_acknowledged_lost_total{what="bytes"}', 'unggah_acknowledged_lost_total{what="upload"}',
+               "unggah_acknowledged_lost_bytes_total")
+
+
+def loss_counts(text: str) -> dict[str, float]:
+    return {s: float(line.split()[1]) for line in text.splitlines() for s in LOSS_SERIES if line.startswith(s + " ")}
+
+
+def counted_now() -> dict[str, float]:
+    """The process's loss counts (every witness in this process counts into them)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from metrics.registry import ACKED_LOST, ACKED_LOST_BYTES
+    reg = CollectorRegistry()
+    reg.register(ACKED_LOST)
+    reg.register(ACKED_LOST_BYTES)
+    return loss_counts(generate_latest(reg).decode())
+
+
+async def scraped(http: aiohttp.ClientSession, auditor) -> dict[str, float]:
+    """The loss counts on the auditor's own /metrics, over HTTP (as Prometheus reads them)."""
+    assert auditor.metrics.url.startswith("http://127.0.0.1:"), auditor.metrics.url  # this host only, by default
+    async with http.get(auditor.metrics.url) as resp:
+        assert resp.status == 200
+        return loss_counts(await resp.text())
+
+
+def chained(settings, ev: str) -> list[dict]:
+    from ingest.audit import audit_dir
+    from unggah import auditlog
+    return [rec.event for f in sorted(audit_dir(settings).glob("audit-p*.jsonl")) for rec in auditlog.read(f)
+            if rec.event.get("ev") == ev]
+
+
+def lost_lines(caplog) -> list:
+    return [rec for rec in caplog.records if rec.getMessage() == "acknowledged bytes lost with the buffer"]
+
+
+async def run_auditor(settings):
+    """The real auditor loop (lease, witness, drain), in this process; stop it with `stop_auditor`."""
+    from buffer.connection import connect
+    from ingest.audit import Auditor
+    auditor = Auditor(settings, connect(settings.redis_url, retry=False))
+    return auditor, asyncio.create_task(auditor.run())
+
+
+async def stop_auditor(auditor, task) -> None:
+    auditor.stopping.set()
+    try:
+        assert await asyncio.wait_for(task, 10) == 0
+    finally:
+        await auditor.r.aclose()
+    # Its /metrics stopped with it: nothing listens on the port any more.
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", auditor.metrics.port), timeout=2).close()
+
+
+@pytest.mark.timeout(120)
+async def test_the_audit_chain_reports_what_the_buffer_lost_when_the_gateway_went_down_with_it(tmp_path, caplog):
+    """The whole machine goes down: Valkey (everysec) comes back without its last acknowledged
+    writes, and the gateway that acknowledged them is gone, its witness's memory with it. The
+    auditor had chained them: when it starts again it finds the loss and reports it, status,
+    log, counts and audit record, exactly as the gateway's witness would have; a second start
+    reports nothing new, and neither would the gateway's witness asking after it."""
+    from buffer.connection import connect
+    from buffer.store import UploadStore
+    from ingest.audit import Auditor
+    from unggah import auditlog
+
+    vk = EmbeddedValkey(tmp_path / "valkey", appendfsync="everysec").start()
+    snapshot = tmp_path / "valkey-before-the-crash"
+    settings = make_settings(tmp_path, vk.url)
+    gw = await Gateway(settings).start()
+    running = None
+    try:
+        async with aiohttp.ClientSession() as http:
+            short = await create(http, gw, 1000)
+            assert (await patch(http, short, 0, b"a" * 400)).status == 204
+            await asyncio.sleep(1.5)  # on disk: everysec has written and fsynced it
+            shutil.copytree(vk.data_dir, snapshot)
+            assert (await patch(http, short, 400, b"b" * 600)).status == 204
+            gone = await create(http, gw, 10)
+            # The auditor read them before the crash: the chain on disk has them, Valkey's disk not.
+            before_crash = Auditor(settings, connect(vk.url, retry=False))
+            await before_crash.ensure_groups()
+            assert await before_crash.take_lease()
+            assert await before_crash.drain_once() >= 3
+            await before_crash.r.aclose()
+            # Everything goes down at once.
+            await gw.stop()
+            vk.kill()
+            shutil.rmtree(vk.data_dir)
+            shutil.copytree(snapshot, vk.data_dir)
+            (vk.data_dir / "lock").unlink(missing_ok=True)
+            vk.start()
+            gw = await Gateway(settings).start()  # a new gateway: it witnessed nothing
+            short, gone = (gw.files + url.rsplit("/", 1)[1] for url in (short, gone))
+            counted = counted_now()
+            lines = len(lost_lines(caplog))
+
+            running = await run_auditor(settings)
+            auditor = running[0]
+
+            async def checked() -> bool:
+                return auditor.witness.checks >= 1
+            await wait_for(checked, 15)
+            assert auditor.witness.reported == 2
+
+            code, st = await status(http, short)
+            assert code == 200 and st["state"] == "receiving" and st["bytes_received"] == 400
+            assert st["reason"] == "buffer-lost-acknowledged-bytes"
+            assert st["lost"]["acknowledged_offset"] == 1000 and st["lost"]["resume_from"] == 400
+            code, body = await status(http, gone)
+            assert code == 410 and body["reason"] == "upload-lost"
+
+            logged = lost_lines(caplog)[lines:]
+            assert sorted((rec.acknowledged, rec.offset_now, rec.witness) for rec in logged) == [
+                (0, -1, "audit-witness"), (1000, 400, "audit-witness")]
+            # Counted on the auditor's own /metrics, as the gateways count theirs.
+            assert {s: v - counted[s] for s, v in (await scraped(http, auditor)).items()} == {
+                'unggah_acknowledged_lost_total{what="bytes"}': 1, 'unggah_acknowledged_lost_total{what="upload"}': 1,
+                "unggah_acknowledged_lost_bytes_total": 600}
+
+            # The loss records are chained like every other record, and the trail still verifies.
+            async def loss_chained() -> list:
+                return chained(settings, "loss")
+            losses = await wait_for(loss_chained, 10)
+            assert sorted((e["u"], e["acked"], e["now"], e["a"]) for e in losses) == sorted([
+                (short.rsplit("/", 1)[1], "1000", "400", "audit-witness"),
+                (gone.rsplit("/", 1)[1], "0", "-1", "audit-witness")])
+            from ingest.audit import audit_dir
+            assert all(rep.ok for rep in auditlog.verify_trail(audit_dir(settings))), \
+                auditlog.verify_trail(audit_dir(settings))
+
+            # The gateway's witness asking after it (had it survived) hears that nothing new was lost.
+            r = connect(vk.url)
+            try:
+                store = UploadStore(r, partitions=settings.partitions)
+                assert await store.mark_lost(short.rsplit("/", 1)[1], 1000, "public", 60) is None
+                assert await store.mark_lost(gone.rsplit("/", 1)[1], 0, "public", 60) is None
+            finally:
+                await r.aclose()
+
+            # A second start checks the same tail again and reports nothing new.
+            await stop_auditor(*running)
+            running = await run_auditor(settings)
+            again = running[0]
+
+            async def checked_again() -> bool:
+                return again.witness.checks >= 1
+            await wait_for(checked_again, 15)
+            await asyncio.sleep(0.5)  # time to chain anything it wrote
+            assert again.witness.reported == 0
+            assert len(lost_lines(caplog)) == lines + 2
+            assert len(chained(settings, "loss")) == 2
+            assert (await scraped(http, again))["unggah_acknowledged_lost_bytes_total"] == \
+                counted["unggah_acknowledged_lost_bytes_total"] + 600
+            assert (await status(http, short))[1]["lost"]["acknowledged_offset"] == 1000
+    finally:
+        if running is not None:
+            await stop_auditor(*running)
+        await gw.stop()
+        vk.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_the_audit_chain_reports_no_loss_for_uploads_that_moved_on(tmp_path, caplog):
+    """An upload stored (its entries ingested and trimmed from the stream) and one terminated
+    are in the chain's tail when Valkey restarts having lost nothing: the running auditor checks
+    them against the buffer and reports nothing, nor does a fresh start of it."""
+    from buffer.connection import connect
+    from ingest.blobstore import LocalBlobStore
+    from ingest.worker import Ingester
+    from tests.conftest import wait_stored
+
+    vk = EmbeddedValkey(tmp_path / "valkey", appendfsync="everysec").start()
+    settings = make_settings(tmp_path, vk.url)
+    gw = await Gateway(settings).start()
+    ing_client = connect(vk.url, retry=False)
+    ing = Ingester(settings, "t.ingest", ing_client, LocalBlobStore(settings.blob_path))
+    ing_task = asyncio.create_task(ing.run())
+    running = await run_auditor(settings)
+    auditor = running[0]
+    r = connect(vk.url)  # replays a command over the restart
+    counted = counted_now()
+    lines = len(lost_lines(caplog))
+    try:
+        async with aiohttp.ClientSession() as http:
+            stored = await create(http, gw, 6)
+            assert (await patch(http, stored, 0, b"abc")).status == 204
+            assert (await patch(http, stored, 3, b"def")).status == 204
+            assert (await wait_stored(http, stored))["state"] == "stored"
+            ended = await create(http, gw, 9)
+            assert (await patch(http, ended, 0, b"abc")).status == 204
+            async with http.delete(ended, headers=TUS) as resp:
+                assert resp.status == 204
+
+            async def settled() -> bool:
+                lens = [await r.xlen(k) for p in range(settings.partitions) for k in (keys.stream(p), keys.audit(p))]
+                return sum(lens) == 0 and len(chained(settings, "stored")) == 1
+            await wait_for(settled, 15)  # ingested, trimmed from the stream, chained
+            checks = auditor.witness.checks
+            assert checks >= 1  # at start
+            ing.stopping.set()
+            await ing_task
+            await asyncio.sleep(1.5)  # on Valkey's disk: the restart loses nothing
+            vk.kill()
+            vk.start()
+
+            async def checked() -> bool:
+                return auditor.witness.checks > checks
+            await wait_for(checked, 15)
+
+            # And an auditor starting afresh checks the same tail: nothing either.
+            await stop_auditor(*running)
+            running = await run_auditor(settings)
+
+            async def checked_at_start() -> bool:
+                return running[0].witness.checks >= 1
+            await wait_for(checked_at_start, 15)
+
+            assert auditor.witness.reported == 0 and running[0].witness.reported == 0
+            code, st = await status(http, stored)
+            assert code == 200 and st["state"] == "stored" and "lost" not in st
+            assert (await status(http, ended))[0] == 404  # terminated: not found, and no tombstone (410)
+            assert lost_lines(caplog)[lines:] == []
+            assert chained(settings, "loss") == [] and not [
+                f for p in range(settings.partitions) for _, f in await r.xrange(keys.audit(p)) if f[b"ev"] == b"loss"]
+            assert await scraped(http, running[0]) == counted
+    finally:
+        await stop_auditor(*running)
+        if not ing_task.done():
+            ing.stopping.set()
+            await ing_task
+        await ing_client.aclose()
+        await r.aclose()
         await gw.stop()
         vk.stop()

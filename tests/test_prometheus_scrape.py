@@ -1,5 +1,6 @@
-"""A real Prometheus scrapes a running gateway and an ingester process; every
-dashboard query returns data, every alert rule loads and evaluates.
+"""A real Prometheus scrapes a running gateway, an ingester process, a supervisor's
+/metrics (as `unggah up` serves it) and an auditor process; every dashboard query returns
+data, every alert rule loads and evaluates.
 
 Prometheus is Debian's `prometheus` binary (`./dev test` installs it when missing),
 started on a free 127.0.0.1 port with a generated config (1 s scrapes, targets from
@@ -20,6 +21,7 @@ import aiohttp
 import pytest
 
 from metrics import record_validation, set_pair_progress, set_window_close
+from metrics import supervisor
 from metrics.registry import clear_pair_progress
 from metrics.targets import write_targets
 from tests.conftest import TUS, child_env, create, patch, wait_for, wait_stored
@@ -83,7 +85,20 @@ async def test_real_prometheus_scrapes_and_every_dashboard_query_has_data(tmp_pa
         [sys.executable, "-m", "unggah.cli", "ingest", "--name", "prom-0", "--metrics-port", str(ing_port)],
         env=child_env(settings), stdout=subprocess.DEVNULL,
         stderr=open(Path(settings.state_dir) / "prom-0.log", "ab"))
-    targets = write_targets(str(tmp_path), "127.0.0.1", gateway.port, {"ingest-0": ing_port})
+    # The auditor, as `unggah up` starts it: its /metrics port from the settings.
+    audit_port = free_port()
+    auditor = subprocess.Popen(
+        [sys.executable, "-m", "unggah.cli", "audit", "run"],
+        env={**child_env(settings), "UNGGAH_AUDIT_METRICS_PORT": str(audit_port)}, stdout=subprocess.DEVNULL,
+        stderr=open(Path(settings.state_dir) / "audit.log", "ab"))
+    # `unggah up`'s supervisor, in-process: its metrics server and children whose state it reports.
+    for child in ("valkey", "gateway", "ingest-0", "validate", "audit"):
+        supervisor.child_started(child)
+    supervisor.child_exited("ingest-0", -9)
+    supervisor.child_restarted("ingest-0")
+    stack = supervisor.StackMetricsServer("127.0.0.1", 0).start()
+    targets = write_targets(str(tmp_path), "127.0.0.1", gateway.port, {"ingest-0": ing_port},
+                            stack_port=stack.port, audit_port=audit_port)
     prom = Prometheus(tmp_path, targets)
     try:
         async def prom_ready():
@@ -112,11 +127,12 @@ async def test_real_prometheus_scrapes_and_every_dashboard_query_has_data(tmp_pa
 
         async def scraped_enough():
             res = await prom.query(http, 'min by (job) (count_over_time(up{job=~"unggah-.*"}[1m]))')
-            return len(res) == 2 and all(float(s["value"][1]) >= 5 for s in res)
+            return len(res) == 4 and all(float(s["value"][1]) >= 5 for s in res)
         await wait_for(scraped_enough, 30, interval=0.5)
 
         active = (await prom.api(http, "/api/v1/targets"))["activeTargets"]
-        assert sorted(t["labels"]["job"] for t in active) == ["unggah-gateway", "unggah-ingest"]
+        assert sorted(t["labels"]["job"] for t in active) == ["unggah-audit", "unggah-gateway", "unggah-ingest",
+                                                              "unggah-stack"]
         assert all(t["health"] == "up" for t in active), active
 
         empty = []
@@ -136,6 +152,16 @@ async def test_real_prometheus_scrapes_and_every_dashboard_query_has_data(tmp_pa
         assert 3 * 3600 < await one("min(unggah_window_close_seconds)") <= 4 * 3600
         assert await one("count(max by (tenant) (unggah_pair_supporters) < "
                          "max by (tenant) (unggah_pair_min_support)) or vector(0)") == 1
+        assert await one('unggah_stack_child_restarts_total{job="unggah-stack",child="ingest-0"}') == 1
+        assert await one('sum(unggah_stack_child_restarts_total{job="unggah-stack"})') == 1
+        assert await one('unggah_stack_child_last_exit_code{job="unggah-stack"}') == -9
+        assert await one('count(unggah_stack_child_up{job="unggah-stack"} == 1)') == 5
+        # The auditor's loss counts (nothing lost), under its own job, which the alert sums with the gateways'.
+        assert await one('count(unggah_acknowledged_lost_total{job="unggah-audit"})') == 2  # bytes, upload
+        assert await one('sum(unggah_acknowledged_lost_total{job="unggah-audit"})') == 0
+        assert await one('unggah_acknowledged_lost_bytes_total{job="unggah-audit"}') == 0
+        assert await one('count(unggah_build_info{job="unggah-audit",role="audit"})') == 1
+        assert await one('count(process_start_time_seconds{job="unggah-audit"})') == 1  # the alert's second term
 
         # Every rule in alerts.yml loaded and evaluates without error.
         async def rules_evaluated():
@@ -146,8 +172,13 @@ async def test_real_prometheus_scrapes_and_every_dashboard_query_has_data(tmp_pa
         assert sorted(rule["name"] for rule in rules) == sorted(a["alert"] for a in alert_rules())
     finally:
         prom.stop()
+        stack.stop()
+        supervisor.reset()
         ingester.terminate()
+        auditor.terminate()
         ingester.wait(20)
+        auditor.wait(20)
         set_window_close(None)
         clear_pair_progress()
     assert ingester.returncode == 0
+    assert auditor.returncode == 0, (Path(settings.state_dir) / "audit.log").read_text()

@@ -1,16 +1,19 @@
 """`unggah up` owns and supervises its children: real stacks, real signals, real PIDs.
 
 Each test starts `python -m unggah.cli up` on a free port with its own state directory, finds
-the children by PPID in /proc, and kills what it must. Teardown SIGKILLs every process that
-carries the test's state directory (in its environment or command line), so an orphan left
-by a failure does not outlive the test.
+the children by PPID in /proc, and kills what it must. Restart counts are read as Prometheus
+reads them: over HTTP from the supervisor's own /metrics, at the URL `unggah up` prints.
+Teardown SIGKILLs every process that carries the test's state directory (in its environment or
+command line), so an orphan left by a failure does not outlive the test.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import child_env, make_settings
 from unggah.valkey import EmbeddedValkey, free_port
@@ -105,14 +109,14 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "c
 class Stack:
     """`unggah up` as a real subprocess, stdout and stderr in one log file."""
 
-    def __init__(self, settings, log_path: Path) -> None:
+    def __init__(self, settings, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.state = Path(settings.state_dir)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.proc = subprocess.Popen([sys.executable, "-m", "unggah.cli", "up", "--port", str(self.port),
-                                      "--ingesters", "1"], env=child_env(settings),
+                                      "--ingesters", "1"], env={**child_env(settings), **(env or {})},
                                      stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
 
     @property
@@ -146,10 +150,26 @@ class Stack:
             return pid if pid and pid != old_pid else None
         return wait_until(new, timeout, interval=0.02, what=f"{role} restarted")
 
+    def metrics_url(self, who: str = "supervisor") -> str:
+        """The supervisor's (or the auditor's) /metrics, from the summary `unggah up` prints once it is up."""
+        m = re.search(rf"^  {who} +(http://\S+/metrics)", self.log(), re.M)
+        assert m, self.log()
+        return m.group(1)
+
+    def scrape(self) -> dict[str, dict[str, float]]:
+        """metric name -> {child: value} from the supervisor's /metrics, over HTTP."""
+        with urllib.request.urlopen(self.metrics_url(), timeout=5) as r:
+            assert r.status == 200
+            text = r.read().decode()
+        out: dict[str, dict[str, float]] = {}
+        for fam in text_string_to_metric_families(text):
+            for sample in fam.samples:
+                if sample.name.startswith("unggah_stack_child_"):
+                    out.setdefault(sample.name, {})[sample.labels["child"]] = sample.value
+        return out
+
     def restart_counts(self) -> dict[str, int]:
-        text = (self.state / "stack-restarts.prom").read_text()
-        return {m.group(1): int(m.group(2))
-                for m in re.finditer(r'^unggah_stack_child_restarts_total\{child="([^"]+)"\} (\d+)$', text, re.M)}
+        return {child: int(v) for child, v in self.scrape()["unggah_stack_child_restarts_total"].items()}
 
 
 @pytest.fixture
@@ -157,8 +177,8 @@ def stacks(tmp_path):
     started: list[Stack] = []
     settings = make_settings(tmp_path, "")  # no Redis URL: the embedded Valkey
 
-    def start() -> Stack:
-        s = Stack(settings, tmp_path / f"up-{len(started)}.log")
+    def start(env: dict[str, str] | None = None) -> Stack:
+        s = Stack(settings, tmp_path / f"up-{len(started)}.log", env)
         started.append(s)
         return s
 
@@ -253,6 +273,73 @@ def test_killed_gateway_and_ingester_are_restarted_and_each_restart_logged_and_c
         assert re.search(rf"{role} exited with code -9 \(killed by SIGKILL\)", log), log
     counts = stack.restart_counts()
     assert (counts["gateway"], counts["ingest-0"], counts["valkey"], counts["validate"]) == (1, 1, 0, 0)
+
+
+def test_kill_9_of_a_child_is_counted_on_the_supervisors_own_metrics_endpoint(stacks):
+    port = free_port()
+    stack = stacks({"UNGGAH_STACK_METRICS_PORT": str(port)})  # a configured port (default: a free one)
+    kids = stack.wait_up()
+    url = stack.metrics_url()
+    assert url == f"http://127.0.0.1:{port}/metrics", url  # this host only, by default
+    # Announced to Prometheus beside the gateway and the ingesters.
+    groups = json.loads((stack.state / "prometheus-targets.json").read_text())
+    assert {"targets": [f"127.0.0.1:{port}"], "labels": {"job": "unggah-stack"}} in groups, groups
+    before = stack.scrape()
+    assert before["unggah_stack_child_restarts_total"] == dict.fromkeys(ROLES, 0), before
+    assert before["unggah_stack_child_up"] == dict.fromkeys(ROLES, 1), before
+    assert "unggah_stack_child_last_exit_code" not in before, before  # nothing has exited yet
+
+    os.kill(kids["ingest-0"], signal.SIGKILL)
+    stack.restarted("ingest-0", kids["ingest-0"])
+    after = wait_until(lambda: (m := stack.scrape())["unggah_stack_child_restarts_total"]["ingest-0"] == 1 and m,
+                       10, what="the restart on /metrics")
+    assert after["unggah_stack_child_restarts_total"] == {**dict.fromkeys(ROLES, 0), "ingest-0": 1}, after
+    assert after["unggah_stack_child_up"] == dict.fromkeys(ROLES, 1), after
+    assert after["unggah_stack_child_last_exit_code"] == {"ingest-0": -9}, after  # -SIGKILL
+    with urllib.request.urlopen(url, timeout=5) as r:
+        assert re.search(r'^unggah_build_info\{[^}]*role="stack"[^}]*\} 1\.0$', r.read().decode(), re.M)
+
+
+def test_the_auditor_serves_its_own_metrics_announced_as_unggah_audit_on_the_same_port_after_a_restart(stacks):
+    stack = stacks()
+    kids = stack.wait_up()
+    url = stack.metrics_url("auditor")
+    m = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/metrics", url)  # this host only, a free port by default
+    assert m, url
+    groups = json.loads((stack.state / "prometheus-targets.json").read_text())
+    assert {"targets": [f"127.0.0.1:{m.group(1)}"], "labels": {"job": "unggah-audit"}} in groups, groups
+    assert not (stack.state / "acknowledged-lost.prom").exists()  # no textfile: Prometheus scrapes it
+
+    def served() -> str | None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.read().decode()
+        except OSError:
+            return None
+    text = wait_until(served, 15, what="the auditor's /metrics")
+    assert re.search(r'^unggah_build_info\{[^}]*role="audit"[^}]*\} 1\.0$', text, re.M), text
+    assert re.search(r'^unggah_acknowledged_lost_total\{what="upload"\} 0\.0$', text, re.M), text
+    assert re.search(r"^unggah_acknowledged_lost_bytes_total 0\.0$", text, re.M), text
+
+    # Killed and started again: the same port, so Prometheus's target stays the same.
+    os.kill(kids["audit"], signal.SIGKILL)
+    pid = stack.restarted("audit", kids["audit"])
+    text = wait_until(lambda: alive(pid) and served(), 20, what="the restarted auditor's /metrics")
+    assert re.search(r'^unggah_build_info\{[^}]*role="audit"[^}]*\} 1\.0$', text, re.M), text
+
+
+def test_up_refuses_to_start_when_the_supervisors_metrics_port_is_taken(stacks):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        stack = stacks({"UNGGAH_STACK_METRICS_PORT": str(port)})
+        rc = stack.proc.wait(30)
+    out = stack.log()
+    assert rc == 1, out
+    assert f"the supervisor's /metrics cannot listen on 127.0.0.1:{port}" in out, out
+    assert not processes_of(stack.state)  # refused before any child was started
+    assert not stack.children()
 
 
 def test_child_that_keeps_dying_is_restarted_after_a_doubling_back_off(stacks):

@@ -13,6 +13,7 @@ from buffer.connection import connect
 from buffer.tenants import ROLES, Principal, Tenant, TenantError, TenantStore
 from unggah import receipts
 from unggah.config import Settings
+from unggah.times import iso
 
 
 async def tenants(settings: Settings, args: argparse.Namespace) -> int:
@@ -84,8 +85,25 @@ def receipt(settings: Settings, args: argparse.Namespace) -> int:
             continue
         if k == "filename_b64":  # a name that is not UTF-8: its bytes, then as they read
             v = f"{v}  ({payload.filename_bytes!r})"
+        elif k in RECEIPT_TIMES and isinstance(v, int):
+            # Signed as epoch milliseconds (server clock); shown in UTC, with the signed number.
+            v = f"{iso(v)}  ({v} ms)" if v else "-"
         print(f"  {k}: {v}")
     return 0
+
+
+# The receipt's times (unggah.receipts.ReceiptPayload), signed as integer milliseconds.
+RECEIPT_TIMES = ("created_at", "completed_at", "stored_at")
+
+
+def show_event(event: dict) -> str:
+    """One audit event for `unggah audit show`: its fields sorted, `at` (epoch ms in the chain)
+    as ISO 8601 in UTC, to the millisecond like the record itself."""
+    def value(k: str, v) -> object:
+        if k == "at" and isinstance(v, str) and v.isdigit():
+            return iso(int(v))
+        return v
+    return " ".join(f"{k}={value(k, v)}" for k, v in sorted(event.items()))
 
 
 async def audit(settings: Settings, args: argparse.Namespace) -> int:
@@ -129,7 +147,7 @@ async def audit(settings: Settings, args: argparse.Namespace) -> int:
                 continue
             if args.tenant and e.get("t") != args.tenant:
                 continue
-            print(f"{f.name}:{rec.seq} " + " ".join(f"{k}={v}" for k, v in sorted(e.items())))
+            print(f"{f.name}:{rec.seq} " + show_event(e))
     return 0
 
 

@@ -150,6 +150,40 @@ def _id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def entry_ms(entry_id: str) -> int:
+    """When the buffer wrote a record's stream entry (ms, the buffer server's clock): its id's first part."""
+    return _id_key(entry_id)[0]
+
+
+def tail(path: str | os.PathLike[str], since_ms: int, block: int = 1 << 16) -> list[Record]:
+    """The records at the end of a chain whose stream entries were written at `since_ms` or
+    later, oldest first (none if there is no chain). Entry ids only rise along a chain, so it is
+    read backwards from its end, and only as far as those records go, however long the chain."""
+    out: list[Record] = []
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return out
+    with f:
+        pos = f.seek(0, os.SEEK_END)
+        rest = b""
+        while pos > 0:
+            step = min(block, pos)
+            pos -= step
+            f.seek(pos)
+            lines = (f.read(step) + rest).split(b"\n")
+            # The first line may begin in the block before this one: kept for it.
+            rest = lines.pop(0) if pos > 0 else b""
+            for line in reversed(lines):
+                if not line.strip():
+                    continue
+                rec = msgspec.json.decode(line, type=Record)
+                if entry_ms(rec.id) < since_ms:
+                    return out[::-1]
+                out.append(rec)
+    return out[::-1]
+
+
 class ChainProblem(msgspec.Struct):
     line: int
     problem: str

@@ -17,6 +17,8 @@ def _settings(args: argparse.Namespace) -> config.Settings:
         overrides["port"] = args.port
     if getattr(args, "election_file", None):
         overrides["election_file"] = str(Path(args.election_file).resolve())
+    if getattr(args, "stack_metrics_port", None) is not None:  # `unggah up --metrics-port`
+        overrides["stack_metrics_port"] = args.stack_metrics_port
     s = config.load(getattr(args, "config", None), **overrides)
     if s.embedded and args.command != "up":
         # Beside a running `unggah up` (same state_dir), use its embedded Valkey.
@@ -159,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the whole local stack (embedded Valkey, gateway, ingesters)")
     up.add_argument("--port", type=int, help="gateway port (default 8080)")
     up.add_argument("--ingesters", type=int, help="ingester processes (default: ingest_processes)")
+    up.add_argument("--metrics-port", dest="stack_metrics_port", type=int, metavar="PORT",
+                    help="port of the supervisor's own /metrics (child restarts; default: stack_metrics_port, "
+                         "0: a free one)")
     up.add_argument("--election", dest="election_file", metavar="TOML",
                     help="the election's file: its windows are enforced and lists judged by it "
                          "(default: $UNGGAH_ELECTION_FILE; none: lists are stored, not validated)")

@@ -54,6 +54,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A creation whose Idempotency-Key is still in flight for longer than this is
     # treated as finished (its worker died); retries then get the upload it made.
     idempotency_inflight_seconds: int = 60
+    # The gateway process that marked a creation in flight keeps a lease on it this long,
+    # renewed several times within it while the process lives; a retry after the lease lapsed
+    # (the process was killed mid-body) takes the creation over at once (gateway/tus.py).
+    idempotency_owner_lease_seconds: float = 5.0
 
     # Ingest.
     blob_dir: str = ""  # empty: <state_dir>/blobs
@@ -62,6 +66,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ingest_claim_idle_ms: int = 30_000
     ingest_max_deliveries: int = 5
     ingest_processes: int = 1
+
+    # `unggah up`'s supervisor serves its own /metrics (child restarts, up, last exit code) here:
+    # this host only, by default. Port 0: a free one picked at each start, printed and written to
+    # <state_dir>/prometheus-targets.json (job unggah-stack).
+    stack_metrics_host: str = "127.0.0.1"
+    stack_metrics_port: int = 0
+    # The auditor (`unggah audit run`) serves its own /metrics (acknowledged data its chain
+    # witness finds lost) here. Port 0: a free one, picked by `unggah up` at each start (kept
+    # across the auditor's restarts, printed and written to prometheus-targets.json as job
+    # unggah-audit), or by the kernel for an auditor started alone (logged).
+    audit_metrics_host: str = "127.0.0.1"
+    audit_metrics_port: int = 0
 
     # Access: "tokens" requires a bearer token on every request except OPTIONS, health and
     # metrics; "off" serves one open tenant, "public" (local trials and benchmarks only).
@@ -234,10 +250,17 @@ def _check(s: Settings) -> None:
                           "(admitted work must be served before it would be refused)")
     if s.create_hold_ms < 0:
         raise ConfigError("create_hold_ms must be >= 0")
+    if not 0.1 <= s.idempotency_owner_lease_seconds <= max(s.idempotency_inflight_seconds, 0.1):
+        raise ConfigError("idempotency_owner_lease_seconds must be at least 0.1 and at most "
+                          "idempotency_inflight_seconds (beyond it a creation no longer counts as in flight)")
     try:
         parse_bytes(s.valkey_maxmemory)
     except ValueError:
         raise ConfigError("valkey_maxmemory must be a size such as 2gb or 512mb") from None
+    if not 0 <= s.stack_metrics_port <= 65535:
+        raise ConfigError("stack_metrics_port must be between 0 (a free port) and 65535")
+    if not 0 <= s.audit_metrics_port <= 65535:
+        raise ConfigError("audit_metrics_port must be between 0 (a free port) and 65535")
     if s.ingest_block_ms >= 10_000:
         # Blocking reads must stay well under the client socket timeout (see buffer/connection.py).
         raise ConfigError("ingest_block_ms must be below 10000")

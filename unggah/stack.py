@@ -12,8 +12,13 @@ processes, the validator and the auditor, each a child we hold by PID. The stack
   kernel sends each child SIGTERM (PR_SET_PDEATHSIG, see unggah.valkey.with_pdeathsig).
 - A child that exits is started again, Valkey included (same data directory and port, so
   every other child's UNGGAH_REDIS_URL stays right), after a back-off that doubles while it
-  keeps dying; each restart is logged with the exit code and counted in
-  <state_dir>/stack-restarts.prom.
+  keeps dying; each restart is logged with the exit code and counted on the supervisor's own
+  /metrics (unggah_stack_child_restarts_total{child}, beside unggah_stack_child_up and
+  unggah_stack_child_last_exit_code; metrics/supervisor.py), on stack_metrics_host:port
+  (127.0.0.1 and a free port by default), announced to Prometheus as job unggah-stack.
+- The auditor serves its own /metrics (what its chain witness finds lost) on audit_metrics_host
+  and audit_metrics_port (0: a free port picked here, kept across its restarts), announced as
+  job unggah-audit; each ingester gets a free port the same way (job unggah-ingest).
 - <state_dir>/lock is flocked for the stack's life, with its PID and port in it: a second
   `unggah up` on the same state directory refuses and names them.
 """
@@ -31,7 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from metrics.targets import write_targets
+from metrics import supervisor as supervision
+from metrics.targets import local_host, write_targets
 from unggah.config import Settings
 from unggah.valkey import DataDirLocked, EmbeddedValkey, free_port, lock_file, lock_holder, with_pdeathsig
 
@@ -55,12 +61,6 @@ def running_url_file(settings: Settings) -> Path:
 def lock_path(settings: Settings) -> Path:
     """The stack's lock: held (flock) by the running `unggah up`, with its PID and port."""
     return Path(settings.state_dir) / "lock"
-
-
-def restarts_file(settings: Settings) -> Path:
-    """Restart counts in the Prometheus text format, for a textfile collector (or the gateway)
-    to expose; `unggah up` is not an HTTP server itself."""
-    return Path(settings.state_dir) / "stack-restarts.prom"
 
 
 class StackLocked(RuntimeError):
@@ -131,6 +131,7 @@ class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.children: dict[str, Child] = {}
+        supervision.reset()
 
     def add(self, name: str, launch: Callable[[], subprocess.Popen[bytes]],
             proc: subprocess.Popen[bytes] | None = None) -> Child:
@@ -139,6 +140,7 @@ class Supervisor:
         if proc is None:
             proc = launch()
         child.proc, child.started_at = proc, time.monotonic()
+        supervision.child_started(name)
         return child
 
     def check(self) -> None:
@@ -148,6 +150,7 @@ class Supervisor:
                 if now - c.started_at >= STABLE_AFTER_S:
                     c.delay = BACKOFF_FIRST_S
                 c.due = now + c.delay
+                supervision.child_exited(c.name, c.proc.returncode)
                 hint = f"; see {self.settings.state_dir}/valkey/valkey.log" if c.name == "valkey" else ""
                 log.warning(f"{c.name} exited with code {_describe(c.proc.returncode)} after "
                             f"{now - c.started_at:.1f}s; restart {c.restarts + 1} in {c.delay:.1f}s{hint}",
@@ -170,20 +173,7 @@ class Supervisor:
         c.delay = min(c.delay * 2, BACKOFF_MAX_S)
         log.warning(f"{c.name} restarted (pid {proc.pid}, restart {c.restarts})",
                     extra={"child": c.name, "pid": proc.pid, "restarts": c.restarts})
-        self.write_counts()
-
-    def write_counts(self) -> None:
-        lines = ["# HELP unggah_stack_child_restarts_total Children of `unggah up` started again after they exited.",
-                 "# TYPE unggah_stack_child_restarts_total counter"]
-        lines += [f'unggah_stack_child_restarts_total{{child="{c.name}"}} {c.restarts}'
-                  for c in self.children.values()]
-        path = restarts_file(self.settings)
-        tmp = path.with_suffix(".tmp")
-        try:
-            tmp.write_text("\n".join(lines) + "\n")
-            os.replace(tmp, path)  # atomic: a collector never reads half a file
-        except OSError as e:
-            log.warning("restart counts not written", extra={"error": str(e)})
+        supervision.child_restarted(c.name)
 
     def stop(self, valkey: EmbeddedValkey | None) -> None:
         """Gateway first (no new bytes), then the workers, Valkey last (it fsyncs its AOF)."""
@@ -245,7 +235,16 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
         return 1
 
     sup = Supervisor(settings)
+    metrics_server = supervision.StackMetricsServer(settings.stack_metrics_host, settings.stack_metrics_port)
     try:
+        try:
+            # Before any child: a port that cannot be had stops the stack while nothing runs.
+            metrics_server.start()
+        except OSError as e:
+            _say(f"unggah up: the supervisor's /metrics cannot listen on {settings.stack_metrics_host}:"
+                 f"{settings.stack_metrics_port}: {e}; choose another stack_metrics_port "
+                 f"(UNGGAH_STACK_METRICS_PORT, or --metrics-port; 0 picks a free one)", err=True)
+            return 1
         if settings.embedded:
             # Started from this (the main) thread, which lives as long as the stack: the
             # death signal follows the thread that forked the child.
@@ -274,16 +273,21 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
         # Exactly one validator: the only writer of the results store (<state_dir>/results.sqlite3).
         specs["validate"] = ["validate", "--name", "validate-0"]
         specs["audit"] = ["audit", "run"]
+        # The auditor's /metrics: the configured port, or a free one kept across its restarts.
+        audit_port = settings.audit_metrics_port or free_port(settings.audit_metrics_host)
+        envs = {"audit": {**env, "UNGGAH_AUDIT_METRICS_HOST": settings.audit_metrics_host,
+                          "UNGGAH_AUDIT_METRICS_PORT": str(audit_port)}}
         for name, args in specs.items():
             # A crashed child is started again under the same name and arguments: an
             # ingester's pending entries are picked up again under its stable name.
-            sup.add(name, lambda args=args: _child(args, env))
-        sup.write_counts()
+            sup.add(name, lambda args=args, child_env=envs.get(name, env): _child(args, child_env))
         base = f"http://{settings.host}:{port}"
         _wait_ready(base + "/readyz", sup.children["gateway"].proc, lambda: bool(stopped_by))
         if stopped_by:
             return 0
-        targets = write_targets(settings.state_dir, settings.host, port, metrics_ports)
+        targets = write_targets(settings.state_dir, settings.host, port, metrics_ports,
+                                stack_port=metrics_server.port, stack_host=settings.stack_metrics_host,
+                                audit_port=audit_port, audit_host=settings.audit_metrics_host)
         _say(f"unggah is up (pid {os.getpid()}; Ctrl-C stops it)\n"
              f"  tus endpoint  {base}/files/\n"
              f"  status        {base}/files/<id>/status\n"
@@ -294,7 +298,9 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
              f"  ingesters     {n_ingest}, metrics at "
              f"{' '.join(f'http://{settings.host}:{p}/metrics' for p in metrics_ports.values()) or '-'}\n"
              f"  prometheus    file_sd targets in {targets}\n"
-             f"  restarts      {restarts_file(settings)}\n"
+             f"  supervisor    {metrics_server.url}  (child restarts, up, last exit code)\n"
+             f"  auditor       http://{local_host(settings.audit_metrics_host)}:{audit_port}/metrics  "
+             f"(acknowledged data the audit chain finds lost)\n"
              f"  validation    {base}/progress  {base}/verdicts.csv  (results in {settings.results_path})\n"
              f"  election      {settings.election_file or 'none: lists are stored but not validated (unggah up --election election.toml)'}\n"
              f"  state         {settings.state_dir}")
@@ -304,6 +310,7 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
         return 0
     finally:
         sup.stop(valkey)
+        metrics_server.stop()
         if valkey:
             running_url_file(settings).unlink(missing_ok=True)
         os.ftruncate(lock_fd, 0)  # stopped: nothing to name any more
