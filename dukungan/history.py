@@ -30,12 +30,13 @@ database, calls `apply_history`, and stores the returned records and links.
 
 from __future__ import annotations
 
-from typing import Iterable, Literal, Mapping
+from itertools import repeat
+from typing import Iterable, Literal, Mapping, Sequence
 
 import msgspec
 
 from .reasons import MS, BMS, TMS, sort_codes, verdict_of
-from .rules import Verdicts, fingerprint
+from .rules import Verdicts, fingerprint, fingerprints
 
 Action = Literal["duplicate", "correction", "resubmission", "after_tms"]
 
@@ -80,8 +81,12 @@ def standing(history: Iterable[HistoryRow]) -> dict[str, HistoryRow]:
     return out
 
 
-def apply_history(new: Verdicts, earlier: Mapping[str, HistoryRow], round_kind: str = "submission") -> HistoryResult:
-    """Apply the history rule to a freshly validated upload. Returns new lists; `new` is not modified."""
+def apply_history(new: Verdicts, earlier: Mapping[str, HistoryRow], round_kind: str = "submission",
+                  fps: Sequence[str] | None = None) -> HistoryResult:
+    """Apply the history rule to a freshly validated upload. Returns new lists; `new` is not modified.
+
+    fps: the rows' fingerprints when the caller has them already (rules.fingerprints), so a
+    large upload is not fingerprinted twice."""
     t = new.table
     status = list(new.status)
     reasons = list(new.reasons)
@@ -95,7 +100,7 @@ def apply_history(new: Verdicts, earlier: Mapping[str, HistoryRow], round_kind: 
             seen.add(nik)  # later rows of the same NIK in this file are DUP_INTERNAL already
             if "NIK_FORMAT" in reasons[i] or "NIK_AS_NUMBER" in reasons[i]:
                 continue
-            differs = fingerprint(t, i) != prev.fingerprint
+            differs = (fps[i] if fps is not None else fingerprint(t, i)) != prev.fingerprint
             if prev.status == MS:
                 codes = reasons[i] + ("DUP_INTERNAL",) + (("DUP_POTENTIAL",) if differs else ())
                 action: Action = "duplicate"
@@ -116,5 +121,4 @@ def apply_history(new: Verdicts, earlier: Mapping[str, HistoryRow], round_kind: 
 def history_rows(v: Verdicts, upload_id: str, round_name: str = "") -> list[HistoryRow]:
     """The records the ingest stores for an upload (one per row, in file order)."""
     t = v.table
-    return [HistoryRow(t.nik[i], v.status[i], upload_id, t.row_no[i], fingerprint(t, i), round_name)
-            for i in range(len(v))]
+    return list(map(HistoryRow, t.nik, v.status, repeat(upload_id), t.row_no, fingerprints(t), repeat(round_name)))

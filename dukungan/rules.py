@@ -157,6 +157,39 @@ def fingerprint(t: Table, i: int, row_iso: str | None = None) -> str:
                      t.rw[i].lstrip("0"), t.kode_desa[i]))
 
 
+def _norm_column(col: Sequence[str]) -> list[str]:
+    """_norm_text of every cell of a column, done on the whole column at once: the regex and
+    upper() run once over one string instead of once per cell (a 1.2 million-row list)."""
+    joined = "\x00".join(col)
+    if joined.count("\x00") != len(col) - 1:  # a cell holds the separator itself
+        return [_norm_text(s) for s in col]
+    joined = _SPACES.sub(" ", joined).upper()
+    # After the substitution a run of white space is one space: what strip() would remove from a
+    # cell is a space next to a separator or at an end.
+    joined = joined.replace(" \x00", "\x00").replace("\x00 ", "\x00").strip(" ")
+    return joined.split("\x00") if col else []
+
+
+def _by_value(col: Sequence[str], f) -> list[str]:
+    """f of every cell, computed once per distinct value (dates, sexes, RT/RW repeat a lot)."""
+    memo = {v: f(v) for v in set(col)}
+    return list(map(memo.__getitem__, col))
+
+
+def _row_iso(text: str) -> str:
+    d = parse_row_date(text, dt.date(9999, 12, 31))
+    return d.isoformat() if d else text
+
+
+def fingerprints(t: Table) -> list[str]:
+    """fingerprint(t, i) of every row, column by column (what the validator stores per row)."""
+    sex = _by_value(t.jenis_kelamin, lambda v: _SEX.get(_norm_text(v), v))
+    return list(map("|".join, zip(
+        t.nik, _norm_column(t.nama), sex, _norm_column(t.tempat_lahir), _by_value(t.tanggal_lahir, _row_iso),
+        _norm_column(t.alamat), _by_value(t.rt, lambda v: v.lstrip("0")), _by_value(t.rw, lambda v: v.lstrip("0")),
+        t.kode_desa)))
+
+
 def _fail(R: range, ok) -> list[int]:
     """Indices where the boolean iterator `ok` is false."""
     return list(compress(R, map(not_, ok)))

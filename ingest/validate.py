@@ -33,6 +33,7 @@ import logging
 import signal
 import socket
 import time
+from itertools import compress
 from pathlib import Path
 
 import msgspec
@@ -43,16 +44,17 @@ from buffer.connection import connect, ensure_groups, until_available
 from buffer.messages import STORED, CompletedEvent, UploadState, decode_metadata, from_fields
 from buffer.queue import Queue
 from dukungan.election import Election, ScanLimits, load_election
-from dukungan.history import HistoryRow, apply_history, history_rows, standing
+from dukungan.gcpause import paused_gc
+from dukungan.history import HistoryRow, apply_history, standing
 from dukungan.preflight import validate_file
-from dukungan.progress import progress
+from dukungan.progress import Tally, progress_of_tally, tally, unit_cut
 from dukungan.reasons import MS, sort_codes, verdict_of
-from dukungan.rules import RuleContext, prepare
+from dukungan.rules import RuleContext, fingerprints, prepare
 from dukungan.scans import ScanSets, check_scan, link_scan
 from dukungan.template import TemplateError
 from dukungan.windows import window_state
 from ingest.blobstore import LocalBlobStore
-from ingest.results import (ACCEPTED, ERROR, REJECTED, SKIPPED, FileRecord, RowRecord, ScanRecord, SQLiteResults,
+from ingest.results import (ACCEPTED, ERROR, REJECTED, SKIPPED, FileRecord, RowColumns, ScanRecord, SQLiteResults,
                             now_ms)
 from unggah.config import Settings
 
@@ -88,9 +90,9 @@ def text_metadata(metadata: str) -> dict[str, str]:
         return {}
 
 
-def progress_snapshot(ctx: RuleContext, rows) -> dict:
-    """dukungan.progress over the rows, plus what the gateway needs to render it."""
-    snap = msgspec.to_builtins(progress(rows, ctx))
+def progress_snapshot(ctx: RuleContext, counted: Tally) -> dict:
+    """dukungan.progress of a pair's tallied rows, plus what the gateway needs to render it."""
+    snap = msgspec.to_builtins(progress_of_tally(counted, ctx))
     snap["election"] = ctx.election.name
     snap["unit_kind"] = "kab/kota" if ctx.election.level == "gubernur" else "kecamatan"
     snap["computed_at"] = now_ms()
@@ -154,7 +156,8 @@ class Validator:
         assert self.ctx is not None
         with self.results.write() as w:
             w.set_meta("election", self.ctx.election.name)
-            w.set_meta("empty_progress", msgspec.json.encode(progress_snapshot(self.ctx, [])).decode())
+            empty = tally([], unit_cut(self.ctx))
+            w.set_meta("empty_progress", msgspec.json.encode(progress_snapshot(self.ctx, empty)).decode())
 
     async def partition_loop(self, p: int) -> None:
         own_pending = True  # after a restart, first finish what we held under this name
@@ -213,7 +216,7 @@ class Validator:
         assert self.ctx is not None
         with self.results.write() as w:
             for t in tenants:
-                w.save_progress(t, progress_snapshot(self.ctx, w.current_rows(t)))
+                w.save_progress(t, progress_snapshot(self.ctx, w.tally(t, unit_cut(self.ctx))))
 
     async def handle(self, p: int, entry_id: bytes, fields: dict[bytes, bytes] | None) -> bool:
         """Process one completed event; True when it is acknowledged."""
@@ -286,6 +289,10 @@ class Validator:
         return name, kind
 
     def process_list(self, ev: CompletedEvent, state: UploadState | None, base: dict) -> None:
+        with paused_gc():  # a million-row list makes millions of objects and no cycles
+            self._process_list(ev, state, base)
+
+    def _process_list(self, ev: CompletedEvent, state: UploadState | None, base: dict) -> None:
         tenant = ev.tenant
         with self.results.write() as w:
             if w.has_file(ev.u):
@@ -310,22 +317,22 @@ class Validator:
                 log.info("list rejected", extra={"upload": ev.u, "tenant": tenant, "reason": "TEMPLATE_INVALID"})
                 return
             t = v.table
-            hist = w.history(tenant, set(t.nik))
+            niks = t.nik
+            fps = fingerprints(t)  # column by column: a Python call per row costs seconds at a million rows
+            hist = w.history(tenant, set(niks))
             row_id = {(h.upload_id, h.row_no): h.id for h in hist}
             earlier = standing(HistoryRow(h.nik, h.status, h.upload_id, h.row_no, h.fingerprint, h.round,
                                           h.superseded_by is not None) for h in hist)
-            res = apply_history(v, earlier, round_kind)
+            res = apply_history(v, earlier, round_kind, fps)
             v2 = res.verdicts
-            recs = history_rows(v2, ev.u, round_name)
             w.add_file(FileRecord(**base, status=ACCEPTED, rows=len(v2), round=round_name))
-            ids = w.add_rows(ev.u, tenant, round_name, (
-                RowRecord(i, t.row_no[i], t.nik[i], t.nama[i], t.kode_desa[i], v2.status[i], v2.reasons[i],
-                          recs[i].fingerprint) for i in range(len(v2))))
+            ids = w.add_rows(ev.u, tenant, round_name,
+                             RowColumns(t.row_no, niks, t.nama, t.kode_desa, v2.status, v2.reasons, fps))
             w.link([(row_id[(r.earlier.upload_id, r.earlier.row_no)], ids[r.index], r.action,
                      r.action in ("correction", "resubmission")) for r in res.resolutions])
-            counted_here = {t.nik[i] for i in range(len(v2)) if v2.status[i] == MS}
+            counted_here = set(compress(niks, map(MS.__eq__, v2.status))) if others else set()
             dirty = self.flag_external(w, counted_here & others, ev.u)
-            w.save_progress(tenant, progress_snapshot(self.ctx, w.current_rows(tenant)))
+            w.save_progress(tenant, progress_snapshot(self.ctx, w.tally(tenant, unit_cut(self.ctx))))
         self.dirty |= dirty - {tenant}
         log.info("list validated", extra={"upload": ev.u, "tenant": tenant, "rows": len(v2),
                                           "history": len(res.resolutions)})

@@ -68,14 +68,21 @@ vote_date = 2024-11-27
 timezone = "Asia/Jakarta"
 dpt_base = 8252897
 [code_list]
-path = "unused"
+path = "{codes}"
 version = "{version}"
 [[windows]]
 name = "penyerahan"
 kind = "submission"
-opens = 2024-05-08T00:00:00
-closes = 2024-05-12T23:59:59
+opens = {opens}
+closes = {closes}
 """
+
+
+def election_text(region: str, version: str, codes: str = "unused", opens: str = "2024-05-08T00:00:00",
+                  closes: str = "2024-05-12T23:59:59") -> str:
+    """The benchmarks' election: a DKI-2024-sized Pilgub. A stack needs the code list's real
+    path and a window open now; judging a file in-process needs neither."""
+    return ELECTION.format(region=region, version=version, codes=codes, opens=opens, closes=closes)
 
 
 def per_row_loop(path: Path, ctx, scans, other) -> int:
@@ -169,7 +176,7 @@ def main(argv=None) -> int:
     else:
         codes = parse_code_list(synthetic_code_list_text(), "synthetic")
         region = "19"
-    election = parse_election(ELECTION.format(region=region, version=codes.version))
+    election = parse_election(election_text(region, codes.version))
     ctx = prepare(election, codes=codes, prefix_lists=[])
     t0 = time.perf_counter()
     g = generate(ctx, args.rows, seed=11, dup_rate=args.dup_rate)
@@ -238,7 +245,10 @@ def main(argv=None) -> int:
             a, b = last["ours"], last["ref"]
             same = a.status == b.status and a.reasons == b.reasons  # type: ignore[attr-defined]
             print(f"verdicts identical to the reference path, row by row: {'yes' if same else 'NO'}")
-        print(f"target >= 500,000 rows/s: {'met' if nrows / ours_s >= 500_000 else 'MISSED'}"
+        # The first run of a fresh process pays for the kernel handing it the memory of its large
+        # arrays (page faults); a validator is long-lived, so its later runs show what it sustains.
+        print(f"fastest run of ours: {nrows / min(times['ours']):,.0f} rows/s")
+        print(f"target >= 1,000,000 rows/s (issue 19): {'met' if nrows / ours_s >= 1_000_000 else 'MISSED'}"
               + ("" if args.skip_baseline else
                  f"; >= 10x per-row loop: {'met' if med['loop'] / ours_s >= 10 else 'MISSED'} "
                  f"({med['loop'] / ours_s:.1f}x)"))

@@ -19,6 +19,7 @@ from dukungan.election import load_election
 from dukungan.region import synthetic_code_list_text
 from dukungan.rules import prepare
 from ingest.results import FileRecord, SQLiteResults
+from dukungan.progress import tally
 from ingest.validate import progress_snapshot
 from tests.conftest import Gateway, create, make_settings, patch, status, wait_stored
 from unggah import admin, receipts
@@ -123,7 +124,7 @@ async def election_gateway(tmp_path, valkey, r, election_file):
     """A gateway with an election, and a results store holding what the validator writes."""
     settings = make_settings(tmp_path, valkey.url, election_file=str(election_file))
     results = SQLiteResults(settings.results_path)
-    snap = progress_snapshot(prepare(load_election(election_file)), [])
+    snap = progress_snapshot(prepare(load_election(election_file)), tally([], 5))
     snap["computed_at"] = MS
     with results.write() as w:
         w.save_progress("public", snap)

@@ -8,7 +8,8 @@ from dukungan.generate import generate, write_csv
 from dukungan.history import HistoryRow, apply_history, history_rows, standing
 from dukungan.preflight import validate_file
 from dukungan.scans import ScanSets
-from dukungan.template import HEADER
+from dukungan.rules import fingerprint, fingerprints
+from dukungan.template import HEADER, Table
 
 
 @pytest.fixture()
@@ -79,3 +80,21 @@ def test_new_nik_is_untouched(ctx, tmp_path, first_upload):
     v2 = _second(ctx, tmp_path, [g.rows[4]], g.scans)
     res = apply_history(v2, {}, "submission")
     assert res.verdicts.status == v2.status and res.resolutions == []
+
+
+ODD_CELLS = ["", " ", "\t", "a\u00a0 b", "  Siti   Aminah ", "stra\u00dfe", "x\x00y", "\u2003lead", "tail\u3000",
+             "\x1c", "laki-laki", " p ", "LK", "007", "0", "27815", "31-12-1980", "1980-12-31", "1980/12/31"]
+
+
+def test_fingerprints_of_a_whole_table_equal_each_rows_fingerprint(ctx, tmp_path):
+    """The column-at-once fingerprints (what the validator stores) are the per-row reference's,
+    for generated rows and for cells with odd white space, NUL, case and dates."""
+    g = generate(ctx, 300, seed=5)
+    rows = [list(r) for r in g.rows]
+    for k, cell in enumerate(ODD_CELLS):
+        for c in range(1, len(HEADER)):
+            rows[k][c] = cell if (c + k) % 3 == 0 else rows[k][c]
+    t = Table("csv", list(range(2, len(rows) + 2)), *[[r[c] for r in rows] for c in range(len(HEADER))])
+    assert fingerprints(t) == [fingerprint(t, i) for i in range(len(rows))]
+    nul = Table("csv", [2, 3], *[["x\x00y", " a "] for _ in HEADER])  # a NUL in a cell: the per-cell way
+    assert fingerprints(nul) == [fingerprint(nul, 0), fingerprint(nul, 1)]
