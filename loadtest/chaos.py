@@ -18,10 +18,14 @@ verdict, e.g.
     chaos: 200 uploads, 3 kills (valkey, gateway, ingest-0), 200 stored, 0 lost, 0 mismatched: PASS
 
 lost: not stored in the end (failed, never confirmed, or its blob is missing); mismatched: stored
-with other bytes than were sent. Every one is listed above the verdict. An upload the server
-forgot while it was being sent (a 404 for a known upload, so the client made a new one) is
-counted as re-created: a broken promise under appendfsync always (FAIL), possible under
-everysec, where it is reported and not counted as a loss, because the client sent it again.
+with other bytes than were sent. Every one is listed above the verdict.
+
+Under appendfsync everysec a kill -9 of Valkey can lose its last second. Such a loss must be
+detected and reported (a witness marks the upload: its status says what to send again, or
+410 upload-lost), and `unggah push` then sends it again: the run lists each one and counts it
+in the verdict as "losses detected and reported", and it is not a failure. An upload the server
+forgot silently (a 404 for a known upload, so the client made a new one) is counted as
+re-created: a loss nobody reported, a FAIL in either mode.
 
 Exit 0 on PASS, 1 on FAIL, 2 when the run itself could not be set up.
 """
@@ -283,6 +287,12 @@ class Outcome:
     lost: list[str] = field(default_factory=list)  # "name: why"
     mismatched: list[str] = field(default_factory=list)
     recreated: list[str] = field(default_factory=list)
+    reported: list[str] = field(default_factory=list)  # losses the server detected and reported
+
+
+# In what `unggah push` notes when the server reported a loss (client/api.py: "the server lost ...
+# in a crash ...") and it sent the file again; not in its note for an upload forgotten silently.
+REPORTED_LOSS = " in a crash"
 
 
 async def final_status(base_urls: dict[str, str], timeout: float) -> dict[str, dict]:
@@ -342,6 +352,8 @@ async def check(stack: Stack, sources: list[Source], results: dict[str, Sent], t
         fr = results.get(name)
         if fr is not None and any("made a new upload" in n for n in fr.notes):
             out.recreated.append(f"{name}: " + "; ".join(n for n in fr.notes if "made a new upload" in n))
+        if fr is not None and any(REPORTED_LOSS in n for n in fr.notes):
+            out.reported.append(f"{name}: " + "; ".join(n for n in fr.notes if REPORTED_LOSS in n))
         if fr is None or not fr.url:
             out.lost.append(f"{name}: never created ({fr.reason if fr else 'not in the report'})")
             continue
@@ -405,19 +417,28 @@ async def run(a: argparse.Namespace, workdir: Path) -> tuple[str, bool]:
     for k in kills:
         say(k.describe())
     for title, items in (("lost", outcome.lost), ("mismatched", outcome.mismatched),
-                         ("re-created (the server forgot them while they were sent)", outcome.recreated)):
+                         ("re-created (the server forgot them silently while they were sent)", outcome.recreated),
+                         ("losses detected and reported by the server (sent again)", outcome.reported)):
         if items:
             say(f"chaos: {len(items)} {title}:")
             for line in items:
                 say(f"  {line}")
-    all_back = len(kills) == a.kills and all(k.new_pid for k in kills)
-    ok = (all_back and not outcome.lost and not outcome.mismatched
-          and len(outcome.stored) == a.uploads and not (outcome.recreated and a.fsync == "always"))
+    return verdict(outcome, kills, a.uploads, a.kills)
+
+
+def verdict(outcome: Outcome, kills: list[Kill], uploads: int, planned_kills: int) -> tuple[str, bool]:
+    """The last line of the run, and whether it passed: every upload stored with its bytes,
+    every victim back, and no loss the server did not report."""
+    all_back = len(kills) == planned_kills and all(k.new_pid for k in kills)
+    ok = (all_back and not outcome.lost and not outcome.mismatched and not outcome.recreated
+          and len(outcome.stored) == uploads)
     extra = f", {len(outcome.recreated)} re-created" if outcome.recreated else ""
+    if outcome.reported:
+        extra += f", {len(outcome.reported)} losses detected and reported"
     if not all_back:
         extra += ", a victim did not come back"
     names = ", ".join(k.victim for k in kills)
-    line = (f"chaos: {a.uploads} uploads, {len(kills)} kills ({names}), {len(outcome.stored)} stored, "
+    line = (f"chaos: {uploads} uploads, {len(kills)} kills ({names}), {len(outcome.stored)} stored, "
             f"{len(outcome.lost)} lost, {len(outcome.mismatched)} mismatched{extra}: {'PASS' if ok else 'FAIL'}")
     return line, ok
 

@@ -106,3 +106,25 @@ def test_chaos_smoke_loses_nothing_when_valkey_the_gateway_and_an_ingester_are_k
     assert proc.returncode == 0, out[-4000:] + err[-4000:]
     assert "0 lost, 0 mismatched" in last, out[-4000:]
     assert last.startswith("chaos: 20 uploads, 3 kills (valkey, gateway, ingest-0), 20 stored") and last.endswith("PASS")
+
+
+def _kills(n: int) -> list:
+    from loadtest.chaos import Kill
+    return [Kill(victim=v, pid=100 + i, at_fraction=0.5, at_s=1.0, new_pid=200 + i)
+            for i, v in enumerate(("valkey", "gateway", "ingest-0")[:n])]
+
+
+def test_the_chaos_verdict_passes_a_loss_the_server_reported_and_fails_one_it_did_not():
+    from loadtest.chaos import Outcome, verdict
+
+    stored = [f"f{i}" for i in range(3)]
+    reported = Outcome(stored=stored, reported=["f1: the server lost acknowledged bytes in a crash; sent again"])
+    line, ok = verdict(reported, _kills(3), uploads=3, planned_kills=3)
+    assert ok and line.endswith("1 losses detected and reported: PASS"), line
+    silent = Outcome(stored=stored, recreated=["f2: the server lost or expired ...; made a new upload"])
+    line, ok = verdict(silent, _kills(3), uploads=3, planned_kills=3)
+    assert not ok and "1 re-created" in line and line.endswith("FAIL"), line
+    line, ok = verdict(Outcome(stored=stored), _kills(2), uploads=3, planned_kills=3)
+    assert not ok and "a victim did not come back" in line
+    line, ok = verdict(Outcome(stored=stored), _kills(3), uploads=3, planned_kills=3)
+    assert ok and line.endswith("3 stored, 0 lost, 0 mismatched: PASS"), line
