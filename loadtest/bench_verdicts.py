@@ -18,9 +18,15 @@ They are written straight into the store, because sending 2.4 million scans thro
 gateway would take the run hours and measure something else. Without scans every row is
 BMS (NO_KTP, NO_STATEMENT) and the counted-supporter queries have nothing to count.
 
-A benchmark, not a test. The physical floor beside it: reading the file and judging it in
-the validator's own process (`validate_file`, reported by the validator's log as part of the
-whole) is measured by loadtest.bench_validate.
+    python -m loadtest.bench_verdicts --in-process [--rows 1200000] [--runs 1]
+
+runs the validator's own step for the list (Validator.process, on a real SQLite results
+store and blob store in a temp folder, the scans seeded the same way) in this process, with
+no stack around it: the harness to profile (py-spy record -- python -m loadtest.bench_verdicts
+--in-process), and the floor under the end-to-end figure.
+
+A benchmark, not a test. Judging the file alone (`validate_file`) is measured by
+loadtest.bench_validate.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import os
 import statistics
 import sys
 import tempfile
@@ -95,20 +102,58 @@ def _get(url: str, token: str) -> tuple[int, dict]:
         return e.code, {}
 
 
+def _seed_scans(results_path: Path, scans) -> None:
+    t0 = time.perf_counter()
+    store = SQLiteResults(results_path)
+    with store.write() as w:
+        w.con.executemany("INSERT INTO scans VALUES (?,?,?,?,?,?,?,?,?,?)", (
+            (f"scan-{kind}-{n}", "bench", n, kind, f"{n}_{kind}.jpg", 1, "image/jpeg", 200_000, None, "[]")
+            for kind, have in (("ktp", scans.ktp), ("statement", scans.statement)) for n in have))
+    store.close()
+    log(f"  scans seeded: {len(scans.ktp):,} KTP-el + {len(scans.statement):,} statements "
+        f"in {time.perf_counter() - t0:.1f} s")
+
+
+def in_process_run(list_path: Path, election: Path, scans, k: int) -> float:
+    """Validator.process for the list, in this process: seconds."""
+    import redis.asyncio as aioredis
+
+    from buffer.messages import CompletedEvent
+    from dukungan.election import load_election
+    from ingest.blobstore import LocalBlobStore
+    from ingest.validate import Validator
+
+    with tempfile.TemporaryDirectory(prefix="unggah-bench-validator-") as d:
+        settings = Settings(state_dir=d, election_file=str(election))
+        if scans is not None:
+            _seed_scans(Path(settings.results_path), scans)
+        blobs = LocalBlobStore(settings.blob_path)
+        blobs.stored_path("x").parent.mkdir(parents=True, exist_ok=True)
+        upload_id = f"bench-{k}"
+        os.link(list_path, blobs.stored_path(upload_id))
+        el = load_election(election)
+        results = SQLiteResults(settings.results_path)
+        # The client is never used by process(): the queue is only read by the loops.
+        v = Validator(settings, "bench", aioredis.Redis(), results, blobs, el, prepare(el))
+        ev = CompletedEvent(u=upload_id, tenant="bench", state="stored", length=list_path.stat().st_size,
+                            metadata="filename " + base64.b64encode(b"dukungan.csv").decode(),
+                            at=int(time.time() * 1000))
+        t0 = time.perf_counter()
+        v.process(ev, None)
+        took = time.perf_counter() - t0
+        f = results.file(upload_id)
+        results.close()
+        if f is None or f.status != "accepted":
+            raise RuntimeError(f"unexpected verdict: {f}")
+        return took
+
+
 def one_run(list_path: Path, election: Path, scans, args) -> dict:
     env = {"UNGGAH_ELECTION_FILE": str(election)}
     with gateway_stack(pairs=("bench",), **env) as st:
         results_path = Path(Settings(state_dir=str(st.work)).results_path)
         if scans is not None:
-            t0 = time.perf_counter()
-            store = SQLiteResults(results_path)
-            with store.write() as w:
-                w.con.executemany("INSERT INTO scans VALUES (?,?,?,?,?,?,?,?,?,?)", (
-                    (f"scan-{kind}-{n}", "bench", n, kind, f"{n}_{kind}.jpg", 1, "image/jpeg", 200_000, None, "[]")
-                    for kind, have in (("ktp", scans.ktp), ("statement", scans.statement)) for n in have))
-            store.close()
-            log(f"  scans seeded: {len(scans.ktp):,} KTP-el + {len(scans.statement):,} statements "
-                f"in {time.perf_counter() - t0:.1f} s")
+            _seed_scans(results_path, scans)
         procs = [start_process(["ingest", "--name", "ingest-0"], st.redis_url, st.work, "ingest.log", **env),
                  start_process(["validate", "--name", "validate-0"], st.redis_url, st.work, "validate.log", **env)]
         try:
@@ -146,6 +191,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=1_200_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-scans", action="store_true", help="no scans in the store: every row is BMS")
+    ap.add_argument("--in-process", action="store_true",
+                    help="time Validator.process in this process, no stack (the profiling harness)")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
         election, ctx = _election(Path(d))
@@ -159,13 +206,18 @@ def main(argv=None) -> int:
         del g.rows
         runs = []
         for k in range(args.runs):
+            if args.in_process:
+                runs.append(in_process_run(list_path, election, None if args.no_scans else g.scans, k))
+                log(f"  run {k + 1}: Validator.process {runs[-1]:.2f} s")
+                continue
             r = one_run(list_path, election, None if args.no_scans else g.scans, args)
             log(f"  run {k + 1}: sent in {r['sent_s']:.1f} s; stored -> verdicts {r['stored_to_verdicts_s']:.2f} s; "
                 f"counts {r['counts']}")
             runs.append(r["stored_to_verdicts_s"])
     print(machine())
     print(f"rows {args.rows_total:,}, {'without' if args.no_scans else 'with'} scans, {args.runs} runs")
-    print(f"stored -> verdicts: median {statistics.median(runs):.2f} s (runs: {', '.join(f'{x:.2f}' for x in runs)})")
+    what = "Validator.process, in this process" if args.in_process else "stored -> verdicts"
+    print(f"{what}: median {statistics.median(runs):.2f} s (runs: {', '.join(f'{x:.2f}' for x in runs)})")
     return 0
 
 
