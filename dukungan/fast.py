@@ -717,14 +717,48 @@ class _RowReader:
             setattr(self, h.lower(), _Col(cells, c))
 
 
+def validate_table(t: Table, ctx: RuleContext, scans: ScanSets | None = None,
+                   other_pairs: Collection[str] = frozenset()) -> Verdicts | None:
+    """Same verdicts as rules.validate(t, ...) for a Table already read (an XLSX sheet), or None:
+    use the reference.
+
+    The cells are written out as the CSV body the numpy path reads, which is exact when no cell
+    holds a comma, a line break, a quote or a NUL (the counts of separators say so) and every
+    cell is stripped, as the XLSX reader leaves them. A NIK from a number cell that still reads
+    as 16 digits goes to the reference: its text takes part in the duplicate rule while the row
+    is judged by the cell's type, which only the reference does.
+    """
+    if not available() or len(t) == 0:
+        return None
+    prep = _prep(ctx)
+    if not prep.ok:
+        return None
+    if any(len(t.nik[i]) == 16 and t.nik[i].isdigit() for i in t.nik_numeric):
+        return None
+    n = len(t)
+    body = "\n".join(map(",".join, zip(*(t.column(h) for h in HEADER))))
+    if (body.count(",") != (NCOLS - 1) * n or body.count("\n") != n - 1
+            or '"' in body or "\x00" in body or "\r" in body):
+        return None
+    cells = split_csv((",".join(HEADER) + "\n" + body).encode("utf-8"))
+    del body
+    if cells is None:
+        return None
+    return _judge(cells, ctx, prep, scans, other_pairs, table=t)
+
+
 def _judge(cells: _Cells, ctx: RuleContext, prep: _Prep, scans: ScanSets | None,
-           other_pairs: Collection[str]) -> Verdicts | None:
+           other_pairs: Collection[str], table: Table | None = None) -> Verdicts | None:
+    """table: the Table the cells were written from (XLSX): its cell types are verdicts too, and
+    it is the result's table (its row numbers are the sheet's)."""
     n = cells.n
     arr, last = cells.arr, cells.N - 1
     bits = np.zeros(n, dtype=np.uint32)
 
     def flag(code: str, where) -> None:
         bits[where] |= np.uint32(_BIT[code])
+
+    numeric = np.fromiter(table.nik_numeric, dtype=np.int64) if table is not None else np.zeros(0, np.int64)
 
     # --- NIK structure: 16 ASCII digits, as an int64
     S, _, L = cells.bounds(C_NIK)
@@ -739,6 +773,8 @@ def _judge(cells: _Cells, ctx: RuleContext, prep: _Prep, scans: ScanSets | None,
     bad_strs = list(bad_ids)
     as_number = np.array([nikmod.looks_like_number(s) and any(ch in s for ch in ".,eE") for s in bad_strs],
                          dtype=bool)[bid]
+    if numeric.size:  # a number cell: digits lost whatever its text says now
+        as_number |= np.isin(bad, numeric)
     flag("NIK_AS_NUMBER", bad[as_number])
     flag("NIK_FORMAT", bad[~as_number])
     nik_id = val.copy()  # identity of the NIK text: the value, or a negative id for unreadable ones
@@ -902,8 +938,10 @@ def _judge(cells: _Cells, ctx: RuleContext, prep: _Prep, scans: ScanSets | None,
 
     # The result keeps the raw bytes and separator offsets for its lazy table; the per-column
     # arrays are rebuilt if a column is ever read.
+    if table is not None and table.date_from_sheet:
+        flag("DATE_FROM_SPREADSHEET", np.fromiter(table.date_from_sheet, dtype=np.int64))
     cells.release()
-    return _assemble(cells, bits)
+    return _assemble(cells, bits, table)
 
 
 def _differing(cells: _Cells, later, first, rd):
@@ -993,7 +1031,7 @@ def _shared_phones(cells: _Cells, nik_id):
     return rows[multi[gid]]
 
 
-def _assemble(cells: _Cells, bits) -> Verdicts:
+def _assemble(cells: _Cells, bits, table: Table | None = None) -> Verdicts:
     n = cells.n
     status = [MS] * n
     reasons: list[tuple[str, ...]] = [()] * n
@@ -1005,4 +1043,4 @@ def _assemble(cells: _Cells, bits) -> Verdicts:
             combos[b] = (codes, verdict_of(codes))
         for i, b in zip(rows.tolist(), bits[rows].tolist()):
             reasons[i], status[i] = combos[b]
-    return Verdicts(table=lazy_table(cells), status=status, reasons=reasons)
+    return Verdicts(table=lazy_table(cells) if table is None else table, status=status, reasons=reasons)

@@ -54,7 +54,8 @@ def validate_file(path: str | Path, ctx: RuleContext, scans: ScanSets | None = N
 
     CSV goes through the numpy path (fast.py) when numpy is importable; it gives the same verdicts
     and hands anything outside its scope (quoted cells, rejected files...) back to the reference
-    parser and rules used here for XLSX.
+    parser and rules. An XLSX sheet is read by the reference reader, then judged on the numpy
+    path too where it can be (fast.validate_table).
     """
     data = fast.csv_bytes(path) if fast.available() else None
     if data is not None:
@@ -62,7 +63,9 @@ def validate_file(path: str | Path, ctx: RuleContext, scans: ScanSets | None = N
         if v is not None:
             return v
         return validate(parse_csv_bytes(data), ctx, scans=scans, other_pairs=other_pairs)
-    return validate(read_table(path), ctx, scans=scans, other_pairs=other_pairs)
+    t = read_table(path)
+    v = fast.validate_table(t, ctx, scans=scans, other_pairs=other_pairs) if fast.available() else None
+    return v if v is not None else validate(t, ctx, scans=scans, other_pairs=other_pairs)
 
 
 def _context(election: Election | RuleContext | str | Path) -> RuleContext:

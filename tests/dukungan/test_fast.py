@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import random
 
+import msgspec
 import pytest
 
 np = pytest.importorskip("numpy")
@@ -14,7 +15,7 @@ from dukungan.generate import generate, template_traps, write_csv, write_xlsx  #
 from dukungan.preflight import validate_file  # noqa: E402
 from dukungan.rules import validate  # noqa: E402
 from dukungan.scans import ScanSets  # noqa: E402
-from dukungan.template import HEADER, Table, TemplateError, parse_csv_bytes  # noqa: E402
+from dukungan.template import HEADER, Table, TemplateError, parse_csv_bytes, read_table  # noqa: E402
 
 C = {h: i for i, h in enumerate(HEADER)}
 
@@ -242,3 +243,70 @@ def test_lazy_table_behaves_like_a_table(case):
     assert t == want.table
     back = pickle.loads(pickle.dumps(t))
     assert type(back) is Table and back == want.table
+
+
+# ---- XLSX tables on the numpy path (fast.validate_table)
+
+
+def _assert_same_table(t: Table, ctx, scans=None, other_pairs=frozenset(), must_be_fast=True):
+    ref = validate(t, ctx, scans=scans, other_pairs=other_pairs)
+    got = fast.validate_table(t, ctx, scans=scans, other_pairs=other_pairs)
+    if must_be_fast:
+        assert got is not None, "expected the numpy path to take this table"
+    if got is not None:
+        assert got.status == ref.status
+        assert got.reasons == ref.reasons
+        assert got.table is t  # the sheet's row numbers, not a CSV's lines
+    return got
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mutated_xlsx_lists_agree_with_the_reference(case, seed, tmp_path):
+    ctx, g = case
+    rows = _mutate(g.rows[:3000], random.Random(seed), share=0.08)
+    village = sorted(ctx.region_villages)[0]
+    for r in rows:
+        if r[C["KODE_DESA"]] == "31.71.01.1001":
+            r[C["KODE_DESA"]] = village
+    path = tmp_path / "dukungan.xlsx"
+    write_xlsx(path, rows)
+    t = read_table(path)
+    # A shifted row (a comma in a cell) is written out as more cells: the reference judges it.
+    must = all("," not in c and "\n" not in c for r in rows for c in r)
+    _assert_same_table(t, ctx, ScanSets(ktp=frozenset(list(g.scans.ktp)[::2]), statement=g.scans.statement),
+                       frozenset(list(g.scans.ktp)[::7]), must_be_fast=must)
+    clean = tmp_path / "clean.xlsx"
+    write_xlsx(clean, [r for r in rows if "," not in "".join(r) and '"' not in "".join(r)])
+    _assert_same_table(read_table(clean), ctx, g.scans)
+
+
+@pytest.mark.parametrize("fmt", ["xlsx from the template", "xlsx saved by a spreadsheet program"])
+def test_the_trap_list_in_xlsx_gets_the_references_verdicts_on_the_numpy_path(ctx, fmt, tmp_path):
+    from tests.traps import write_trap_set
+
+    ts = write_trap_set(tmp_path, ctx, fmt)
+    t = read_table(ts.list_path)
+    assert t.date_from_sheet and t.nik_numeric  # the typed cells are there to be judged
+    # A NIK cell that still reads as 16 digits goes to the reference (its text counts for
+    # duplicates); without it, the numpy path takes the sheet.
+    got = _assert_same_table(t, ctx, ts.traps.scans, must_be_fast=False)
+    if got is None:
+        assert any(len(t.nik[i]) == 16 and t.nik[i].isdigit() for i in t.nik_numeric)
+    # The same sheet with the number cell showing 15 digits (a digit gone, and nothing in the text
+    # that says "number"): the numpy path takes it, and judges both typed cells by their type.
+    nik = list(t.nik)
+    for i in t.nik_numeric:
+        nik[i] = nik[i][:15]
+    _assert_same_table(msgspec.structs.replace(t, nik=nik), ctx, ts.traps.scans)
+
+
+def test_an_xlsx_sheet_is_judged_on_the_numpy_path_with_the_references_verdicts(case, tmp_path, monkeypatch):
+    ctx, g = case
+    path = tmp_path / "dukungan"  # stored without an extension, as the server keeps uploads
+    write_xlsx(path, g.rows[:500])
+    assert fast.validate_table(read_table(path), ctx, g.scans) is not None  # the path takes this sheet
+    v = validate_file(path, ctx, g.scans)
+    monkeypatch.setenv("DUKUNGAN_FAST", "0")  # the reference path
+    r = validate_file(path, ctx, g.scans)
+    assert v.table.source == r.table.source == "xlsx"
+    assert (v.status, v.reasons) == (r.status, r.reasons)
