@@ -48,3 +48,17 @@ def test_the_tally_counted_in_sqlite_equals_dukungans_tally_of_the_current_rows(
             assert w.tally("t", cut) == expected
             assert expected.pending == 2 and sum(expected.counted.values()) == 5  # NIKs 1, 2, 3, 4, 6
         assert w.tally("nobody", 5) == tally([], 5)
+
+
+def test_rows_are_found_by_nik_in_arrival_order_for_one_tenant_or_all(tmp_path):
+    store, first, second = _store(tmp_path)
+    with store.write() as w:
+        ids = lambda got: [(row.id, tenant) for row, tenant in got]  # noqa: E731
+        # NIK 1: an MS row of u1, a TMS row of u2, an MS row of the other pair; none superseded.
+        assert ids(w.rows_of(None, ["1"])) == [(first[0], "t"), (second[2], "t"), (ids(w.rows_of("other", ["1"]))[0])]
+        assert ids(w.rows_of("t", ["1"])) == [(first[0], "t"), (second[2], "t")]
+        assert ids(w.rows_of("t", ["2"])) == [(second[0], "t")]  # the BMS row of u1 was superseded
+        assert w.rows_of("t", ["7"]) == [] and ids(w.rows_of(None, ["7"]))[0][1] == "other"
+        assert w.counted_elsewhere("t") == {"1", "7"}
+        assert w.counted_elsewhere("other") == {"1", "3", "4", "6", "2"}
+
