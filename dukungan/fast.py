@@ -936,10 +936,12 @@ def _judge(cells: _Cells, ctx: RuleContext, prep: _Prep, scans: ScanSets | None,
                 has_bad = np.array([s in have for s in bad_strs], dtype=bool)
                 flag(code, bad[~has_bad[bid]])
 
-    # The result keeps the raw bytes and separator offsets for its lazy table; the per-column
-    # arrays are rebuilt if a column is ever read.
+    # --- a date cell of a sheet, read as the date it shows: kept, and said so
     if table is not None and table.date_from_sheet:
         flag("DATE_FROM_SPREADSHEET", np.fromiter(table.date_from_sheet, dtype=np.int64))
+
+    # The result keeps the raw bytes and separator offsets for its lazy table; the per-column
+    # arrays are rebuilt if a column is ever read.
     cells.release()
     return _assemble(cells, bits, table)
 
