@@ -203,7 +203,10 @@ def describe_list(f: dict) -> list[str]:
     """A list that counts for nothing (rejected, not validated): its name, why, and the cells."""
     status = {"rejected": "DITOLAK / REJECTED", "skipped": "TIDAK DIPERIKSA / NOT VALIDATED",
               "error": "GAGAL DIPERIKSA / VALIDATION FAILED"}.get(f.get("status", ""), str(f.get("status", "")).upper())
-    lines = [f"{f.get('filename') or f.get('id')}: {status}: {f.get('message') or 'no reason given'}"]
+    why = f.get("message") or "no reason given"
+    if f.get("status") == "skipped" and why.startswith("not validated: "):
+        why = why[len("not validated: "):]  # the label says it already
+    lines = [f"{f.get('filename') or f.get('id')}: {status}: {why}"]
     problems = f.get("problems") or []
     lines += [f"  - {x}" for x in problems[:10]]
     if len(problems) > 10:

@@ -431,3 +431,16 @@ def test_progress_percent_never_reads_as_nothing_nor_as_done_when_short(ms, mini
     line = format_progress({"tenant": "pair-a", "ms": ms, "minimum": minimum}).splitlines()[1]
     assert shown in line, line
 
+
+
+def test_a_list_not_counted_is_named_with_its_reason_said_once():
+    from client.cli import describe_list
+    from ingest.validate import NO_ELECTION
+
+    skipped = describe_list({"filename": "daftar.csv", "status": "skipped", "message": NO_ELECTION})
+    assert skipped[0].startswith("daftar.csv: TIDAK DIPERIKSA / NOT VALIDATED: no election configured")
+    assert skipped[0].lower().count("not validated") == 1
+    rejected = describe_list({"filename": "d.xlsx", "status": "rejected", "message": "TEMPLATE_INVALID: x / y",
+                              "problems": [f"p{i}" for i in range(12)]})
+    assert rejected[0] == "d.xlsx: DITOLAK / REJECTED: TEMPLATE_INVALID: x / y"
+    assert rejected[1:] == [f"  - p{i}" for i in range(10)] + ["  ... and 2 more"]
