@@ -79,7 +79,7 @@ class ThreadMetricsServer:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket (waits up to half a second for the serving loop)."""
+        """Stop serving and close the socket (the serving loop notices within half a second)."""
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
