@@ -31,7 +31,7 @@ from gateway.witness import AckWitness
 from unggah import receipts
 from metrics.http import install as install_metrics, log_problem, observe_requests
 from metrics.lifecycle import refuse_when_draining
-from metrics.registry import ACKED_LOST, ACKED_LOST_BYTES
+from metrics.registry import count_acknowledged_loss
 from unggah.config import Settings
 
 log = logging.getLogger("unggah.gateway")
@@ -103,11 +103,7 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
     refusals = auditing.RefusalLog(store)
     admission = Admission(settings, store)
 
-    def count_loss(upload_id: str, tenant: str, acked: int, now: int) -> None:
-        ACKED_LOST.labels("upload" if now < 0 else "bytes").inc()
-        ACKED_LOST_BYTES.inc(acked - max(now, 0))
-
-    witness = AckWitness(store, on_loss=count_loss)
+    witness = AckWitness(store, on_loss=count_acknowledged_loss)
     tus = TusHandler(store, settings, admission, Windows.from_file(settings.election_file, clock), witness=witness,
                      clock=clock)
     # Auditing sits outside `errors` so that the refusals `errors` makes (Redis unreachable,

@@ -26,7 +26,7 @@ import redis.asyncio as redis
 from buffer import keys, loss
 from buffer.connection import connect, ensure_groups
 from buffer.store import UploadStore
-from metrics.registry import ACKED_LOST, ACKED_LOST_BYTES, make_registry
+from metrics.registry import count_acknowledged_loss, make_registry
 from metrics.supervisor import ThreadMetricsServer
 from unggah.auditlog import REDELIVERY_WINDOW, Chain, ChainGap, ChainMismatch, chain_path, entry_ms, tail
 from unggah.config import Settings
@@ -164,12 +164,6 @@ class ChainWitness:
         return found
 
 
-def count_loss(upload_id: str, tenant: str, acked: int, now: int) -> None:
-    """The witness's finds, counted as the gateways count theirs (served on the auditor's /metrics)."""
-    ACKED_LOST.labels("upload" if now < 0 else "bytes").inc()
-    ACKED_LOST_BYTES.inc(acked - max(now, 0))
-
-
 class LeaseLost(Exception):
     """Another auditor holds the lease now: chaining on would fork the chains."""
 
@@ -183,7 +177,7 @@ class Auditor:
         self.token = secrets.token_hex(8)
         self.stopping = asyncio.Event()
         self.witness = ChainWitness(UploadStore(client, partitions=settings.partitions), self.chains,
-                                    on_loss=count_loss)
+                                    on_loss=count_acknowledged_loss)
         # Served while run() runs; port 0: the kernel picks one (`unggah up` passes the one it picked).
         self.metrics = ThreadMetricsServer(settings.audit_metrics_host, settings.audit_metrics_port,
                                            make_registry("audit"), "auditor", log)

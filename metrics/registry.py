@@ -130,6 +130,12 @@ ACKED_LOST_BYTES = Counter(
     "unggah_acknowledged_lost_bytes_total", "Acknowledged bytes the buffer came back without (their clients must send "
     "them again; statuses say from where).", registry=None)
 
+
+def count_acknowledged_loss(upload_id: str, tenant: str, acked: int, now: int) -> None:
+    """A witness's find (buffer/loss.py OnLoss), counted: the gateways' and the auditor's alike."""
+    ACKED_LOST.labels("upload" if now < 0 else "bytes").inc()
+    ACKED_LOST_BYTES.inc(acked - max(now, 0))
+
 # --- common: validation, per-pair progress, registration window ---------------
 
 VALIDATION_ROWS = Counter(
