@@ -18,10 +18,11 @@ from client.cli import format_progress
 from dukungan.election import load_election
 from dukungan.region import synthetic_code_list_text
 from dukungan.rules import prepare
-from ingest.results import FileRecord, SQLiteResults
 from dukungan.progress import tally
+from ingest.results import FileRecord, SQLiteResults
 from ingest.validate import progress_snapshot
 from tests.conftest import Gateway, create, make_settings, patch, status, wait_stored
+from tests.test_validation_pipeline import ELECTION  # the same small election
 from unggah import admin, receipts
 from unggah.auditlog import Chain, chain_path
 from unggah.times import iso, stamped
@@ -86,28 +87,6 @@ async def test_status_times_are_iso_utc_with_their_milliseconds_beside(gateway, 
 
 # ---------------------------------------------------------------- /progress, verdicts
 
-ELECTION = """
-name = "Pilwalkot Contoh 2024"
-level = "walikota"
-region_code = "19.71"
-vote_date = 2024-11-27
-timezone = "Asia/Jakarta"
-dpt_base = 400
-
-[code_list]
-path = "codes.csv"
-version = "synthetic"
-
-[scans]
-max_bytes = 200000
-max_pages = 2
-
-[[windows]]
-name = "penyerahan"
-kind = "submission"
-opens = 2020-01-01T00:00:00
-closes = 2099-12-31T23:59:59
-"""
 
 
 @pytest.fixture

@@ -30,34 +30,11 @@ from ingest.blobstore import LocalBlobStore
 from ingest.validate import Validator
 from ingest.worker import Ingester
 from tests.conftest import Gateway, make_settings
-from tests.test_validation_pipeline import auth, upload, upload_many, wait_validated
+from tests.test_validation_pipeline import ELECTION, auth, upload, upload_many, wait_validated
 from tests.traps import (CELL_TYPE_CODES, FORMATS, NOT_FROM_ONE_LIST, STRUCTURAL, TrapSet, build_traps,
                          scan_files, write_trap_set)
 from unggah.cli import main as unggah_main
 
-ELECTION = """
-name = "Pilwalkot Uji Jebakan 2024"
-level = "walikota"
-region_code = "19.71"
-vote_date = 2024-11-27
-timezone = "Asia/Jakarta"
-dpt_base = 1000
-grace_seconds = 600
-
-[code_list]
-path = "codes.csv"
-version = "synthetic"
-
-[scans]
-max_bytes = 100000
-max_pages = 2
-
-[[windows]]
-name = "penyerahan"
-kind = "submission"
-opens = 2020-01-01T00:00:00
-closes = 2099-12-31T23:59:59
-"""
 
 FMTS = list(FORMATS)
 TRAPS = list(STRUCTURAL)
