@@ -16,13 +16,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from buffer import keys
 from client.cli import format_progress
 from dukungan.election import load_election
-from dukungan.region import synthetic_code_list_text
 from dukungan.rules import prepare
 from dukungan.progress import tally
 from ingest.results import FileRecord, SQLiteResults
 from ingest.validate import progress_snapshot
 from tests.conftest import Gateway, create, make_settings, patch, status, wait_stored
-from tests.test_validation_pipeline import ELECTION  # the same small election
+from tests.test_validation_pipeline import election_file  # noqa: F401  (a fixture: the same small election)
 from unggah import admin, receipts
 from unggah.auditlog import Chain, chain_path
 from unggah.times import iso, stamped
@@ -86,16 +85,6 @@ async def test_status_times_are_iso_utc_with_their_milliseconds_beside(gateway, 
 
 
 # ---------------------------------------------------------------- /progress, verdicts
-
-
-
-@pytest.fixture
-def election_file(tmp_path):
-    d = tmp_path / "election"
-    d.mkdir()
-    (d / "codes.csv").write_text(synthetic_code_list_text(), encoding="utf-8")
-    (d / "election.toml").write_text(ELECTION, encoding="utf-8")
-    return d / "election.toml"
 
 
 @pytest.fixture
