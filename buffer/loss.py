@@ -32,12 +32,13 @@ OnLoss = Callable[[str, str, int, int], None]
 
 
 async def report(store: UploadStore, acknowledged: dict[str, tuple[int, str]], witness: str,
-                 on_loss: OnLoss | None = None) -> int:
+                 on_loss: OnLoss | None = None, run: str = "") -> int:
     """Ask the buffer about each upload's acknowledged offset ({upload id: (offset, tenant)}) and
-    report what it no longer holds and was not reported yet; the number of uploads reported."""
+    report what it no longer holds and was not reported yet after this restart (`run`, the
+    server's run id the witness saw come back); the number of uploads reported."""
     short = 0
     for upload_id, (acked, tenant) in acknowledged.items():
-        now = await store.mark_lost(upload_id, acked, tenant, TOMBSTONE_TTL, witness=witness)
+        now = await store.mark_lost(upload_id, acked, tenant, TOMBSTONE_TTL, witness=witness, run=run)
         if now is None:
             continue
         short += 1

@@ -348,10 +348,13 @@ return 1
 # lost_acked / lost_at (its status then says what to resend), or a tombstone if the upload
 # itself is gone, and an audit record naming the witness. Nothing is reported when the upload
 # holds at least what was acknowledged (it did not lose it, or it was sent again meanwhile),
-# nor when this much was reported already: both witnesses (buffer/loss.py) may ask about the
-# same upload, and a loss is reported once.
+# nor when this much was reported already after the same restart (`run`: the server's run id
+# the witness saw come back): both witnesses (buffer/loss.py) may ask about the same upload,
+# and a loss is reported once. A later crash that takes the same bytes again, after the client
+# sent them again, comes back under another run id and is reported again: the state it
+# restores still holds the first report.
 # KEYS: state, tombstone, audit
-# ARGV: id, acknowledged offset, now_ms, tombstone ttl_s, tenant, witness
+# ARGV: id, acknowledged offset, now_ms, tombstone ttl_s, tenant, witness, run
 # Returns the offset the upload has now, -1 if the upload is gone, -2 if nothing new was lost.
 MARK_LOST = r"""
 local off = redis.call('HGET', KEYS[1], 'offset')
@@ -367,8 +370,10 @@ if not off then
 end
 off = tonumber(off)
 if off >= acked then return -2 end
-if tonumber(redis.call('HGET', KEYS[1], 'lost_acked') or '0') >= acked then return -2 end
-redis.call('HSET', KEYS[1], 'lost_acked', acked, 'lost_at', ARGV[3])
+local run = ARGV[7] or ''
+local told = redis.call('HMGET', KEYS[1], 'lost_acked', 'lost_run')
+if tonumber(told[1] or '0') >= acked and (told[2] or '') == run then return -2 end
+redis.call('HSET', KEYS[1], 'lost_acked', acked, 'lost_at', ARGV[3], 'lost_run', run)
 redis.call('XADD', KEYS[3], '*', 'ev', 'loss', 'u', ARGV[1], 't', ARGV[5], 'a', by, 'at', ARGV[3],
            'acked', ARGV[2], 'now', off)
 return off

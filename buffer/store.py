@@ -211,16 +211,17 @@ class UploadStore:
             await pipe.execute()
 
     async def mark_lost(self, upload_id: str, acked: int, tenant: str, tombstone_ttl: int, *,
-                        witness: str = "gateway-witness") -> int | None:
+                        witness: str = "gateway-witness", run: str = "") -> int | None:
         """Report that `upload_id` had `acked` bytes acknowledged that the buffer may no longer
-        hold (MARK_LOST, on behalf of `witness`): the offset it has now, -1 if it is gone, None
-        if nothing was lost or this loss was reported already."""
+        hold (MARK_LOST, on behalf of `witness`, after the restart to server run id `run`): the
+        offset it has now, -1 if it is gone, None if nothing was lost or this loss was reported
+        already after the same restart."""
         p = self.partition(upload_id)
         if p is None:
             return None
         res = int(await self.scripts.mark_lost(
             keys=[keys.upload(p, upload_id), keys.lost(p, upload_id), keys.audit(p)],
-            args=[upload_id, acked, int(self.clock() * 1000), tombstone_ttl, tenant, witness]))
+            args=[upload_id, acked, int(self.clock() * 1000), tombstone_ttl, tenant, witness, run]))
         return None if res == -2 else res
 
     async def lost_acknowledged(self, upload_id: str) -> int | None:

@@ -56,7 +56,7 @@ class AckWitness:
         if self.run_id and run_id != self.run_id:
             log.warning("the buffer restarted: checking what it had acknowledged",
                         extra={"uploads": len(self.recent)})
-            await self.check()
+            await self.check(run_id)
         elif self.run_id:
             # The same server answered: what it acknowledged WINDOW ago is on its disk.
             cutoff = self.clock() - WINDOW
@@ -64,10 +64,11 @@ class AckWitness:
                 del self.recent[upload_id]
         self.run_id = run_id
 
-    async def check(self) -> int:
-        """Ask the buffer about every upload acknowledged recently; the number found short."""
+    async def check(self, run: str = "") -> int:
+        """Ask the buffer (come back as server run `run`) about every upload acknowledged
+        recently; the number found short."""
         short = await loss.report(self.store, {u: (acked, tenant) for u, (acked, tenant, _) in self.recent.items()},
-                                  "gateway-witness", self.on_loss)
+                                  "gateway-witness", self.on_loss, run)
         self.recent.clear()
         return short
 

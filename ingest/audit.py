@@ -133,15 +133,15 @@ class ChainWitness:
             log.warning("the buffer restarted: checking the audit chains' last records against it")
             self.due = True
         if self.due:
-            await self.check(self.seen)
+            await self.check(self.seen, run_id)
             self.due = False
         self.run_id = run_id
         self.seen = self.positions()
         self.next_look = self.clock() + POLL
 
-    async def check(self, since: list[str]) -> int:
-        """Ask the buffer about what the chains hold from WINDOW before `since` (one entry id per
-        chain) to their ends; the number of uploads reported lost."""
+    async def check(self, since: list[str], run: str = "") -> int:
+        """Ask the buffer (as server run `run`) about what the chains hold from WINDOW before
+        `since` (one entry id per chain) to their ends; the number of uploads reported lost."""
         acknowledged: dict[str, tuple[int, str]] = {}
         for chain, last in zip(self.chains, since):
             try:
@@ -157,7 +157,7 @@ class ChainWitness:
                     continue
                 if upload_id not in acknowledged or acked > acknowledged[upload_id][0]:
                     acknowledged[upload_id] = (acked, rec.event.get("t", ""))
-        found = await loss.report(self.store, acknowledged, WITNESS, self.on_loss)
+        found = await loss.report(self.store, acknowledged, WITNESS, self.on_loss, run)
         self.checks += 1
         self.reported += found
         log.info("checked the buffer against the audit chains", extra={"uploads": len(acknowledged), "lost": found})

@@ -324,8 +324,9 @@ async def test_the_audit_chain_reports_what_the_buffer_lost_when_the_gateway_wen
             r = connect(vk.url)
             try:
                 store = UploadStore(r, partitions=settings.partitions)
-                assert await store.mark_lost(short.rsplit("/", 1)[1], 1000, "public", 60) is None
-                assert await store.mark_lost(gone.rsplit("/", 1)[1], 0, "public", 60) is None
+                run = await store.server_id()  # the restart both witnesses saw
+                assert await store.mark_lost(short.rsplit("/", 1)[1], 1000, "public", 60, run=run) is None
+                assert await store.mark_lost(gone.rsplit("/", 1)[1], 0, "public", 60, run=run) is None
             finally:
                 await r.aclose()
 
@@ -421,6 +422,43 @@ async def test_the_audit_chain_reports_no_loss_for_uploads_that_moved_on(tmp_pat
             ing.stopping.set()
             await ing_task
         await ing_client.aclose()
+        await r.aclose()
+        await gw.stop()
+        vk.stop()
+
+
+async def test_the_same_bytes_lost_in_a_second_crash_after_they_were_sent_again_are_reported_again(tmp_path):
+    """A crash restores the state from before the client resent what the first crash took, with
+    the first report in it: only the restart it came back from tells the second loss apart."""
+    vk = EmbeddedValkey(tmp_path / "valkey", appendfsync="always").start()
+    settings = make_settings(tmp_path, vk.url)
+    gw = await Gateway(settings).start()
+    r = aioredis.Redis.from_url(vk.url)
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = await create(http, gw, 1000)
+            upload_id = url.rsplit("/", 1)[1]
+            assert (await patch(http, url, 0, b"a" * 1000)).status == 204
+            store = gw.app[TUS_HANDLER].store
+            state = keys.upload(store.partition(upload_id), upload_id)
+
+            async def crash_back_to(offset: int) -> None:  # the state a crash leaves: fewer bytes
+                await r.hset(state, "offset", offset)
+
+            await crash_back_to(400)
+            assert await store.mark_lost(upload_id, 1000, "public", 60, run="run-after-crash-1") == 400
+            # The other witness, after the same restart: nothing new.
+            assert await store.mark_lost(upload_id, 1000, "public", 60, witness="audit-witness",
+                                         run="run-after-crash-1") is None
+            # The client sends the 600 bytes again; a second crash takes them again, restoring the
+            # state in which the first report stands.
+            await r.hset(state, "offset", 1000)
+            await crash_back_to(400)
+            assert await store.mark_lost(upload_id, 1000, "public", 60, run="run-after-crash-2") == 400
+            assert await store.mark_lost(upload_id, 1000, "public", 60, run="run-after-crash-2") is None
+            events = [f for _, f in await r.xrange(keys.audit(store.partition(upload_id))) if f[b"ev"] == b"loss"]
+            assert [(e[b"acked"], e[b"now"], e[b"a"]) for e in events] == [(b"1000", b"400", b"gateway-witness")] * 2
+    finally:
         await r.aclose()
         await gw.stop()
         vk.stop()
