@@ -1,6 +1,6 @@
 """`unggah push` and `unggah status`: the candidate team's side of unggah.
 
-Registered as subcommands of `unggah` (unggah/cli.py calls add_parsers); this
+Registered as subcommands of `unggah` (commands/cli.py calls add_parsers); this
 module imports nothing heavy until a command runs.
 """
 

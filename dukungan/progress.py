@@ -33,7 +33,7 @@ class Progress(msgspec.Struct):
 
 class Tally(msgspec.Struct):
     """What progress is computed from: a pair's rows counted, not the rows themselves, so a
-    store can count them where they are (ingest/results.py does, in SQL) instead of reading
+    store can count them where they are (stores/results.py does, in SQL) instead of reading
     a million rows back."""
 
     rows: dict[tuple[str, tuple[str, ...]], int]  # (status, reasons) -> rows

@@ -29,8 +29,8 @@ from gateway.tus import TusHandler, receipt_payload, status_body
 from gateway.windows import Windows
 from gateway.witness import AckWitness
 from unggah import receipts
-from metrics.http import install as install_metrics, log_problem, observe_requests
-from metrics.lifecycle import refuse_when_draining
+from gateway.observe import install as install_metrics, log_problem, observe_requests
+from gateway.lifecycle import refuse_when_draining
 from metrics.registry import count_acknowledged_loss
 from unggah.config import Settings
 

@@ -37,7 +37,7 @@ from buffer.tenants import TENANT_ID
 from gateway.auth import PUBLIC
 from gateway.context import PRINCIPAL, STREAMING
 from gateway.problems import problem
-from ingest.results import FileRecord, SQLiteResults
+from stores.results import FileRecord, SQLiteResults
 from unggah.config import Settings
 from unggah.times import stamped
 

@@ -27,8 +27,8 @@ from buffer.messages import CONCAT, DATA, DROP, FIN, FAILED, RECEIVING, STORED, 
 from buffer.messages import declared_sha256 as parse_declared_sha256
 from buffer.queue import HELD, Queue, parse_entry
 from buffer.store import UploadStore
-from ingest.blobstore import BlobStore, LocalBlobStore
-from metrics import ingest as ingest_metrics
+from stores.blobs import BlobStore, LocalBlobStore
+from ingest import observe as ingest_metrics
 from unggah.config import Settings
 
 log = logging.getLogger("unggah.ingest")

@@ -49,7 +49,7 @@ from dukungan.election import parse_election
 from dukungan.generate import generate, write_csv
 from dukungan.region import parse_code_list, synthetic_code_list_text
 from dukungan.rules import prepare
-from ingest.results import SQLiteResults
+from stores.results import SQLiteResults
 from loadtest.benchstack import gateway_stack, log, machine, start_process, stop
 from loadtest.bench_validate import SHARED, election_text
 from unggah.config import Settings
@@ -120,8 +120,8 @@ def in_process_run(list_path: Path, election: Path, scans, k: int) -> float:
 
     from buffer.messages import CompletedEvent
     from dukungan.election import load_election
-    from ingest.blobstore import LocalBlobStore
-    from ingest.validate import Validator
+    from stores.blobs import LocalBlobStore
+    from validator.worker import Validator
 
     with tempfile.TemporaryDirectory(prefix="unggah-bench-validator-") as d:
         settings = Settings(state_dir=d, election_file=str(election))

@@ -69,7 +69,7 @@ def start_process(args: list[str], url: str, state: Path, log_name: str, python:
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNGGAH_")}
     env.update({"UNGGAH_REDIS_URL": url, "UNGGAH_STATE_DIR": str(state), "UNGGAH_VALKEY_MAXMEMORY": "8gb",
                 "UNGGAH_LOG_LEVEL": "WARNING", **env_extra})
-    return subprocess.Popen([python, "-P", "-m", "unggah.cli", *args], env=env, stdout=subprocess.DEVNULL,
+    return subprocess.Popen([python, "-P", "-m", "commands.cli", *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=open(state / log_name, "ab"))
 
 

@@ -141,7 +141,7 @@ class Stack:
         with open(self.log_path, "ab") as log:
             # If we die without stopping it (kill -9), the kernel sends it SIGTERM: it stops its
             # children in order rather than outliving us (see unggah.valkey.with_pdeathsig).
-            argv = with_pdeathsig([sys.executable, "-m", "unggah.cli", "up", "--port", str(self.port)])
+            argv = with_pdeathsig([sys.executable, "-m", "commands.cli", "up", "--port", str(self.port)])
             self.proc = subprocess.Popen(argv,
                                          cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)

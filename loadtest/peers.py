@@ -320,7 +320,7 @@ def start_nginx(port: int | None = None, body_buffer: int = 1024 * 1024) -> Peer
 
 def start_gateway(port: int | None = None, extra_args: list[str] | None = None,
                   timeout: float = 60.0) -> Peer:
-    """`python -m unggah.cli up --port PORT`: the gateway plus its embedded Valkey
+    """`python -m commands.cli up --port PORT`: the gateway plus its embedded Valkey
     (AOF always, the default), run from a temp folder so its data lands there."""
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="unggah-up-"))
@@ -332,7 +332,7 @@ def start_gateway(port: int | None = None, extra_args: list[str] | None = None,
     # The peers have no access control; compare like with like (tokens cost one GET per request:
     # bench_gateway measures with them on).
     env.setdefault("UNGGAH_AUTH", "off")
-    proc = _spawn([sys.executable, "-m", "unggah.cli", "up", "--port", str(port), *(extra_args or [])],
+    proc = _spawn([sys.executable, "-m", "commands.cli", "up", "--port", str(port), *(extra_args or [])],
                   workdir, "unggah.log", env=env)
     peer = Peer("gateway", f"http://127.0.0.1:{port}/files/", proc, workdir)
     wait_ready(peer, timeout)

@@ -185,7 +185,7 @@ def run_push(endpoint: str, *, uploads: int, size: int, chunk_size: int | None =
     try:
         for i, body in enumerate(distinct_bodies(uploads, size)):
             (folder / f"scan-{i:05d}.bin").write_bytes(body)
-        args = [sys.executable, "-m", "unggah.cli", "push", str(folder), "--server", endpoint.split("/files")[0],
+        args = [sys.executable, "-m", "commands.cli", "push", str(folder), "--server", endpoint.split("/files")[0],
                 "--parallel", str(parallel or uploads), "--no-progress", "--json", "--wait", "120",
                 "--state", str(folder / "push-state.json")]
         if chunk_size:

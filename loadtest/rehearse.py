@@ -137,7 +137,7 @@ class Stack:
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")
         try:
-            return subprocess.Popen([sys.executable, "-m", "unggah.cli", *args], cwd=ROOT, env=self.env(),
+            return subprocess.Popen([sys.executable, "-m", "commands.cli", *args], cwd=ROOT, env=self.env(),
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         finally:
             log.close()

@@ -1,6 +1,6 @@
 """The metrics of `unggah up`'s supervisor, and the /metrics endpoint it serves them on.
 
-The supervisor (unggah/stack.py) is a plain synchronous loop, not an event loop, so its
+The supervisor (commands/stack.py) is a plain synchronous loop, not an event loop, so its
 endpoint is prometheus_client's own threaded HTTP server: one daemon thread that answers
 scrapes while the main thread polls the children. The values are the metric objects of
 metrics/registry.py (STACK_*), so they are thread-safe and Prometheus reads them as they are
@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from metrics.registry import STACK_CHILD_LAST_EXIT_CODE, STACK_CHILD_RESTARTS, STACK_CHILD_UP, make_registry
 from metrics.targets import local_host
 
-log = logging.getLogger("unggah.stack")
+log = logging.getLogger("commands.stack")
 
 
 def reset() -> None:

@@ -173,7 +173,7 @@ class GatewayProcess:
         env = child_env(settings)
         env["UNGGAH_PORT"] = str(self.port)
         Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "unggah.cli", "serve"], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "commands.cli", "serve"], env=env,
                                      stdout=subprocess.DEVNULL,
                                      stderr=open(Path(settings.state_dir) / "gateway.log", "ab"))
 
@@ -201,7 +201,7 @@ class GatewayProcess:
 @pytest.fixture
 async def ingester(settings):
     """One ingester running in the test's event loop."""
-    from ingest.blobstore import LocalBlobStore
+    from stores.blobs import LocalBlobStore
     from ingest.worker import Ingester
 
     client = connect(settings.redis_url, retry=False)  # as `unggah ingest` connects
@@ -242,7 +242,7 @@ class IngesterProcess:
         import subprocess
         import sys
         self.name = name
-        self.proc = subprocess.Popen([sys.executable, "-m", "unggah.cli", "ingest", "--name", name],
+        self.proc = subprocess.Popen([sys.executable, "-m", "commands.cli", "ingest", "--name", name],
                                      env=child_env(settings), stdout=subprocess.DEVNULL,
                                      stderr=open(Path(settings.state_dir) / f"{name}.log", "ab"))
 

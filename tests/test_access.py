@@ -81,7 +81,7 @@ async def test_revoked_token_stops_working_at_once(secured, http):
     gw, tokens, store, settings = secured
     token, principal = await store.issue("pair-a", "operator A2")
     url = await new_upload(http, gw, token)  # the gateway has confirmed this token: its appends skip the lookup
-    out = subprocess.run([sys.executable, "-m", "unggah.cli", "tenants", "revoke", principal.token_hash[:12]],
+    out = subprocess.run([sys.executable, "-m", "commands.cli", "tenants", "revoke", principal.token_hash[:12]],
                          env=child_env(settings), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     # The PATCH first: a HEAD's lookup would drop the token from the gateway's confirmed ones.
@@ -142,7 +142,7 @@ async def test_observer_sees_no_uploads(secured, http):
 async def test_tenant_cli_round_trip(secured):
     _, _, store, settings = secured
     env = child_env(settings)
-    run = lambda *a: subprocess.run([sys.executable, "-m", "unggah.cli", "tenants", *a], env=env,  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "commands.cli", "tenants", *a], env=env,  # noqa: E731
                                     capture_output=True, text=True, timeout=60)
     assert run("add", "pair-c", "--name", "Paslon C").returncode == 0
     bad = run("add", "Pair C!")
@@ -159,7 +159,7 @@ async def test_tenant_cli_round_trip(secured):
 async def test_tenants_list_shows_each_token_under_its_own_tenant_with_a_readable_date(secured):
     _, _, store, settings = secured
     env = child_env(settings)
-    run = lambda *a: subprocess.run([sys.executable, "-m", "unggah.cli", "tenants", *a], env=env,  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "commands.cli", "tenants", *a], env=env,  # noqa: E731
                                     capture_output=True, text=True, timeout=60)
     for tenant in ("pair-l1", "pair-l2"):
         assert run("add", tenant).returncode == 0

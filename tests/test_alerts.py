@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import ProcessCollector
 
 from metrics.buffer import BufferCollector
-from metrics.http import GateCollector
+from gateway.observe import GateCollector
 from metrics.registry import ACKED_LOST, ACKED_LOST_BYTES, collectors, metric_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,7 +190,7 @@ async def test_promtool_lints_the_exposition(gateway, http):
     """`promtool check metrics`: naming, units and help text of what /metrics really serves
     (the gateway, an ingester, `unggah up`'s supervisor with a child that has exited, the auditor)."""
     from metrics import supervisor
-    from metrics.ingest import MetricsServer
+    from ingest.observe import MetricsServer
     from metrics.registry import make_registry
     from tests.conftest import create, patch
 

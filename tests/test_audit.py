@@ -27,7 +27,7 @@ from unggah.valkey import EmbeddedValkey
 
 
 def cli(settings, *args):
-    return subprocess.run([sys.executable, "-m", "unggah.cli", "audit", *args], env=child_env(settings),
+    return subprocess.run([sys.executable, "-m", "commands.cli", "audit", *args], env=child_env(settings),
                           capture_output=True, text=True, timeout=60)
 
 
@@ -200,7 +200,7 @@ async def test_a_lost_read_reply_loses_no_audit_record(tmp_path, valkey, r):
         later.extend([(await r.xadd(stream, {"event": "test", "n": str(i)})).decode() for i in range(5, 10)])
 
     cutter.arm(lambda cmd: b"XREADGROUP" in cmd and b"\r\n$1\r\n>\r\n" in cmd, more_events)
-    proc = subprocess.Popen([sys.executable, "-m", "unggah.cli", "audit", "run"], env=child_env(settings),
+    proc = subprocess.Popen([sys.executable, "-m", "commands.cli", "audit", "run"], env=child_env(settings),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         async def all_moved() -> bool:

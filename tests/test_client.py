@@ -49,7 +49,7 @@ def stored_bytes(settings, url: str) -> bytes:
 async def run_cli(*args: str, env: dict | None = None, timeout: float = 60) -> tuple[int, str, str]:
     """`unggah ...` as a child process, without blocking the loop that serves the gateway."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "unggah.cli", *args, cwd=ROOT, env=env or client_env(),
+        sys.executable, "-m", "commands.cli", *args, cwd=ROOT, env=env or client_env(),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     return proc.returncode, out.decode(), err.decode()
@@ -172,7 +172,7 @@ async def test_kill_9_then_resume_sends_no_acknowledged_byte(gateway, ingester, 
     args = ["push", str(tmp_path / "big.bin"), "--server", proxy.url, "--chunk-size", "256k",
             "--parallel", "1", "--state", str(state), "--no-progress", "--wait", "30"]
     proxy.delay = 0.1
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "unggah.cli", *args, cwd=ROOT,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "commands.cli", *args, cwd=ROOT,
                                                 env=client_env(), stdout=asyncio.subprocess.DEVNULL,
                                                 stderr=asyncio.subprocess.DEVNULL)
     deadline = time.monotonic() + 30
@@ -435,7 +435,7 @@ def test_progress_percent_never_reads_as_nothing_nor_as_done_when_short(ms, mini
 
 def test_a_list_not_counted_is_named_with_its_reason_said_once():
     from client.cli import describe_list
-    from ingest.validate import NO_ELECTION
+    from validator.worker import NO_ELECTION
 
     skipped = describe_list({"filename": "daftar.csv", "status": "skipped", "message": NO_ELECTION})
     assert skipped[0].startswith("daftar.csv: TIDAK DIPERIKSA / NOT VALIDATED: no election configured")

@@ -88,7 +88,7 @@ async def test_sigkill_valkey_and_restart(tmp_path, policy):
             assert counted == in_streams
 
             # Resume every upload from HEAD and let an ingester store them.
-            from ingest.blobstore import LocalBlobStore
+            from stores.blobs import LocalBlobStore
             from ingest.worker import Ingester
             from buffer.connection import connect
             ing_client = connect(vk.url, retry=False)  # as `unggah ingest` connects

@@ -18,7 +18,7 @@ from dukungan.windows import window_state
 def unggah(*args: str, cwd, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNGGAH_")}
     env["UNGGAH_STATE_DIR"] = str(cwd / "state")
-    return subprocess.run([sys.executable, "-m", "unggah.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "commands.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 

@@ -17,7 +17,7 @@ from redis.exceptions import ResponseError
 from buffer import keys
 from buffer.connection import connect
 from buffer.queue import Queue, parse_entry
-from ingest.blobstore import LocalBlobStore
+from stores.blobs import LocalBlobStore
 from tests.conftest import (buffer_empty, child_env, create, patch, status, wait_for, wait_stored)
 from tests.test_e2e import send_partial_patch, stored_bytes
 
@@ -98,7 +98,7 @@ async def test_restart_with_pending_entries_under_the_same_name(gateway, http, r
 
 
 def dead_cli(settings, *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "unggah.cli", "dead", *args], env=child_env(settings),
+    out = subprocess.run([sys.executable, "-m", "commands.cli", "dead", *args], env=child_env(settings),
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout

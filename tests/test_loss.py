@@ -137,7 +137,7 @@ async def test_push_sends_again_by_itself_what_the_server_lost_after_acknowledgi
 
     from buffer.connection import connect
     from client.api import push
-    from ingest.blobstore import LocalBlobStore
+    from stores.blobs import LocalBlobStore
     from ingest.worker import Ingester
 
     vk = EmbeddedValkey(tmp_path / "valkey", appendfsync="everysec").start()
@@ -358,7 +358,7 @@ async def test_the_audit_chain_reports_no_loss_for_uploads_that_moved_on(tmp_pat
     are in the chain's tail when Valkey restarts having lost nothing: the running auditor checks
     them against the buffer and reports nothing, nor does a fresh start of it."""
     from buffer.connection import connect
-    from ingest.blobstore import LocalBlobStore
+    from stores.blobs import LocalBlobStore
     from ingest.worker import Ingester
     from tests.conftest import wait_stored
 

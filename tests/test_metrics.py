@@ -14,11 +14,11 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from buffer import keys
-from ingest.blobstore import LocalBlobStore
+from stores.blobs import LocalBlobStore
 from ingest.worker import Ingester
 from metrics import record_validation, set_pair_progress, set_window_close
-from metrics.http import SNAPSHOT
-from metrics.ingest import MetricsServer
+from gateway.observe import SNAPSHOT
+from ingest.observe import MetricsServer
 from metrics.registry import clear_pair_progress
 from tests.conftest import OCTET, TUS, Gateway, buffer_empty, create, make_settings, patch, wait_for, wait_stored
 

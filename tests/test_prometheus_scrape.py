@@ -82,13 +82,13 @@ async def test_real_prometheus_scrapes_and_every_dashboard_query_has_data(tmp_pa
     Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
     ing_port = free_port()
     ingester = subprocess.Popen(
-        [sys.executable, "-m", "unggah.cli", "ingest", "--name", "prom-0", "--metrics-port", str(ing_port)],
+        [sys.executable, "-m", "commands.cli", "ingest", "--name", "prom-0", "--metrics-port", str(ing_port)],
         env=child_env(settings), stdout=subprocess.DEVNULL,
         stderr=open(Path(settings.state_dir) / "prom-0.log", "ab"))
     # The auditor, as `unggah up` starts it: its /metrics port from the settings.
     audit_port = free_port()
     auditor = subprocess.Popen(
-        [sys.executable, "-m", "unggah.cli", "audit", "run"],
+        [sys.executable, "-m", "commands.cli", "audit", "run"],
         env={**child_env(settings), "UNGGAH_AUDIT_METRICS_PORT": str(audit_port)}, stdout=subprocess.DEVNULL,
         stderr=open(Path(settings.state_dir) / "audit.log", "ab"))
     # `unggah up`'s supervisor, in-process: its metrics server and children whose state it reports.

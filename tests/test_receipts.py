@@ -38,7 +38,7 @@ async def test_receipt_is_signed_and_verifiable_offline(gateway, ingester, http,
     (tmp_path / "bad.json").write_bytes(orjson.dumps(tampered))
 
     def verify(name):
-        return subprocess.run([sys.executable, "-m", "unggah.cli", "receipt", "verify", str(tmp_path / name),
+        return subprocess.run([sys.executable, "-m", "commands.cli", "receipt", "verify", str(tmp_path / name),
                                "--public-key", str(tmp_path / "key.pem")], env=child_env(settings),
                               capture_output=True, text=True, timeout=60)
     good = verify("good.json")

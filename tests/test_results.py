@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dukungan.progress import tally
-from ingest.results import ACCEPTED, FileRecord, RowColumns, SQLiteResults
+from stores.results import ACCEPTED, FileRecord, RowColumns, SQLiteResults
 
 MS, BMS, TMS = "MS", "BMS", "TMS"
 

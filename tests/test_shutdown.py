@@ -37,7 +37,7 @@ class GatewayProcess:
         env.update({"UNGGAH_HOST": "127.0.0.1", "UNGGAH_PORT": str(self.port), **env_extra})
         Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
         self.log = Path(settings.state_dir) / f"gateway-{self.port}.log"
-        self.proc = subprocess.Popen([sys.executable, "-m", "unggah.cli", "serve"], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "commands.cli", "serve"], env=env,
                                      stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
 
     async def ready(self, http: aiohttp.ClientSession, timeout: float = 20.0) -> None:
@@ -155,7 +155,7 @@ async def test_patch_slower_than_grace_is_cut_at_the_bound(shutdown_settings, ht
 
 def start_ingester(settings, name: str, metrics_port: int) -> subprocess.Popen:
     log = open(Path(settings.state_dir) / f"{name}.log", "ab")
-    return subprocess.Popen([sys.executable, "-m", "unggah.cli", "ingest", "--name", name,
+    return subprocess.Popen([sys.executable, "-m", "commands.cli", "ingest", "--name", name,
                              "--metrics-port", str(metrics_port)],
                             env=child_env(settings), stdout=subprocess.DEVNULL, stderr=log)
 

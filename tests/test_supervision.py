@@ -1,6 +1,6 @@
 """`unggah up` owns and supervises its children: real stacks, real signals, real PIDs.
 
-Each test starts `python -m unggah.cli up` on a free port with its own state directory, finds
+Each test starts `python -m commands.cli up` on a free port with its own state directory, finds
 the children by PPID in /proc, and kills what it must. Restart counts are read as Prometheus
 reads them: over HTTP from the supervisor's own /metrics, at the URL `unggah up` prints.
 Teardown SIGKILLs every process that carries the test's state directory (in its environment or
@@ -115,7 +115,7 @@ class Stack:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        self.proc = subprocess.Popen([sys.executable, "-m", "unggah.cli", "up", "--port", str(self.port),
+        self.proc = subprocess.Popen([sys.executable, "-m", "commands.cli", "up", "--port", str(self.port),
                                       "--ingesters", "1"], env={**child_env(settings), **(env or {})},
                                      stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
 

@@ -18,8 +18,8 @@ from client.cli import format_progress
 from dukungan.election import load_election
 from dukungan.rules import prepare
 from dukungan.progress import tally
-from ingest.results import FileRecord, SQLiteResults
-from ingest.validate import progress_snapshot
+from stores.results import FileRecord, SQLiteResults
+from validator.worker import progress_snapshot
 from tests.conftest import Gateway, create, make_settings, patch, status, wait_stored
 from tests.test_validation_pipeline import election_file  # noqa: F401  (a fixture: the same small election)
 from unggah import admin, receipts

@@ -26,14 +26,14 @@ from dukungan.election import load_election
 from dukungan.reasons import ROW_CODES
 from dukungan.region import synthetic_code_list_text
 from dukungan.rules import prepare
-from ingest.blobstore import LocalBlobStore
-from ingest.validate import Validator
+from stores.blobs import LocalBlobStore
+from validator.worker import Validator
 from ingest.worker import Ingester
 from tests.conftest import Gateway, make_settings
 from tests.test_validation_pipeline import ELECTION, auth, upload, upload_many, wait_validated
 from tests.traps import (CELL_TYPE_CODES, FORMATS, NOT_FROM_ONE_LIST, STRUCTURAL, TrapSet, build_traps,
                          scan_files, write_trap_set)
-from unggah.cli import main as unggah_main
+from commands.cli import main as unggah_main
 
 
 FMTS = list(FORMATS)

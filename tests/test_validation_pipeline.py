@@ -29,8 +29,8 @@ from dukungan.progress import progress
 from dukungan.region import synthetic_code_list_text
 from dukungan.rules import prepare
 from dukungan.scans import ScanSets
-from ingest.results import SQLiteResults
-from ingest.validate import GROUP, Validator
+from stores.results import SQLiteResults
+from validator.worker import GROUP, Validator
 from loadtest import realclients
 from tests.conftest import OCTET, TUS, child_env, make_settings, wait_for
 
@@ -444,7 +444,7 @@ def start_validator_proc(settings, election_file: Path) -> subprocess.Popen:
     env = child_env(settings)
     env["UNGGAH_ELECTION_FILE"] = str(election_file)
     log = open(Path(settings.state_dir) / "validate.log", "ab")
-    return subprocess.Popen([sys.executable, "-m", "unggah.cli", "validate", "--name", "validate-0"],
+    return subprocess.Popen([sys.executable, "-m", "commands.cli", "validate", "--name", "validate-0"],
                             env=env, stdout=subprocess.DEVNULL, stderr=log)
 
 
@@ -513,7 +513,7 @@ async def test_validator_killed_and_restarted_does_not_duplicate(tmp_path, ctx, 
 
 async def test_without_an_election_lists_are_kept_but_not_judged(tmp_path, valkey, r):
     from buffer.messages import CompletedEvent
-    from ingest.blobstore import LocalBlobStore
+    from stores.blobs import LocalBlobStore
 
     s = make_settings(tmp_path, valkey.url)  # no election_file
     client = connect(s.redis_url, retry=False)

@@ -41,7 +41,7 @@ from metrics.targets import local_host, write_targets
 from unggah.config import Settings
 from unggah.valkey import DataDirLocked, EmbeddedValkey, free_port, lock_file, lock_holder, with_pdeathsig
 
-log = logging.getLogger("unggah.stack")
+log = logging.getLogger("commands.stack")
 
 # Back-off before restarting a child: a child that dies at once (bad config, port taken, Valkey
 # refusing its AOF) must not be restarted in a tight loop, nor flood the log, but one that died
@@ -95,7 +95,7 @@ def _child(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     # Its own session: Ctrl-C (SIGINT to the terminal's process group) reaches only `unggah up`,
     # which then stops the children in order (gateway, workers, Valkey last). PR_SET_PDEATHSIG
     # covers the case where `unggah up` cannot: it was killed outright.
-    return subprocess.Popen(with_pdeathsig([sys.executable, "-m", "unggah.cli", *args]), env=env,
+    return subprocess.Popen(with_pdeathsig([sys.executable, "-m", "commands.cli", *args]), env=env,
                             start_new_session=True)
 
 

@@ -1,8 +1,8 @@
 """Benchmark (not a test): one pair's submission pushed end to end through the embedded stack,
 compared with the gateway's own capacity measured by loadtest.tusload in the same run.
 
-    python -m client.bench                                  # 20,000 rows + 10,000 scans of 200 KB
-    python -m client.bench --scans 1000 --scan-size 100000  # a quick run
+    python -m loadtest.bench_push                                  # 20,000 rows + 10,000 scans of 200 KB
+    python -m loadtest.bench_push --scans 1000 --scan-size 100000  # a quick run
 
 Steps: generate the list (dukungan.generate when installed, else a plain CSV) and the scans
 (`<NIK>_ktp.jpg` / `<NIK>_pernyataan.pdf`, random bytes behind a JPEG/PDF header); start
@@ -75,7 +75,7 @@ def start_stack(port: int, state_dir: Path, ingesters: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNGGAH_")}
     env.update(UNGGAH_STATE_DIR=str(state_dir), UNGGAH_AUTH="off", UNGGAH_LOG_LEVEL="WARNING",
                UNGGAH_VALKEY_MAXMEMORY="4gb")
-    proc = subprocess.Popen([sys.executable, "-m", "unggah.cli", "up", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "commands.cli", "up", "--port", str(port),
                              "--ingesters", str(ingesters)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=open(state_dir.parent / "stack.log", "ab"), text=True)
     deadline = time.monotonic() + 60
@@ -102,7 +102,7 @@ def stop_stack(proc: subprocess.Popen) -> None:
 def main(argv: list[str] | None = None) -> int:
     from client.cli import parse_size
 
-    ap = argparse.ArgumentParser(prog="python -m client.bench", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m loadtest.bench_push", description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--scans", type=int, default=10_000)
     ap.add_argument("--scan-size", type=parse_size, default=200_000)

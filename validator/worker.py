@@ -53,8 +53,8 @@ from dukungan.rules import RuleContext, fingerprints, prepare
 from dukungan.scans import ScanSets, check_scan, link_scan
 from dukungan.template import TemplateError
 from dukungan.windows import window_state
-from ingest.blobstore import LocalBlobStore
-from ingest.results import (ACCEPTED, ERROR, REJECTED, SKIPPED, FileRecord, RowColumns, ScanRecord, SQLiteResults,
+from stores.blobs import LocalBlobStore
+from stores.results import (ACCEPTED, ERROR, REJECTED, SKIPPED, FileRecord, RowColumns, ScanRecord, SQLiteResults,
                             now_ms)
 from unggah.config import Settings
 

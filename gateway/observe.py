@@ -27,7 +27,7 @@ from buffer.store import UploadStore
 from gateway.admission import Admission
 from gateway.context import REQUEST_ID
 from gateway.headers import tus_method
-from metrics import lifecycle
+from gateway import lifecycle
 from metrics.buffer import BufferCollector, BufferSnapshot
 from metrics.registry import (APPENDS_ACCEPTED, APPENDS_REJECTED, BUFFER_APPEND_DURATION, EVENT_LOOP_LAG, GC_PAUSE,
                               HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS, RECEIVED_BYTES, REFUSALS, UPLOADS_CREATED,

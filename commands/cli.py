@@ -22,7 +22,7 @@ def _settings(args: argparse.Namespace) -> config.Settings:
     s = config.load(getattr(args, "config", None), **overrides)
     if s.embedded and args.command != "up":
         # Beside a running `unggah up` (same state_dir), use its embedded Valkey.
-        from unggah.stack import running_url_file
+        from commands.stack import running_url_file
         url_file = running_url_file(s)
         if url_file.exists():
             s = msgspec.structs.replace(s, redis_url=url_file.read_text().strip())
@@ -41,7 +41,7 @@ def _process_settings(args: argparse.Namespace, what: str) -> config.Settings | 
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from unggah.stack import up
+    from commands.stack import up
 
     s = _settings(args)
     logs.setup(s.log_level)
@@ -74,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvloop
 
     from gateway.app import make_app
-    from metrics.lifecycle import serve
+    from gateway.lifecycle import serve
 
     s = _process_settings(args, "serve")
     if s is None:
@@ -96,7 +96,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     import uvloop
 
-    from ingest.validate import run
+    from validator.worker import run
 
     s = _process_settings(args, "validate")
     if s is None:
@@ -132,7 +132,7 @@ def cmd_dead(args: argparse.Namespace) -> int:
 def cmd_tenants(args: argparse.Namespace) -> int:
     import uvloop
 
-    from unggah.admin import tenants
+    from commands.admin import tenants
 
     return uvloop.run(tenants(_settings(args), args))
 
@@ -140,7 +140,7 @@ def cmd_tenants(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     import uvloop
 
-    from unggah.admin import audit
+    from commands.admin import audit
 
     s = _settings(args)
     logs.setup(s.log_level)
@@ -148,7 +148,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_receipt(args: argparse.Namespace) -> int:
-    from unggah.admin import receipt
+    from commands.admin import receipt
 
     return receipt(_settings(args), args)
 
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--upload", help="only entries of this upload")
     dead.set_defaults(func=cmd_dead)
 
-    from unggah.admin import add_parsers
+    from commands.admin import add_parsers
     add_parsers(sub)
     sub.choices["tenants"].set_defaults(func=cmd_tenants)
     sub.choices["receipt"].set_defaults(func=cmd_receipt)

@@ -1,0 +1,1 @@
+"""`unggah validate`: the single writer of the results store, judging every stored upload."""
