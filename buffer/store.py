@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import time
+from typing import Callable
 
 import msgspec
 import redis.asyncio as redis
@@ -39,7 +40,8 @@ class Appended(msgspec.Struct):
 class UploadStore:
     def __init__(self, client: redis.Redis, *, partitions: int,
                  waitaof: tuple[int, int, int] = (0, 0, 0), clock=time.time,
-                 owner: str = "", lease_ms: int = 5000) -> None:
+                 owner: str = "", lease_ms: int = 5000,
+                 on_append: Callable[[float, "Appended | None", int], None] | None = None) -> None:
         self.r = client
         self.clock = clock  # the server's clock; tests of windows and expiry control it
         self.partitions = partitions
@@ -50,6 +52,10 @@ class UploadStore:
         self.owner = owner
         self.lease_ms = lease_ms
         self.owned: collections.Counter[int] = collections.Counter()  # partition -> creations in flight
+        # Told of every commit APPEND made: (seconds it took, its outcome or None if it raised,
+        # the bytes it carried).
+        # The gateway's metrics time the buffer here; the buffer itself knows nothing of them.
+        self.on_append = on_append
 
     def partition(self, upload_id: str) -> int | None:
         return keys.partition_of(upload_id, self.partitions)
@@ -142,15 +148,25 @@ class UploadStore:
                               token_hash, "" if patch_bytes is None else patch_bytes, max_bytes]
         for crc, data in pieces:
             args += [crc, data]
-        res = await self._durable(self.scripts.append,
-                                  [keys.upload(p, upload_id), keys.stream(p), keys.buffered_bytes(p),
-                                   keys.records(p, upload_id), keys.audit(p), keys.revoked(p)], args)
+        start = time.perf_counter()
+        try:
+            res = await self._durable(self.scripts.append,
+                                      [keys.upload(p, upload_id), keys.stream(p), keys.buffered_bytes(p),
+                                       keys.records(p, upload_id), keys.audit(p), keys.revoked(p)], args)
+        except BaseException:
+            if self.on_append is not None:  # a commit that failed took its time too (a timeout, say)
+                self.on_append(time.perf_counter() - start, None, 0)
+            raise
         outcome = res[0].decode()
         if outcome == "conflict":
-            return Appended(outcome, int(res[1]), res[2].decode())
-        if outcome == "closed":
-            return Appended(outcome, detail=res[1].decode())
-        return Appended(outcome, int(res[1]) if len(res) > 1 else 0)
+            result = Appended(outcome, int(res[1]), res[2].decode())
+        elif outcome == "closed":
+            result = Appended(outcome, detail=res[1].decode())
+        else:
+            result = Appended(outcome, int(res[1]) if len(res) > 1 else 0)
+        if self.on_append is not None:
+            self.on_append(time.perf_counter() - start, result, sum(len(d) for _, d in pieces))
+        return result
 
     async def terminate(self, upload_id: str, actor: str = "") -> str:
         p = self.partition(upload_id)

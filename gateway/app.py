@@ -29,7 +29,7 @@ from gateway.tus import TusHandler, receipt_payload, status_body
 from gateway.windows import Windows
 from gateway.witness import AckWitness
 from unggah import receipts
-from gateway.observe import install as install_metrics, log_problem, observe_requests
+from gateway.observe import append_committed, install as install_metrics, log_problem, observe_requests
 from gateway.lifecycle import refuse_when_draining
 from metrics.registry import count_acknowledged_loss
 from unggah.config import Settings
@@ -97,7 +97,7 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
     lease = settings.idempotency_owner_lease_seconds
     store = UploadStore(client, partitions=settings.partitions, clock=clock,
                         waitaof=(settings.waitaof_local, settings.waitaof_replicas, settings.waitaof_timeout_ms),
-                        owner=boot_id, lease_ms=int(lease * 1000))
+                        owner=boot_id, lease_ms=int(lease * 1000), on_append=append_committed)
     # Renewed four times per lease: a renewal or two lost to a slow moment does not let it lapse.
     creations = Every(lease / 4, store.renew_creations, "creation-leases")
     refusals = auditing.RefusalLog(store)
@@ -130,7 +130,7 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
     signing_key = receipts.load_or_create_key(settings.receipt_key_path)
     public_key_pem = receipts.public_pem(signing_key)
     # /metrics, timing, graceful shutdown
-    install_metrics(app, settings, client, store, admission, ready=app[READY])
+    install_metrics(app, settings, client, admission, ready=app[READY])
     app.on_response_prepare.append(reads.drain_refused_body)
 
     async def upload_status(request: web.Request) -> web.Response:

@@ -4,14 +4,14 @@ the admission gate's gauges.
 Hooks in gateway/app.py:
 
     middlewares=[observe_requests, errors, refuse_when_draining]   # outermost first
-    install(app, settings, client, store, gate, ready=app[READY])   # /metrics, store timing, lifecycle
+    UploadStore(..., on_append=append_committed)                    # buffer-commit timing
+    install(app, settings, client, admission, ready=app[READY])     # /metrics, gauges, lifecycle
     log_problem(request, response, error)                          # once, at the end of `errors`
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import gc
 import logging
 import time
@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.exposition import choose_encoder
 
-from buffer.store import UploadStore
+from buffer.store import Appended
 from gateway.admission import Admission
 from gateway.context import REQUEST_ID
 from gateway.headers import tus_method
@@ -125,24 +125,12 @@ def log_problem(request: web.Request, response: web.StreamResponse, error: BaseE
         log.info("request refused", extra=extra)
 
 
-def instrument_store(store: UploadStore) -> UploadStore:
-    """Time every buffer commit and count the bytes it accepted (a duplicate retry,
-    answered from the PATCH records, commits nothing and is not counted)."""
-    append = store.append
-
-    @functools.wraps(append)
-    async def timed_append(upload_id, offset, pieces, **kw):
-        start = time.perf_counter()
-        try:
-            res = await append(upload_id, offset, pieces, **kw)
-        finally:
-            BUFFER_APPEND_DURATION.observe(time.perf_counter() - start)
-        if res.outcome == "ok" and pieces:
-            RECEIVED_BYTES.inc(sum(len(d) for _, d in pieces))
-        return res
-
-    store.append = timed_append  # type: ignore[method-assign]
-    return store
+def append_committed(seconds: float, result: Appended | None, nbytes: int) -> None:
+    """UploadStore's `on_append`: time every buffer commit and count the bytes it accepted
+    (a duplicate retry, answered from the PATCH records, commits nothing and is not counted)."""
+    BUFFER_APPEND_DURATION.observe(seconds)
+    if result is not None and result.outcome == "ok" and nbytes:
+        RECEIVED_BYTES.inc(nbytes)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -188,12 +176,11 @@ class GateCollector(Collector):
             yield GaugeMetricFamily(name, doc, value=v)
 
 
-def install(app: web.Application, settings: Settings, client: redis.Redis, store: UploadStore, admission: Admission, *,
+def install(app: web.Application, settings: Settings, client: redis.Redis, admission: Admission, *,
             ready: dict) -> None:
     snapshot = BufferSnapshot(client, settings.partitions, budget=settings.buffer_budget)
     app[SNAPSHOT] = snapshot
     app[REGISTRY] = make_registry("gateway", [BufferCollector(snapshot), GateCollector(admission)])
-    instrument_store(store)
     app.router.add_get("/metrics", metrics_handler)
     lifecycle.install(app, ready)
     app.cleanup_ctx.append(sample_loop_lag)

@@ -28,7 +28,8 @@ from buffer.messages import declared_sha256 as parse_declared_sha256
 from buffer.queue import HELD, Queue, parse_entry
 from buffer.store import UploadStore
 from stores.blobs import BlobStore, LocalBlobStore
-from ingest import observe as ingest_metrics
+from ingest.observe import EntryErrorKind, FailureKind, IngestMetrics
+from metrics.server import MetricsServer
 from unggah.config import Settings
 
 log = logging.getLogger("unggah.ingest")
@@ -100,7 +101,8 @@ def declared_sha256(metadata: str) -> str | None:
 
 
 class Ingester:
-    def __init__(self, settings: Settings, name: str, client, blobs: BlobStore) -> None:
+    def __init__(self, settings: Settings, name: str, client, blobs: BlobStore,
+                 observer: IngestMetrics | None = None) -> None:
         self.s = settings
         self.name = name
         self.q = Queue(client, settings.partitions)
@@ -109,7 +111,8 @@ class Ingester:
         self.stopping = asyncio.Event()
         # Every loop notices an outage of the buffer, but it is one event and logged as one.
         self.outage = Outage()
-        ingest_metrics.instrument(self)  # counts acks, finishes, dead letters, errors; times batches
+        # Told of every acknowledgement, finish, dead letter, entry error and batch.
+        self.observer = observer if observer is not None else IngestMetrics()
 
     async def run(self) -> None:
         if not await until_available(self.q.ensure_groups, self.stopping):
@@ -134,7 +137,7 @@ class Ingester:
                 if own_pending and not raw:
                     own_pending = False
                     continue
-                ingest_metrics.redelivered(len(raw) if own_pending else 0)
+                self.observer.redelivered(len(raw) if own_pending else 0)
                 await self.process(p, raw)
                 if own_pending:
                     # Entries we keep failing stay pending under our name: leave them to reclaim.
@@ -170,12 +173,12 @@ class Ingester:
                         if n > self.s.ingest_max_deliveries:
                             log.error("dead-lettering entry", extra={"partition": p, "entry": parsed[0].entry_id,
                                                                    "upload": parsed[0].u, "deliveries": n})
-                            await self.q.dead_letter(p, parsed[0], n)
+                            await self.dead_letter(p, parsed[0], n)
                         else:
                             live.append((entry_id, fields))
                     if live:
                         log.info("reclaimed entries", extra={"partition": p, "count": len(live)})
-                        ingest_metrics.redelivered(len(live))
+                        self.observer.redelivered(len(live))
                         await self.process(p, live)
                 except CONNECTION_ERRORS as e:
                     self.outage.lost(e, "reclaim", p)
@@ -200,7 +203,35 @@ class Ingester:
         finally:
             task.cancel()
 
+    # ---- every step that changes an entry's fate, told to the observer
+
+    async def ack(self, p: int, done: list[Entry]) -> None:
+        self.observer.acked(done, await self.q.ack(p, done))
+
+    async def finish(self, p: int, e: Entry, outcome: str, *, sha256: str = "", reason: str = "",
+                     failure: FailureKind | None = None) -> None:
+        changed = await self.q.finish(p, e, outcome, sha256=sha256, reason=reason)
+        self.observer.finished(e, outcome, changed, failure)
+
+    async def dead_letter(self, p: int, e: Entry, deliveries: int) -> None:
+        state = await self.q.upload(e.u)
+        await self.q.dead_letter(p, e, deliveries)
+        self.observer.dead_lettered(state is not None and state.state == RECEIVING)
+
+    async def entry_error(self, p: int, entry_id: str, kind: EntryErrorKind, message: str) -> None:
+        """Note why an entry failed this time: it stays pending, and the last note is its
+        dead letter's reason if it never succeeds."""
+        self.observer.entry_error(kind)
+        await self.q.note_error(p, entry_id, message)
+
     async def process(self, p: int, raw: list) -> None:
+        start = time.perf_counter()
+        try:
+            await self._process(p, raw)
+        finally:
+            self.observer.batch(time.perf_counter() - start)
+
+    async def _process(self, p: int, raw: list) -> None:
         entries: list[tuple[Entry, bytes]] = []
         for entry_id, fields in raw:
             parsed = parse_entry(entry_id, fields)
@@ -225,14 +256,15 @@ class Ingester:
                 except Exception as exc:
                     log.warning("entry failed; will retry", extra={"entry": e.entry_id, "upload": e.u,
                                                                   "kind": e.k, "error": repr(exc)})
-                    await self.q.note_error(p, e.entry_id, f"{type(exc).__name__}: {exc}")
+                    await self.entry_error(p, e.entry_id, EntryErrorKind.FAILED, f"{type(exc).__name__}: {exc}")
 
     async def store_data(self, p: int, data: list[tuple[Entry, bytes]]) -> None:
         states = await self.q.states(p, sorted({e.u for e, _ in data}))
         writes, done = [], []
         for e, d in data:
             if crc32c.crc32c(d) != e.c:
-                await self.q.note_error(p, e.entry_id, f"crc32c mismatch at offset {e.o}: the entry is corrupt")
+                await self.entry_error(p, e.entry_id, EntryErrorKind.CORRUPT,
+                                       f"crc32c mismatch at offset {e.o}: the entry is corrupt")
                 log.error("corrupt entry", extra={"entry": e.entry_id, "upload": e.u})
                 continue
             state = states.get(e.u)
@@ -249,25 +281,26 @@ class Ingester:
         except OSError as exc:
             log.warning("write failed; entries stay pending", extra={"partition": p, "error": repr(exc)})
             for e in done:
-                await self.q.note_error(p, e.entry_id, f"write failed: {exc}")
+                await self.entry_error(p, e.entry_id, EntryErrorKind.WRITE_FAILED, f"write failed: {exc}")
             return
-        await self.q.ack(p, done)
+        await self.ack(p, done)
 
     async def control(self, p: int, e: Entry) -> None:
         state = await self.q.upload(e.u)
         if e.k == DROP:
             await asyncio.to_thread(self.blobs.discard, e.u)
-            await self.q.ack(p, [e])
+            await self.ack(p, [e])
             return
         if state is None or state.state != RECEIVING:
-            await self.q.ack(p, [e])  # already finished, or gone: nothing to do
+            await self.ack(p, [e])  # already finished, or gone: nothing to do
             return
         if e.k == CONCAT:
             parts = state.parts.split()
             for part in parts:
                 ps = await self.q.upload(part)
                 if ps is not None and ps.state == FAILED and not held(ps.state, ps.reason):
-                    await self.q.finish(p, e, FAILED, reason=f"partial upload {part} failed: {ps.reason}")
+                    await self.finish(p, e, FAILED, reason=f"partial upload {part} failed: {ps.reason}",
+                                      failure=FailureKind.OTHER)
                     log.warning("final upload failed with its partial", extra={"upload": e.u, "partial": part})
                     return
                 if ps is None or ps.state != STORED:
@@ -278,11 +311,11 @@ class Ingester:
         sha = await asyncio.to_thread(self.blobs.finalize, e.u, state.length)
         declared = declared_sha256(state.metadata)
         if declared and declared != sha:
-            await self.q.finish(p, e, FAILED, sha256=sha,
-                                reason=f"sha256 mismatch: the client declared {declared}, the stored bytes have {sha}")
+            await self.finish(p, e, FAILED, sha256=sha, failure=FailureKind.SHA256_MISMATCH,
+                              reason=f"sha256 mismatch: the client declared {declared}, the stored bytes have {sha}")
             log.warning("upload failed its declared checksum", extra={"upload": e.u})
         else:
-            await self.q.finish(p, e, STORED, sha256=sha)
+            await self.finish(p, e, STORED, sha256=sha)
             log.info("upload stored", extra={"upload": e.u, "bytes": state.length, "sha256": sha})
         # A partial's final is assembled once all its partials are stored, and fails if one fails.
         # Read final_of only now, after FINISH: the gateway sets final_of and then checks
@@ -297,7 +330,7 @@ class Ingester:
 
 async def run(settings: Settings, name: str, metrics_port: int | None = None) -> int:
     client = connect(settings.redis_url, retry=False)  # a group's consumer: see connect
-    server = None if metrics_port is None else await ingest_metrics.MetricsServer(settings.host, metrics_port).start()
+    server = None if metrics_port is None else await MetricsServer(settings.host, metrics_port).start()
     blobs = LocalBlobStore(settings.blob_path)
     consumer = name if "." in name else f"{socket.gethostname()}.{name}"
     ing = Ingester(settings, consumer, client, blobs)

@@ -190,7 +190,7 @@ async def test_promtool_lints_the_exposition(gateway, http):
     """`promtool check metrics`: naming, units and help text of what /metrics really serves
     (the gateway, an ingester, `unggah up`'s supervisor with a child that has exited, the auditor)."""
     from metrics import supervisor
-    from ingest.observe import MetricsServer
+    from metrics.server import MetricsServer
     from metrics.registry import make_registry
     from tests.conftest import create, patch
 

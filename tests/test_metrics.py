@@ -18,7 +18,7 @@ from stores.blobs import LocalBlobStore
 from ingest.worker import Ingester
 from metrics import record_validation, set_pair_progress, set_window_close
 from gateway.observe import SNAPSHOT
-from ingest.observe import MetricsServer
+from metrics.server import MetricsServer
 from metrics.registry import clear_pair_progress
 from tests.conftest import OCTET, TUS, Gateway, buffer_empty, create, make_settings, patch, wait_for, wait_stored
 

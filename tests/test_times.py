@@ -22,7 +22,8 @@ from stores.results import FileRecord, SQLiteResults
 from validator.worker import progress_snapshot
 from tests.conftest import Gateway, create, make_settings, patch, status, wait_stored
 from tests.test_validation_pipeline import election_file  # noqa: F401  (a fixture: the same small election)
-from unggah import admin, receipts
+from commands import admin
+from unggah import receipts
 from unggah.auditlog import Chain, chain_path
 from unggah.times import iso, stamped
 
