@@ -182,3 +182,67 @@ def load_election(path: str | Path) -> Election:
     except FileNotFoundError:
         raise ElectionError(f"election file not found: {p}") from None
     return parse_election(text, base_dir=p.parent, source=p.name)
+
+
+# ---- an election's text, written from values: one fixture for tests, demos and benchmarks
+
+EXAMPLE: dict = {
+    "name": "Pilwalkot Contoh 2024",
+    "level": "walikota",
+    "region_code": "19.71",
+    "vote_date": dt.date(2024, 11, 27),
+    "timezone": "Asia/Jakarta",
+    "dpt_base": 400,
+    "grace_seconds": 600,
+    "code_list": {"path": "codes.csv", "version": "synthetic"},
+    "scans": {"max_bytes": 200_000, "max_pages": 2},
+    "windows": [{"name": "penyerahan", "kind": "submission",
+                 "opens": dt.datetime(2020, 1, 1), "closes": dt.datetime(2099, 12, 31, 23, 59, 59)}],
+}
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, dt.datetime):  # local time in the election's zone: no offset in the file
+        return v.replace(tzinfo=None).isoformat(timespec="seconds")
+    if isinstance(v, dt.date):
+        return v.isoformat()
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"no TOML form for {type(v).__name__}")
+
+
+def example_toml(**overrides: object) -> str:
+    """A valid election file's text: `EXAMPLE` with `overrides` (any key of the file; a table
+    such as `code_list` or `scans` is merged, `windows` and `extensions` replace the lists; a
+    value of None leaves a key out). Tests, demos and benchmarks write their elections with it,
+    so the file's shape lives here beside its parser.
+
+    Its one window is open from 2020 to 2099 and its code list is `codes.csv` beside the file.
+    """
+    values = {**EXAMPLE}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            value = {**values[key], **value}
+        values[key] = value
+    lines, tables = [], []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            tables.append(f"\n[{key}]")
+            tables += [f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None]
+        elif isinstance(value, list) and value and all(isinstance(x, dict) for x in value):
+            for item in value:
+                tables.append(f"\n[[{key}]]")
+                tables += [f"{k} = {_toml_value(v)}" for k, v in item.items() if v is not None]
+        elif isinstance(value, list) and not value:
+            continue  # no windows / no extensions
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines + tables) + "\n"

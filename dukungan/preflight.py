@@ -20,7 +20,7 @@ from .reasons import BMS, MS, REASONS, TMS
 from .rules import RowVerdict, RuleContext, Verdicts, prepare, validate
 from .scans import ScanSets, scan_directory
 from . import fast
-from .template import TemplateError, parse_csv_bytes, read_table
+from .template import TemplateError, parse_csv_bytes, parse_xlsx, read_table
 
 EXAMPLE_ROWS = 5
 
@@ -50,7 +50,8 @@ class Report(msgspec.Struct):
 
 def validate_file(path: str | Path, ctx: RuleContext, scans: ScanSets | None = None,
                   other_pairs: Collection[str] = frozenset()) -> Verdicts:
-    """Parse and judge a stored file: the entry point the ingest worker calls. Raises TemplateError.
+    """Parse and judge a file on disk (`unggah check`); the server judges bytes (validate_bytes).
+    Raises TemplateError.
 
     CSV goes through the numpy path (fast.py) when numpy is importable; it gives the same verdicts
     and hands anything outside its scope (quoted cells, rejected files...) back to the reference
@@ -64,6 +65,21 @@ def validate_file(path: str | Path, ctx: RuleContext, scans: ScanSets | None = N
             return v
         return validate(parse_csv_bytes(data), ctx, scans=scans, other_pairs=other_pairs)
     t = read_table(path)
+    v = fast.validate_table(t, ctx, scans=scans, other_pairs=other_pairs) if fast.available() else None
+    return v if v is not None else validate(t, ctx, scans=scans, other_pairs=other_pairs)
+
+
+def validate_bytes(data: bytes, ctx: RuleContext, scans: ScanSets | None = None,
+                   other_pairs: Collection[str] = frozenset()) -> Verdicts:
+    """Judge a stored upload's bytes: the entry point the validator calls. Raises TemplateError.
+
+    A stored upload has no name, so its content says what it is: a zip is an XLSX sheet,
+    anything else is read as CSV, as `validate_file` reads a file without an extension.
+    """
+    if not data.startswith(b"PK\x03\x04"):
+        v = fast.validate_csv_bytes(data, ctx, scans=scans, other_pairs=other_pairs) if fast.available() else None
+        return v if v is not None else validate(parse_csv_bytes(data), ctx, scans=scans, other_pairs=other_pairs)
+    t = parse_xlsx(data)
     v = fast.validate_table(t, ctx, scans=scans, other_pairs=other_pairs) if fast.available() else None
     return v if v is not None else validate(t, ctx, scans=scans, other_pairs=other_pairs)
 

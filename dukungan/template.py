@@ -18,6 +18,7 @@ import re
 import zipfile
 from bisect import bisect_left
 from pathlib import Path
+from typing import Callable
 from xml.etree import ElementTree
 
 import msgspec
@@ -289,8 +290,15 @@ BOMB_MIN_BYTES = 64 * 1024 * 1024
 BOMB_RATIO = 200
 
 
-def _refuse_zip_bomb(path: str | Path) -> None:
-    with zipfile.ZipFile(path) as z:
+def _bytes_of(source: str | Path | bytes) -> bytes:
+    """A sheet's bytes: given as they are (a stored upload, read through its blob store) or read
+    from a file. The bytes, never the name, say what a file is: the server stores uploads under
+    their id, with no extension."""
+    return source if isinstance(source, bytes) else Path(source).read_bytes()
+
+
+def _refuse_zip_bomb(data: bytes) -> None:
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
         for info in z.infolist():
             if info.file_size > BOMB_MIN_BYTES and info.file_size > BOMB_RATIO * max(info.compress_size, 1):
                 raise TemplateError(
@@ -300,20 +308,19 @@ def _refuse_zip_bomb(path: str | Path) -> None:
                     "refused unread. Save the sheet again as .xlsx or CSV UTF-8.")
 
 
-def parse_xlsx(path: str | Path) -> Table:
+def parse_xlsx(source: str | Path | bytes, *, slow_reader: Callable[[bytes], Table] | None = None) -> Table:
     """First worksheet of an XLSX, read with calamine (Rust), whatever the file is named.
 
     Cell types matter: see TEXT_ONLY. The Table is the one _parse_xlsx_openpyxl (the reader up to
     issue 19, 12-20x slower) gives, cell for cell: same text, row numbers, flags and refusals.
     Where calamine cannot tell what openpyxl saw (an error cell such as #N/A reads as empty), the
-    file goes to that reader.
+    file goes to that reader (`slow_reader`, given its bytes; a test passes its own to see which).
     """
     import python_calamine as pc
 
     try:
-        _refuse_zip_bomb(path)
-        # The bytes, never the name: the server stores uploads under their id, with no extension.
-        data = Path(path).read_bytes()
+        data = _bytes_of(source)
+        _refuse_zip_bomb(data)
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             if "xl/workbook.xml" not in z.NameToInfo:
                 # calamine would read an ODS or XLSB zip too; openpyxl, and so the template, does not.
@@ -352,7 +359,7 @@ def parse_xlsx(path: str | Path) -> Table:
     # apart (a refused list whatever the other cells are, with openpyxl).
     if (("" in header or cells.has_empty) and _sheet_xml_holds(data, _ERROR_TYPE)
             or len(raw_cols) > NCOLS and _sheet_xml_holds(data, _BARE_WHITE_SPACE, "xl/sharedStrings.xml")):
-        return _parse_xlsx_openpyxl(path)
+        return (slow_reader or _parse_xlsx_openpyxl)(data)
     # The data starts at `start` (row, column), 0-based. The header must fill A1:M1, so data that
     # starts elsewhere has a header problem: the one openpyxl saw, reading from A1.
     if start != (0, 0):
@@ -536,7 +543,7 @@ def _sheet_xml_holds(data: bytes, pattern: re.Pattern, *also: str) -> bool:
     return False
 
 
-def _parse_xlsx_openpyxl(path: str | Path) -> Table:
+def _parse_xlsx_openpyxl(source: str | Path | bytes) -> Table:
     """The openpyxl reader (read-only mode) parse_xlsx replaced: about 6,600 rows/s. Kept for the sheets
     parse_xlsx hands over (error cells, white space beyond the template) and for the comparison in
     loadtest/bench_validate.py --xlsx. Cell types matter: see TEXT_ONLY."""
@@ -544,12 +551,13 @@ def _parse_xlsx_openpyxl(path: str | Path) -> Table:
     from openpyxl.utils.exceptions import InvalidFileException
 
     try:
-        _refuse_zip_bomb(path)
+        data = _bytes_of(source)
+        _refuse_zip_bomb(data)
         # The bytes, never the name: given a name, openpyxl judges the file by its extension, and
         # the server stores uploads under their id, with none. So every XLSX list was "not a
         # supported format" on the server while `unggah check` read it. In memory, because a
         # file object handed over stays open after wb.close() (the zip was not opened by name).
-        wb = openpyxl.load_workbook(io.BytesIO(Path(path).read_bytes()), read_only=True, data_only=True)
+        wb = openpyxl.load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     except (zipfile.BadZipFile, InvalidFileException, ElementTree.ParseError, KeyError, OSError, ValueError) as e:
         if isinstance(e, TemplateError):
             raise

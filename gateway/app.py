@@ -10,7 +10,6 @@ import time
 from typing import Callable
 
 import msgspec
-
 import orjson
 import redis.asyncio as redis
 from aiohttp import web
@@ -19,19 +18,21 @@ from buffer.connection import connect
 from buffer.messages import RECEIVING, STORED
 from buffer.store import DurabilityError, UploadStore
 from buffer.tenants import TenantStore
+from dukungan.election import load_election
 from gateway import auditing, auth, headers, reads
-from gateway.context import REQUEST_ID, STREAMING
-from gateway.problems import problem, retry_after
 from gateway.admission import Admission
 from gateway.background import Every
+from gateway.context import REQUEST_ID, STREAMING
+from gateway.lifecycle import refuse_when_draining
+from gateway.observe import append_committed, install as install_metrics, log_problem, observe_requests
+from gateway.problems import problem, retry_after
 from gateway.progress import add_routes as add_result_routes
 from gateway.tus import TusHandler, receipt_payload, status_body
 from gateway.windows import Windows
 from gateway.witness import AckWitness
-from unggah import receipts
-from gateway.observe import append_committed, install as install_metrics, log_problem, observe_requests
-from gateway.lifecycle import refuse_when_draining
 from metrics.registry import count_acknowledged_loss
+from stores.results import ResultsReader, results_reader
+from unggah import receipts
 from unggah.config import Settings
 
 log = logging.getLogger("unggah.gateway")
@@ -91,7 +92,11 @@ async def errors(request: web.Request, handler):
     return response
 
 
-def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], float] = time.time) -> web.Application:
+def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], float] = time.time,
+              results: ResultsReader | None = None) -> web.Application:
+    """The gateway on `client`'s Valkey. `results`: where /progress and the verdicts are read
+    (default: the store the settings name, stores.results.results_reader)."""
+    election = load_election(settings.election_file) if settings.election_file else None
     tenants = TenantStore(client) if settings.auth == "tokens" else None
     boot_id = secrets.token_hex(8)
     lease = settings.idempotency_owner_lease_seconds
@@ -104,7 +109,7 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
     admission = Admission(settings, store)
 
     witness = AckWitness(store, on_loss=count_acknowledged_loss)
-    tus = TusHandler(store, settings, admission, Windows.from_file(settings.election_file, clock), witness=witness,
+    tus = TusHandler(store, settings, admission, Windows(election, clock), witness=witness,
                      clock=clock)
     # Auditing sits outside `errors` so that the refusals `errors` makes (Redis unreachable,
     # internal errors) are in the trail too.
@@ -178,7 +183,7 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/receipts/public-key", public_key)
     # Validation results: /progress, /progress/all, /verdicts.csv, /files/{id}/verdicts
-    add_result_routes(app, settings, clock, tenants)
+    add_result_routes(app, results if results is not None else results_reader(settings), election, clock, tenants)
 
     async def start_watch(app: web.Application) -> None:
         admission.buffer.start()

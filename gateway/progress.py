@@ -10,7 +10,8 @@ Access (the request's principal, see gateway/auth.py):
   verifier  any tenant, named with ?tenant=
   observer  progress only (/progress?tenant=T, /progress/all); verdicts are 403
 
-The results are read from the validator's SQLite file, read-only. The window
+The results are read through `ResultsReader` (the validator's SQLite file, read-only, unless
+the app is given another). The window
 (name, close, extension) is computed here, on the gateway's clock.
 
 Times are ISO 8601 in the election's time zone (UTC, `Z`, without an election) under their
@@ -30,15 +31,14 @@ from typing import Callable
 import orjson
 from aiohttp import web
 
-from dukungan.election import Election, load_election
+from dukungan.election import Election
 from dukungan.export import EXPORT_HEADER, as_text, verdict_records
 from dukungan.windows import window_state
 from buffer.tenants import TENANT_ID
 from gateway.auth import PUBLIC
 from gateway.context import PRINCIPAL, STREAMING
 from gateway.problems import problem
-from stores.results import FileRecord, SQLiteResults
-from unggah.config import Settings
+from stores.results import FileRecord, ResultsReader
 from unggah.times import stamped
 
 UTC = dt.timezone.utc
@@ -50,10 +50,10 @@ def _json(body: object, status: int = 200) -> web.Response:
 
 
 class ResultsAPI:
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time,
+    def __init__(self, results: ResultsReader, election: Election | None, clock: Callable[[], float] = time.time,
                  tenants=None) -> None:
-        self.results = SQLiteResults(settings.results_path, readonly=True)
-        self.election: Election | None = load_election(settings.election_file) if settings.election_file else None
+        self.results = results
+        self.election = election
         self.clock = clock
         self.tenants = tenants  # buffer.tenants.TenantStore, to list tenants without results yet
 
@@ -250,9 +250,9 @@ class ResultsAPI:
         return _json(body)
 
 
-def add_routes(app: web.Application, settings: Settings, clock: Callable[[], float] = time.time,
-               tenants=None) -> ResultsAPI:
-    api = ResultsAPI(settings, clock, tenants)
+def add_routes(app: web.Application, results: ResultsReader, election: Election | None,
+               clock: Callable[[], float] = time.time, tenants=None) -> ResultsAPI:
+    api = ResultsAPI(results, election, clock, tenants)
     app.router.add_get("/progress", api.progress)
     app.router.add_get("/progress/all", api.progress_all)
     app.router.add_get("/verdicts.csv", api.verdicts_csv)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Callable
 
-from dukungan.election import Election, load_election
+from dukungan.election import Election
 from dukungan.windows import window_state
 
 UTC = dt.timezone.utc
@@ -27,10 +27,6 @@ class Windows:
     def __init__(self, election: Election | None, clock: Callable[[], float]) -> None:
         self.election = election
         self.clock = clock
-
-    @classmethod
-    def from_file(cls, path: str, clock: Callable[[], float]) -> "Windows":
-        return cls(load_election(path) if path else None, clock)
 
     def now(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.clock(), UTC)

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def make_list(path: Path, rows: int, seed: int = 1) -> list[str]:
     """The supporter list; returns the NIKs in order."""
     try:
-        from dukungan.election import parse_election
+        from dukungan.election import example_toml, parse_election
         from dukungan.generate import generate, write_csv
         from dukungan.region import synthetic_code_list_text
         from dukungan.rules import prepare
@@ -47,7 +47,8 @@ def make_list(path: Path, rows: int, seed: int = 1) -> list[str]:
         return niks
     codes = path.parent.parent / "codes.csv"
     codes.write_text(synthetic_code_list_text(), encoding="utf-8")
-    toml = ELECTION.format(path=str(codes).replace("\\", "/"))
+    toml = example_toml(name="Benchmark Pilwalkot", dpt_base=161413, dpt_source="benchmark", grace_seconds=None,
+                        code_list={"path": str(codes).replace("\\", "/")}, scans={"max_bytes": 2_000_000})
     (path.parent.parent / "election.toml").write_text(toml, encoding="utf-8")
     gen = generate(prepare(parse_election(toml)), rows, seed=seed, traps=False)
     write_csv(path, gen.rows)
@@ -168,30 +169,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {tmp}")
     return 0
 
-
-ELECTION = """
-name = "Benchmark Pilwalkot"
-level = "walikota"
-region_code = "19.71"
-vote_date = 2024-11-27
-timezone = "Asia/Jakarta"
-dpt_base = 161413
-dpt_source = "benchmark"
-
-[code_list]
-path = "{path}"
-version = "synthetic"
-
-[scans]
-max_bytes = 2000000
-max_pages = 2
-
-[[windows]]
-name = "penyerahan"
-kind = "submission"
-opens = 2024-05-08T00:00:00
-closes = 2024-05-12T23:59:59
-"""
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 
 from dukungan import fast
-from dukungan.election import parse_election
+from dukungan.election import example_toml, parse_election
 from dukungan.generate import generate, write_csv, write_xlsx
 from dukungan.occupation import is_prohibited
 from dukungan.preflight import validate_file
@@ -60,29 +60,14 @@ from dukungan.template import _parse_xlsx_openpyxl, parse_csv_bytes, parse_xlsx
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "wilayah-kepmendagri-2022.csv"
 
-ELECTION = """
-name = "Benchmark: Pilgub {region} (DKI-2024-sized list)"
-level = "gubernur"
-region_code = "{region}"
-vote_date = 2024-11-27
-timezone = "Asia/Jakarta"
-dpt_base = 8252897
-[code_list]
-path = "{codes}"
-version = "{version}"
-[[windows]]
-name = "penyerahan"
-kind = "submission"
-opens = {opens}
-closes = {closes}
-"""
-
-
-def election_text(region: str, version: str, codes: str = "unused", opens: str = "2024-05-08T00:00:00",
-                  closes: str = "2024-05-12T23:59:59") -> str:
+def election_text(region: str, version: str, codes: str = "unused", opens: dt.datetime = dt.datetime(2024, 5, 8),
+                  closes: dt.datetime = dt.datetime(2024, 5, 12, 23, 59, 59)) -> str:
     """The benchmarks' election: a DKI-2024-sized Pilgub. A stack needs the code list's real
     path and a window open now; judging a file in-process needs neither."""
-    return ELECTION.format(region=region, version=version, codes=codes, opens=opens, closes=closes)
+    return example_toml(name=f"Benchmark: Pilgub {region} (DKI-2024-sized list)", level="gubernur", region_code=region,
+                        dpt_base=8252897, grace_seconds=None, scans=None,
+                        code_list={"path": codes, "version": version},
+                        windows=[{"name": "penyerahan", "kind": "submission", "opens": opens, "closes": closes}])
 
 
 def per_row_loop(path: Path, ctx, scans, other) -> int:

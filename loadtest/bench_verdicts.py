@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import datetime as dt
 import os
 import statistics
 import sys
@@ -63,7 +64,7 @@ def _election(work: Path) -> tuple[Path, object]:
     else:
         codes_path, region, version = work / "codes.csv", "19", "synthetic"
         codes_path.write_text(synthetic_code_list_text(), encoding="utf-8")
-    text = election_text(region, version, str(codes_path), "2020-01-01T00:00:00", "2099-12-31T23:59:59")
+    text = election_text(region, version, str(codes_path), dt.datetime(2020, 1, 1), dt.datetime(2099, 12, 31, 23, 59, 59))
     path = work / "election.toml"
     path.write_text(text, encoding="utf-8")
     codes = parse_code_list(codes_path.read_text(encoding="utf-8"), version)

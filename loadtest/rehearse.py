@@ -33,6 +33,7 @@ import zoneinfo
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from dukungan.election import example_toml
 from loadtest import report
 from loadtest.scenarios import SCENARIOS
 from loadtest.scenarios.params import Params, pair_name
@@ -237,26 +238,10 @@ def write_election(path: Path, close_at: float, grace: int) -> dt.datetime:
     tz = zoneinfo.ZoneInfo("Asia/Jakarta")
     closes = dt.datetime.fromtimestamp(int(close_at), tz).replace(tzinfo=None)
     opens = closes - dt.timedelta(days=1)
-    path.write_text(f"""\
-# Written by loadtest.rehearse: a window that closes during the rehearsal.
-name = "Rehearsal (deadline rush)"
-level = "walikota"
-region_code = "19.71"
-vote_date = {(closes + dt.timedelta(days=180)).date().isoformat()}
-timezone = "Asia/Jakarta"
-dpt_base = 161413
-grace_seconds = {grace}
-
-[code_list]
-path = "not-used-by-the-gateway.csv"
-version = "rehearsal"
-
-[[windows]]
-name = "penyerahan"
-kind = "submission"
-opens = {opens.isoformat()}
-closes = {closes.isoformat()}
-""")
+    path.write_text("# Written by loadtest.rehearse: a window that closes during the rehearsal.\n" + example_toml(
+        name="Rehearsal (deadline rush)", vote_date=(closes + dt.timedelta(days=180)).date(), dpt_base=161413,
+        grace_seconds=grace, scans=None, code_list={"path": "not-used-by-the-gateway.csv", "version": "rehearsal"},
+        windows=[{"name": "penyerahan", "kind": "submission", "opens": opens, "closes": closes}]))
     return closes
 
 

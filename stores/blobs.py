@@ -1,8 +1,8 @@
-"""Where stored files live. The ingest loop sees only the BlobStore interface,
-so an S3-compatible store can be added without touching it.
+"""Where stored files live. The ingester writes, and the validator reads, through the
+BlobStore interface alone, so an S3-compatible store can be added without touching either.
 
-Every method is synchronous and may block (disk, fsync); the ingester calls
-them in a worker thread.
+Every method is synchronous and may block (disk, fsync); the callers run them in a worker
+thread. `blob_store(settings)` is the one place that picks the implementation.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import secrets
 import shutil
 from pathlib import Path
 from typing import BinaryIO, Protocol
+
+from unggah.config import Settings
 
 
 class BlobStore(Protocol):
@@ -30,7 +32,13 @@ class BlobStore(Protocol):
         """Drop the bytes of a terminated, incomplete upload."""
 
     def open_stored(self, upload_id: str) -> BinaryIO:
-        ...
+        """The complete upload's bytes, to read (a context manager). FileNotFoundError if it is
+        not stored."""
+
+
+def blob_store(settings: Settings) -> BlobStore:
+    """The blob store the settings name (today: the directory `blob_path`)."""
+    return LocalBlobStore(settings.blob_path)
 
 
 class LocalBlobStore:

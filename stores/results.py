@@ -37,11 +37,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from itertools import repeat
 from operator import itemgetter
-from typing import Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence
+from typing import ContextManager, Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
 import msgspec
 
 from dukungan.progress import Tally
+from unggah.config import Settings
 
 SCHEMA_VERSION = "1"
 
@@ -180,8 +181,18 @@ class ResultsWriter(Protocol):
     def set_meta(self, key: str, value: str) -> None: ...
 
 
+class ResultsStore(Protocol):
+    """The validator's handle: one transaction at a time."""
+
+    def write(self) -> ContextManager[ResultsWriter]: ...
+    def close(self) -> None: ...
+
+
 class ResultsReader(Protocol):
-    """What the gateway reads."""
+    """What the gateway reads. Every method may block: the gateway calls them in a thread."""
+
+    def available(self) -> bool: ...
+    def scan(self, upload_id: str) -> ScanRecord | None: ...
 
     def file(self, upload_id: str) -> FileRecord | None: ...
     def file_counts(self, upload_id: str) -> dict: ...
@@ -477,3 +488,13 @@ class SQLiteResults:
         return self._read("SELECT c.row_id, r.upload_id, r.row_no, c.cause, c.old_status, c.old_reasons, "
                           "c.new_status, c.new_reasons, c.why FROM row_changes c JOIN rows r ON r.id = c.row_id "
                           "WHERE r.tenant=? ORDER BY c.id", (tenant,))
+
+
+def results_store(settings: Settings) -> ResultsStore:
+    """The validator's results store, as the settings name it (today: SQLite at results_path)."""
+    return SQLiteResults(settings.results_path)
+
+
+def results_reader(settings: Settings) -> ResultsReader:
+    """The gateway's view of the results, read-only (today: the same SQLite file)."""
+    return SQLiteResults(settings.results_path, readonly=True)

@@ -66,9 +66,10 @@ def settings(tmp_path, valkey, r):
 class Gateway:
     """The gateway app served in-process on a free port."""
 
-    def __init__(self, settings: config.Settings, clock=None) -> None:
+    def __init__(self, settings: config.Settings, clock=None, results=None) -> None:
         self.settings = settings
         self.clock = clock
+        self.results = results  # a ResultsReader other than the settings' own
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.files = self.url + "/files/"
@@ -78,6 +79,8 @@ class Gateway:
 
     async def start(self) -> "Gateway":
         kw = {"clock": self.clock} if self.clock else {}
+        if self.results is not None:
+            kw["results"] = self.results
         self.app = build_app(self.settings, connect(self.settings.redis_url), **kw)
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()

@@ -25,6 +25,7 @@ from client.api import collect, push
 from client.cli import format_progress
 from client.retry import RetryBudget, backoff, delay, retry_after
 from client.state import StateFile
+from dukungan.election import example_toml
 from client.transport import Endpoints
 from tests.client_proxy import Proxy
 from tests.conftest import ROOT, TUS, Gateway, make_settings
@@ -111,7 +112,10 @@ async def test_push_cli_folder_with_list_and_scans_behind_tokens(tmp_path, valke
     if not codes.exists():
         codes = tmp_path / "codes.csv"
         codes.write_text(synthetic_code_list_text(), encoding="utf-8")
-    toml = ELECTION_TOML.format(path=str(codes).replace("\\", "/"))
+    toml = example_toml(name="Pilwalkot Pangkalpinang 2024", dpt_base=161413, grace_seconds=None,
+                        code_list={"path": str(codes).replace("\\", "/"), "version": "test-list"},
+                        windows=[{"name": "penyerahan", "kind": "submission", "opens": dt.datetime(2024, 5, 8),
+                                  "closes": dt.datetime(2024, 5, 12, 23, 59, 59)}])
     (tmp_path / "election.toml").write_text(toml, encoding="utf-8")
     gen = generate(prepare(parse_election(toml)), 12, seed=3, traps=False)
     sub = tmp_path / "kirim"
@@ -398,30 +402,6 @@ async def test_state_file_is_written_atomically(tmp_path):
     with pytest.raises(Exception, match="not valid JSON"):
         StateFile(tmp_path / "bad.json")
 
-
-ELECTION_TOML = """
-name = "Pilwalkot Pangkalpinang 2024"
-level = "walikota"
-region_code = "19.71"
-vote_date = 2024-11-27
-timezone = "Asia/Jakarta"
-dpt_base = 161413
-dpt_source = "DPT Pemilu 2024"
-
-[code_list]
-path = "{path}"
-version = "test-list"
-
-[scans]
-max_bytes = 200000
-max_pages = 2
-
-[[windows]]
-name = "penyerahan"
-kind = "submission"
-opens = 2024-05-08T00:00:00
-closes = 2024-05-12T23:59:59
-"""
 
 
 @pytest.mark.parametrize("ms,minimum,shown", [(12, 600_000, "(<0.1%)"), (599_999, 600_000, "(99.9%)"),

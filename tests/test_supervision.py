@@ -57,7 +57,7 @@ def _role(cmdline: str) -> str | None:
         return None
     if "valkey-server" in cmdline:
         return "valkey"
-    m = re.search(r"-m unggah\.cli (serve|ingest --name (\S+)|validate|audit run)", cmdline)
+    m = re.search(r"-m commands\.cli (serve|ingest --name (\S+)|validate|audit run)", cmdline)
     if not m:
         return None
     return {"serve": "gateway", "validate": "validate", "audit run": "audit"}.get(m.group(1), m.group(2))

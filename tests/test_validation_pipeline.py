@@ -20,7 +20,7 @@ import pytest
 from buffer import keys
 from buffer.connection import connect
 from buffer.tenants import TenantStore
-from dukungan.election import load_election
+from dukungan.election import example_toml, load_election
 from dukungan.export import verdicts_csv_text
 from dukungan.generate import generate, template_traps, write_csv, write_xlsx
 from dukungan.history import apply_history, history_rows, standing
@@ -34,29 +34,7 @@ from validator.worker import GROUP, Validator
 from loadtest import realclients
 from tests.conftest import OCTET, TUS, child_env, make_settings, wait_for
 
-ELECTION = """
-name = "Pilwalkot Contoh 2024"
-level = "walikota"
-region_code = "19.71"
-vote_date = 2024-11-27
-timezone = "Asia/Jakarta"
-dpt_base = 400
-grace_seconds = 600
-
-[code_list]
-path = "codes.csv"
-version = "synthetic"
-
-[scans]
-max_bytes = 200000
-max_pages = 2
-
-[[windows]]
-name = "penyerahan"
-kind = "submission"
-opens = 2020-01-01T00:00:00
-closes = 2099-12-31T23:59:59
-"""
+ELECTION = example_toml()  # its window is open from 2020 to 2099
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 200
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Page >> endobj\n%%EOF\n"

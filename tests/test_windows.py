@@ -9,34 +9,14 @@ import email.utils
 
 import pytest
 
+from dukungan.election import example_toml
 from tests.conftest import OCTET, TUS, Gateway, make_settings
 
 WIB = dt.timezone(dt.timedelta(hours=7))
-ELECTION = """
-name = "Pilwalkot Contoh 2024"
-level = "walikota"
-region_code = "19.71"
-vote_date = 2024-11-27
-timezone = "Asia/Jakarta"
-dpt_base = 161413
-grace_seconds = 900
-
-[code_list]
-path = "codes.csv"
-version = "test"
-
-[[windows]]
-name = "penyerahan"
-kind = "submission"
-opens = 2024-05-08T00:00:00
-closes = 2024-05-12T23:59:59
-
-[[extensions]]
-tenant = "public"
-round = "penyerahan"
-closes = 2024-05-15T23:59:59
-authority = "Surat KPU 707/PL.02.2-SD/05/2024"
-"""
+WINDOW = {"name": "penyerahan", "kind": "submission",
+          "opens": dt.datetime(2024, 5, 8), "closes": dt.datetime(2024, 5, 12, 23, 59, 59)}
+EXTENSION = {"tenant": "public", "round": "penyerahan", "closes": dt.datetime(2024, 5, 15, 23, 59, 59),
+             "authority": "Surat KPU 707/PL.02.2-SD/05/2024"}
 
 
 def at(*args) -> float:
@@ -47,7 +27,8 @@ def at(*args) -> float:
 async def windowed(tmp_path, valkey, r):
     def start(extension: bool):
         (tmp_path / "codes.csv").write_text("kode,nama\n19,X\n19.71,Y\n19.71.01,Z\n19.71.01.1001,W\n")
-        text = ELECTION if extension else ELECTION.split("[[extensions]]")[0]
+        text = example_toml(dpt_base=161413, grace_seconds=900, scans=None, windows=[WINDOW],
+                            extensions=[EXTENSION] if extension else None)
         (tmp_path / "election.toml").write_text(text)
         settings = make_settings(tmp_path, valkey.url, election_file=str(tmp_path / "election.toml"))
         now = [at(2024, 5, 1, 12, 0)]

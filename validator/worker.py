@@ -46,16 +46,16 @@ from buffer.queue import Queue
 from dukungan.election import Election, ScanLimits, load_election
 from dukungan.gcpause import paused_gc
 from dukungan.history import HistoryRow, apply_history, standing
-from dukungan.preflight import validate_file
+from dukungan.preflight import validate_bytes
 from dukungan.progress import Tally, progress_of_tally, tally, unit_cut
 from dukungan.reasons import MS, sort_codes, verdict_of
 from dukungan.rules import RuleContext, fingerprints, prepare
 from dukungan.scans import ScanSets, check_scan, link_scan
 from dukungan.template import TemplateError
 from dukungan.windows import window_state
-from stores.blobs import LocalBlobStore
-from stores.results import (ACCEPTED, ERROR, REJECTED, SKIPPED, FileRecord, RowColumns, ScanRecord, SQLiteResults,
-                            now_ms)
+from stores.blobs import BlobStore, blob_store
+from stores.results import (ACCEPTED, ERROR, REJECTED, SKIPPED, FileRecord, ResultsStore, ResultsWriter, RowColumns,
+                            ScanRecord, now_ms, results_store)
 from unggah.config import Settings
 
 log = logging.getLogger("unggah.validate")
@@ -105,8 +105,8 @@ NO_ELECTION = ("not validated: no election configured. The list is stored, but i
 
 
 class Validator:
-    def __init__(self, settings: Settings, name: str, client: redis.Redis, results: SQLiteResults,
-                 blobs: LocalBlobStore, election: Election | None = None, ctx: RuleContext | None = None) -> None:
+    def __init__(self, settings: Settings, name: str, client: redis.Redis, results: ResultsStore,
+                 blobs: BlobStore, election: Election | None = None, ctx: RuleContext | None = None) -> None:
         self.s = settings
         self.name = name
         self.r = client
@@ -129,8 +129,7 @@ class Validator:
             ctx = prepare(election)
         else:
             log.warning("no election_file configured: supporter lists will be stored as 'skipped', not validated")
-        return cls(settings, name, client, SQLiteResults(settings.results_path), LocalBlobStore(settings.blob_path),
-                   election, ctx)
+        return cls(settings, name, client, results_store(settings), blob_store(settings), election, ctx)
 
     # ---- the loops
 
@@ -304,12 +303,11 @@ class Validator:
             round_name, round_kind = self.round_of(tenant, state)
             ktp, statement = w.scan_niks(tenant)
             others = w.counted_elsewhere(tenant)
-            path = self.blobs.stored_path(ev.u)
-            if not path.exists():
-                raise FileNotFoundError(f"stored file of upload {ev.u} not found at {path}")
+            with self.blobs.open_stored(ev.u) as f:  # FileNotFoundError: retried, then dead-lettered
+                data = f.read()
             try:
-                v = validate_file(path, self.ctx, scans=ScanSets(frozenset(ktp), frozenset(statement)),
-                                  other_pairs=others)
+                v = validate_bytes(data, self.ctx, scans=ScanSets(frozenset(ktp), frozenset(statement)),
+                                   other_pairs=others)
             except TemplateError as e:
                 w.add_file(FileRecord(**base, status=REJECTED, round=round_name,
                                       message=f"TEMPLATE_INVALID: {e.message_id} / {e.message_en}",
@@ -337,7 +335,7 @@ class Validator:
         log.info("list validated", extra={"upload": ev.u, "tenant": tenant, "rows": len(v2),
                                           "history": len(res.resolutions)})
 
-    def flag_external(self, w: SQLiteResults, niks: set[str], cause: str) -> set[str]:
+    def flag_external(self, w: ResultsWriter, niks: set[str], cause: str) -> set[str]:
         """A NIK counted (MS) for two tenants: every current row of it, on both sides, carries
         DUP_EXTERNAL (pending: the supporter chooses at field verification). Returns tenants changed."""
         changed: set[str] = set()
@@ -371,10 +369,10 @@ class Validator:
                 w.add_scan(ev.u, tenant, filename, ScanRecord(nik="", kind="", ok=False, problems=[msg]))
                 return
             base["kind"] = link.kind
-            path = self.blobs.stored_path(ev.u)
-            size = path.stat().st_size
-            with open(path, "rb") as f:
-                data = f.read(8 if size > limits.max_bytes else size)
+            with self.blobs.open_stored(ev.u) as f:
+                # A scan over the limit is refused by its size and first bytes, never read whole.
+                data = f.read(limits.max_bytes + 1)
+            size = len(data) if len(data) <= limits.max_bytes else base["length"]
             check = check_scan(filename or ev.u, data, limits, size=size)
             scan = ScanRecord(nik=link.nik, kind=link.kind, ok=check.ok, content_type=check.content_type or "",
                               size=check.size, pages=check.pages, problems=list(check.problems))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
 
-from dukungan.election import parse_election
+from dukungan.election import example_toml, parse_election
 from dukungan.region import CodeList, load_code_list, parse_code_list, synthetic_code_list_text
 from dukungan.rules import RuleContext, prepare
 
@@ -14,49 +15,15 @@ SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 LIST_2022 = SHARED / "wilayah-kepmendagri-2022.csv"
 LIST_2025 = SHARED / "wilayah-kepmendagri-2025.csv"
 
-ELECTION_TOML = """
-name = "Pilwalkot Pangkalpinang 2024"
-level = "walikota"
-region_code = "19.71"
-vote_date = 2024-11-27
-timezone = "Asia/Jakarta"
-dpt_base = 161413
-dpt_source = "DPT Pemilu 2024"
-grace_seconds = 600
-
-[code_list]
-path = "{path}"
-version = "{version}"
-
-[scans]
-max_bytes = 200000
-max_pages = 2
-
-[[windows]]
-name = "penyerahan"
-kind = "submission"
-opens = 2024-05-08T00:00:00
-closes = 2024-05-12T23:59:59
-
-[[windows]]
-name = "perbaikan"
-kind = "correction"
-opens = 2024-06-20T00:00:00
-closes = 2024-06-22T23:59:59
-
-[[extensions]]
-tenant = "paslon-01"
-round = "penyerahan"
-closes = 2024-05-15T23:59:59
-authority = "Surat KPU 707/PL.02.2-SD/05/2024"
-
-[[extensions]]
-tenant = "paslon-02"
-round = "penyerahan"
-opens = 2024-06-04T00:00:00
-closes = 2024-06-06T23:59:59
-authority = "Putusan Bawaslu (3x24 jam)"
-"""
+# Pangkalpinang's 2024 rounds, with one extension by letter and one by a Bawaslu ruling.
+WINDOWS = [{"name": "penyerahan", "kind": "submission",
+            "opens": dt.datetime(2024, 5, 8), "closes": dt.datetime(2024, 5, 12, 23, 59, 59)},
+           {"name": "perbaikan", "kind": "correction",
+            "opens": dt.datetime(2024, 6, 20), "closes": dt.datetime(2024, 6, 22, 23, 59, 59)}]
+EXTENSIONS = [{"tenant": "paslon-01", "round": "penyerahan", "closes": dt.datetime(2024, 5, 15, 23, 59, 59),
+               "authority": "Surat KPU 707/PL.02.2-SD/05/2024"},
+              {"tenant": "paslon-02", "round": "penyerahan", "opens": dt.datetime(2024, 6, 4),
+               "closes": dt.datetime(2024, 6, 6, 23, 59, 59), "authority": "Putusan Bawaslu (3x24 jam)"}]
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +47,9 @@ def codes(code_list_path) -> CodeList:
 
 @pytest.fixture(scope="session")
 def election_toml(code_list_path) -> str:
-    return ELECTION_TOML.format(path=str(code_list_path).replace("\\", "/"), version="test-list")
+    return example_toml(name="Pilwalkot Pangkalpinang 2024", dpt_base=161413, dpt_source="DPT Pemilu 2024",
+                        code_list={"path": str(code_list_path).replace("\\", "/"), "version": "test-list"},
+                        windows=WINDOWS, extensions=EXTENSIONS)
 
 
 @pytest.fixture(scope="session")
