@@ -105,13 +105,20 @@ return 1
 """
 
 # KEYS: state, stream, buffered-bytes counter, records, audit, revoked tokens
-# ARGV: id, offset, now_ms, patch_start, record ('' unless last piece of the PATCH),
-#       new_length ('' if none), buffer_limit (0 = none), tenant, actor,
-#       token hash ('' when access control is off), the PATCH's whole body size ('' if not
-#       known in advance), max_upload_bytes, then crc, data, crc, data, ...
+# ARGV: the names in the script's first line (APPEND_ARGV; append_argv builds them), where
+#   record      '' unless this is the last piece of the PATCH
+#   new_length  '' if none is declared; buffer_limit 0 = none
+#   token_hash  '' when access control is off
+#   patch_bytes the PATCH's whole body size, '' if not known in advance
+#   max_bytes   the cap on an upload whose length is deferred
+# then crc, data, crc, data, ...
 # Another tenant's upload answers 'notfound', so its existence does not leak. A revoked
 # token answers 'revoked' in the same step: the gateway appends without looking the token up.
-APPEND = _PRELUDE + r"""
+APPEND_ARGV = ("id", "offset", "now_ms", "patch_start", "record", "new_length", "buffer_limit", "tenant", "actor",
+               "token_hash", "patch_bytes", "max_bytes")
+APPEND = r"""
+-- ARGV: id offset now_ms patch_start record new_length buffer_limit tenant actor token_hash patch_bytes max_bytes
+""" + _PRELUDE + r"""
 if ARGV[10] ~= '' and redis.call('SISMEMBER', KEYS[6], ARGV[10]) == 1 then return {'revoked'} end
 local st = redis.call('HMGET', KEYS[1], 'state', 'offset', 'length', 'expires_at', 'concat', 'tenant')
 if not st[1] or st[6] ~= ARGV[8] then return {'notfound'} end
@@ -378,6 +385,17 @@ redis.call('XADD', KEYS[3], '*', 'ev', 'loss', 'u', ARGV[1], 't', ARGV[5], 'a', 
            'acked', ARGV[2], 'now', off)
 return off
 """
+
+
+def append_argv(pieces: list[tuple[int, bytes]], **named: object) -> list[object]:
+    """APPEND's ARGV from its arguments by name (APPEND_ARGV), then each piece's crc and data."""
+    if set(named) != set(APPEND_ARGV):
+        raise TypeError(f"APPEND takes exactly {', '.join(APPEND_ARGV)}; "
+                        f"missing {sorted(set(APPEND_ARGV) - set(named))}, unknown {sorted(set(named) - set(APPEND_ARGV))}")
+    args = [named[n] for n in APPEND_ARGV]
+    for crc, data in pieces:
+        args += [crc, data]
+    return args
 
 
 class Scripts:

@@ -8,30 +8,38 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Callable
+from typing import Callable, Literal
 
 import msgspec
 import redis.asyncio as redis
 
 from buffer import keys
 from buffer.messages import FAILED, STORED, TERMINATED, UploadState, from_fields, held
-from buffer.scripts import Scripts
+from buffer.scripts import Scripts, append_argv
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# The outcomes the write scripts return (buffer/scripts.py), one name each; tests/test_problems.py
+# reads every `return {'...'` of CREATE, APPEND and TERMINATE and holds it against these.
+CreateOutcome = Literal["created", "replay", "inflight", "mismatch",
+                        "takeover"]  # takeover: the creation was in flight, its owner is gone
+AppendOutcome = Literal["ok", "conflict", "complete", "notfound", "final", "closed", "expired", "exceeds",
+                        "too_large", "full", "length_fixed", "length_short", "revoked"]
+TerminateOutcome = Literal["ok", "notfound", "closed", "complete"]
+
+
 class Created(msgspec.Struct):
-    # created | replay | inflight | mismatch | takeover (the creation was in flight, its owner is gone)
-    outcome: str
+    outcome: CreateOutcome
     upload_id: str
 
 
 class Appended(msgspec.Struct):
-    # ok | conflict | complete | notfound | final | closed | expired | exceeds | full |
-    # length_fixed | length_short | revoked; `offset` is the current offset (the length for exceeds/length_fixed)
-    outcome: str
+    outcome: AppendOutcome
+    # The current offset; for exceeds and length_fixed the length, for too_large the maximum,
+    # for length_short the least length allowed.
     offset: int = 0
     record: str = ""  # conflict: what was accepted earlier at this PATCH's start offset
     detail: str = ""
@@ -143,11 +151,10 @@ class UploadStore:
         p = self.partition(upload_id)
         if p is None:
             return Appended("notfound")
-        args: list[object] = [upload_id, offset, int(self.clock() * 1000), patch_start, record,
-                              "" if new_length is None else new_length, buffer_limit, tenant, actor or tenant,
-                              token_hash, "" if patch_bytes is None else patch_bytes, max_bytes]
-        for crc, data in pieces:
-            args += [crc, data]
+        args = append_argv(pieces, id=upload_id, offset=offset, now_ms=int(self.clock() * 1000), patch_start=patch_start,
+                           record=record, new_length="" if new_length is None else new_length,
+                           buffer_limit=buffer_limit, tenant=tenant, actor=actor or tenant, token_hash=token_hash,
+                           patch_bytes="" if patch_bytes is None else patch_bytes, max_bytes=max_bytes)
         start = time.perf_counter()
         try:
             res = await self._durable(self.scripts.append,
@@ -168,7 +175,7 @@ class UploadStore:
             self.on_append(time.perf_counter() - start, result, sum(len(d) for _, d in pieces))
         return result
 
-    async def terminate(self, upload_id: str, actor: str = "") -> str:
+    async def terminate(self, upload_id: str, actor: str = "") -> TerminateOutcome:
         p = self.partition(upload_id)
         if p is None:
             return "notfound"

@@ -15,14 +15,17 @@ from buffer.tenants import Principal, TenantStore, hash_token
 from gateway.context import ADMITTED, PRINCIPAL, READ_ALL, TENANT
 from gateway import reads
 from gateway.headers import tus_method
-from gateway.problems import problem
+from gateway.problems import ErrUnauthorized, problem
 
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/receipts/public-key")
 PUBLIC = Principal(token_hash="", tenant="public", role="operator", name="anonymous")
 
 
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="unggah"'}
+
+
 def unauthorized(detail: str) -> web.Response:
-    return problem(401, "unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="unggah"'})
+    return ErrUnauthorized(detail, headers=dict(CHALLENGE))
 
 
 def unknown_or_revoked() -> web.Response:

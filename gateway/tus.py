@@ -37,14 +37,18 @@ from typing import Callable
 from aiohttp import web
 
 from buffer.messages import RECEIVING, STORED, TERMINATED, UploadState, decode_metadata
-from buffer.store import Appended, UploadStore
+from buffer.store import Appended, AppendOutcome, UploadStore
 from gateway import checksum, headers
-from gateway.auth import may_read_uploads, may_write, unknown_or_revoked
+from gateway.auth import CHALLENGE, may_read_uploads, may_write
 from gateway.admission import Admission, BodyStalled, Creation, Refused
 from gateway.witness import AckWitness
 from gateway.context import PRINCIPAL, READ_ALL, TENANT
 from gateway.windows import Windows, WindowClosed
-from gateway.problems import TUS_VERSION, problem, retry_after
+from gateway.problems import (TUS_VERSION, ErrBufferFull, ErrExceedsLength, ErrFinalImmutable, ErrIdempotencyKeyInFlight,
+                              ErrIdempotencyKeyReused, ErrInternal, ErrLengthFixed, ErrLengthTooSmall, ErrOffsetMismatch,
+                              ErrUnauthorized, ErrUploadComplete, ErrUploadExpired, ErrUploadFailed, ErrUploadGone,
+                              ErrUploadImmutable, ErrUploadNotFound, ErrUploadTooLarge, ProblemType, problem,
+                              retry_after)
 from unggah.config import Settings
 from unggah.receipts import ReceiptPayload, payload_for
 from unggah.times import stamped
@@ -58,6 +62,48 @@ OFFSET_STREAM = "application/offset+octet-stream"
 
 def _http_date(ms: int) -> str:
     return email.utils.formatdate(ms / 1000, usegmt=True)
+
+
+# Every APPEND outcome that refuses a body ("ok" is the one that does not), with the detail it is
+# answered with: {offset} and {state} are the outcome's values, {upload} the upload's id.
+# tests/test_problems.py checks that every outcome the script can return is here.
+APPEND_REFUSALS: dict[AppendOutcome, tuple[ProblemType, str]] = {
+    "revoked": (ErrUnauthorized, "this token is unknown or was revoked; ask your administrator for a new one"),
+    "notfound": (ErrUploadNotFound, "no upload {upload} here; create a new one with POST"),
+    "conflict": (ErrOffsetMismatch, "Upload-Offset does not match the upload's offset {offset}; "
+                                    "send HEAD and resume from there"),
+    "final": (ErrFinalImmutable, "a final (concatenated) upload cannot be appended to"),
+    "complete": (ErrUploadComplete, "this upload is complete at {offset} bytes; nothing more can be appended"),
+    "closed": (ErrUploadFailed, "this upload is {state}; create a new upload to send the file again"),
+    "expired": (ErrUploadExpired, "this upload expired before it was complete (its registration window closed, "
+                                  "or it was left unfinished too long); create a new one if a window is open"),
+    "exceeds": (ErrExceedsLength, "the body would take the upload past its Upload-Length of {offset}; "
+                                  "send HEAD to see what was kept, then at most the rest"),
+    "too_large": (ErrUploadTooLarge, "the upload would exceed the maximum of {offset} bytes; "
+                                     "split the file, or send HEAD to see what was kept"),
+    "length_fixed": (ErrLengthFixed, "Upload-Length is already {offset} and cannot change"),
+    "length_short": (ErrLengthTooSmall, "Upload-Length must be at least {offset}: the bytes already sent and this body"),
+    "full": (ErrBufferFull, "the upload buffer is full; your bytes so far are safe, retry after the pause"),
+}
+
+
+def append_refusal(res: Appended, upload_id: str) -> web.Response:
+    """The answer to an APPEND outcome other than ok: APPEND_REFUSALS says which."""
+    o = res.outcome
+    if o == "closed" and res.detail == TERMINATED:
+        o = "notfound"  # a terminated upload is gone, as one that never was
+    if o not in APPEND_REFUSALS:
+        return ErrInternal(f"unexpected outcome {o}")
+    kind, detail = APPEND_REFUSALS[o]
+    headers, extra = {}, {}
+    if o == "revoked":
+        headers = dict(CHALLENGE)
+    elif o == "conflict":
+        headers, extra = {"Upload-Offset": str(res.offset)}, {"offset": res.offset}
+    elif o == "full":
+        headers = {"Retry-After": retry_after(2), "Upload-Offset": str(res.offset)}
+    return kind(detail.format(offset=res.offset, state=res.detail, upload=repr(upload_id[:80])), headers=headers,
+                **extra)
 
 
 class TusHandler:
@@ -145,8 +191,8 @@ class TusHandler:
 
     @staticmethod
     def not_found(upload_id: str) -> web.Response:
-        return problem(404, "upload-not-found",
-                       f"no upload {upload_id[:80]!r} here; create a new one with POST")
+        kind, detail = APPEND_REFUSALS["notfound"]
+        return kind(detail.format(upload=repr(upload_id[:80])))
 
     def upload_headers(self, state: UploadState) -> dict[str, str]:
         h = {"Tus-Resumable": TUS_VERSION, "Cache-Control": "no-store",
@@ -312,19 +358,18 @@ class TusHandler:
         upload_id = created.upload_id
 
         if created.outcome == "mismatch":
-            return problem(422, "idempotency-key-reused",
-                           "this Idempotency-Key was used for a different upload; use a new key for a new upload")
+            return ErrIdempotencyKeyReused("this Idempotency-Key was used for a different upload; "
+                                           "use a new key for a new upload")
         if created.outcome == "inflight":
-            return problem(409, "idempotency-key-in-flight",
-                           "the first request with this Idempotency-Key is still being processed; retry in a moment",
-                           headers={"Retry-After": "1"})
+            return ErrIdempotencyKeyInFlight("the first request with this Idempotency-Key is still being processed; "
+                                             "retry in a moment", headers={"Retry-After": "1"})
         if created.outcome == "takeover":
             log.info("creation taken over from a gateway that is gone",
                      extra={"upload": upload_id, "tenant": tenant})
         if created.outcome in ("replay", "takeover"):
             state = await self.store.get(upload_id)
             if state is None or state.state == TERMINATED:
-                return problem(410, "upload-gone", "the upload this Idempotency-Key created was terminated; use a new key")
+                return ErrUploadGone("the upload this Idempotency-Key created was terminated; use a new key")
             h = self.upload_headers(state)
             h["Location"] = self.location(request, upload_id)
             h["Idempotent-Replayed"] = "true"
@@ -451,7 +496,7 @@ class TusHandler:
         if res.outcome == "conflict" and res.record == record:
             return res.offset  # a retry of a PATCH we already took
         if res.outcome != "ok":
-            return self.refusal(res, upload_id)
+            return append_refusal(res, upload_id)
         self.committed(upload_id, len(body), res.offset)
         return res.offset
 
@@ -517,7 +562,7 @@ class TusHandler:
             if res.outcome != "ok":
                 if res.outcome == "conflict" and first and res.record:
                     return await self._maybe_duplicate(request, res, received, crc_all, last, upload_id)
-                return self.refusal(res, upload_id)
+                return append_refusal(res, upload_id)
             pos, first = res.offset, False
             self.committed(upload_id, len(piece), pos)
             if last:
@@ -562,11 +607,11 @@ class TusHandler:
         length_s, _, crc_s = res.record.partition(":")
         total = request.content_length
         if total is not None and str(total) != length_s:
-            return self.refusal(res, upload_id)
+            return append_refusal(res, upload_id)
         while not last:
             piece, eof, interrupted = await self._read_piece(request, self.s.entry_bytes)
             if interrupted:
-                return self.refusal(res, upload_id)
+                return append_refusal(res, upload_id)
             received += len(piece)
             crc_all = checksum.crc32c(piece, crc_all)
             last = eof or (total is not None and received >= total)
@@ -574,42 +619,7 @@ class TusHandler:
                 break
         if f"{received}:{crc_all}" == res.record:
             return res.offset
-        return self.refusal(res, upload_id)
-
-    def refusal(self, res: Appended, upload_id: str) -> web.Response:
-        o = res.outcome
-        if o == "conflict":
-            return problem(409, "offset-mismatch",
-                           f"Upload-Offset does not match the upload's offset {res.offset}; send HEAD and resume from there",
-                           headers={"Upload-Offset": str(res.offset)}, offset=res.offset)
-        if o == "revoked":
-            return unknown_or_revoked()
-        if o == "notfound" or (o == "closed" and res.detail == TERMINATED):
-            return self.not_found(upload_id)
-        if o == "final":
-            return problem(403, "final-upload-immutable", "a final (concatenated) upload cannot be appended to")
-        if o == "complete":
-            return problem(403, "upload-complete", f"this upload is complete at {res.offset} bytes; nothing more can be appended")
-        if o == "closed":
-            return problem(403, f"upload-{res.detail}", f"this upload is {res.detail}; create a new upload to send the file again")
-        if o == "expired":
-            return problem(410, "upload-expired", "this upload expired before it was complete (its registration "
-                           "window closed, or it was left unfinished too long); create a new one if a window is open")
-        if o == "exceeds":
-            return problem(413, "exceeds-length", f"the body would take the upload past its Upload-Length of "
-                                                  f"{res.offset}; send HEAD to see what was kept, then at most the rest")
-        if o == "too_large":
-            return problem(413, "upload-too-large", f"the upload would exceed the maximum of {res.offset} bytes; "
-                                                    "split the file, or send HEAD to see what was kept")
-        if o == "length_fixed":
-            return problem(400, "length-fixed", f"Upload-Length is already {res.offset} and cannot change")
-        if o == "length_short":
-            return problem(400, "length-too-small", f"Upload-Length must be at least {res.offset}: the bytes already "
-                                                    "sent and this body")
-        if o == "full":
-            return problem(503, "buffer-full", "the upload buffer is full; your bytes so far are safe, retry after the pause",
-                           headers={"Retry-After": retry_after(2), "Upload-Offset": str(res.offset)})
-        return problem(500, "internal", f"unexpected outcome {o}")
+        return append_refusal(res, upload_id)
 
     # --- termination ----------------------------------------------------
 
@@ -623,8 +633,7 @@ class TusHandler:
             return web.Response(status=204, headers={"Tus-Resumable": TUS_VERSION})
         if outcome == "notfound":
             return self.not_found(upload_id)
-        return problem(403, "upload-immutable",
-                       "this upload is complete; accepted files are never deleted or overwritten")
+        return ErrUploadImmutable("this upload is complete; accepted files are never deleted or overwritten")
 
 
 def arrived(request: web.Request) -> Callable[[], int]:
