@@ -8,6 +8,8 @@ from pathlib import Path
 
 import msgspec
 
+from client import cli as client_cli
+from dukungan import cli as dukungan_cli
 from unggah import config, logs
 
 
@@ -104,22 +106,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return uvloop.run(run(s, args.name))
 
 
-def cmd_dukungan(args: argparse.Namespace) -> int:
-    """`unggah check` / `unggah template`: the preflight, delegated to dukungan.cli."""
-    from dukungan.cli import main as dukungan_main
-
-    if args.command == "template":
-        return dukungan_main(["template", args.out])
-    argv = ["check", args.file, "--election", args.election]
-    if args.scans:
-        argv += ["--scans", args.scans]
-    if args.json:
-        argv.append("--json")
-    if args.export:
-        argv += ["--export", args.export]
-    return dukungan_main(argv)
-
-
 def cmd_dead(args: argparse.Namespace) -> int:
     import uvloop
 
@@ -189,16 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--name", default="validate-0", help="stable consumer name (its pending entries survive restarts)")
     val.set_defaults(func=cmd_validate)
 
-    chk = sub.add_parser("check", help="judge a supporter list (CSV/XLSX) exactly as the server will")
-    chk.add_argument("file")
-    chk.add_argument("--election", required=True, help="the election's TOML file")
-    chk.add_argument("--scans", help="folder of scans named <NIK>_ktp.jpg / <NIK>_pernyataan.pdf")
-    chk.add_argument("--json", action="store_true", help="machine-readable report on stdout")
-    chk.add_argument("--export", help="write every row's verdict to this CSV")
-    chk.set_defaults(func=cmd_dukungan)
-    tpl = sub.add_parser("template", help="write a blank XLSX supporter-list template")
-    tpl.add_argument("out")
-    tpl.set_defaults(func=cmd_dukungan)
+    dukungan_cli.add_parsers(sub)  # check, template: the preflight, the same code as the validator's
 
     dead = sub.add_parser("dead", help="list or replay dead-lettered entries")
     dead.add_argument("action", choices=["list", "replay"])
@@ -212,12 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["receipt"].set_defaults(func=cmd_receipt)
     sub.choices["audit"].set_defaults(func=cmd_audit)
 
-    try:
-        from client.cli import add_parsers as add_client_parsers  # push, status: the team's side
-    except ImportError:  # an editable install made before client/ existed: `pip install -e .` adds it
-        pass
-    else:
-        add_client_parsers(sub)
+    client_cli.add_parsers(sub)  # push, status: the team's side
     return p
 
 

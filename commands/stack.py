@@ -9,7 +9,7 @@ processes, the validator and the auditor, each a child we hold by PID. The stack
   second `unggah up` then started a second Valkey on the same AOF while the orphaned gateway
   still answered, a split brain.
 - If `unggah up` itself dies without running any of its code (kill -9, the OOM killer), the
-  kernel sends each child SIGTERM (PR_SET_PDEATHSIG, see unggah.valkey.with_pdeathsig).
+  kernel sends each child SIGTERM (PR_SET_PDEATHSIG, see unggah.processes.with_pdeathsig).
 - A child that exits is started again, Valkey included (same data directory and port, so
   every other child's UNGGAH_REDIS_URL stays right), after a back-off that doubles while it
   keeps dying; each restart is logged with the exit code and counted on the supervisor's own
@@ -31,7 +31,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,9 @@ from pathlib import Path
 from metrics import supervisor as supervision
 from metrics.targets import local_host, write_targets
 from unggah.config import Settings
-from unggah.valkey import DataDirLocked, EmbeddedValkey, free_port, lock_file, lock_holder, with_pdeathsig
+from unggah import processes
+from unggah.processes import free_port
+from unggah.valkey import DataDirLocked, EmbeddedValkey, lock_file, lock_holder
 
 log = logging.getLogger("commands.stack")
 
@@ -95,8 +96,7 @@ def _child(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     # Its own session: Ctrl-C (SIGINT to the terminal's process group) reaches only `unggah up`,
     # which then stops the children in order (gateway, workers, Valkey last). PR_SET_PDEATHSIG
     # covers the case where `unggah up` cannot: it was killed outright.
-    return subprocess.Popen(with_pdeathsig([sys.executable, "-m", "commands.cli", *args]), env=env,
-                            start_new_session=True)
+    return processes.start(processes.command(*args), env=env, session=True, pdeathsig=True)
 
 
 def _describe(code: int) -> str:
@@ -196,23 +196,6 @@ class Supervisor:
             valkey.stop()
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], stopping: Callable[[], bool],
-                timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not stopping():
-        if proc.poll() is not None:
-            raise RuntimeError(f"the gateway exited with code {proc.returncode} during start-up")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    if not stopping():
-        raise RuntimeError(f"the gateway did not become ready at {url} within {timeout}s")
-
-
 def up(settings: Settings, port: int | None = None, ingesters: int | None = None) -> int:
     port = port or settings.port
     n_ingest = settings.ingest_processes if ingesters is None else ingesters
@@ -282,8 +265,12 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
             # ingester's pending entries are picked up again under its stable name.
             sup.add(name, lambda args=args, child_env=envs.get(name, env): _child(args, child_env))
         base = f"http://{settings.host}:{port}"
-        _wait_ready(base + "/readyz", sup.children["gateway"].proc, lambda: bool(stopped_by))
-        if stopped_by:
+        try:
+            ready = processes.wait_ready(base + "/readyz", 30, sup.children["gateway"].proc,
+                                         stopping=lambda: bool(stopped_by))
+        except RuntimeError as e:
+            raise RuntimeError(f"the gateway did not start: {e}") from None
+        if not ready:
             return 0
         targets = write_targets(settings.state_dir, settings.host, port, metrics_ports,
                                 stack_port=metrics_server.port, stack_host=settings.stack_metrics_host,

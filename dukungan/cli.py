@@ -17,27 +17,35 @@ from .region import CodeListError
 from .template import write_template
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="unggah", description="Periksa daftar dukungan / check a supporter list")
-    sub = ap.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("check", help="judge a CSV/XLSX file exactly as the server will")
+def add_parsers(sub) -> None:
+    """`check` and `template` on a subparsers object: `unggah`'s own command line adds them
+    with this, and so does `python -m dukungan.cli` (build_parser)."""
+    c = sub.add_parser("check", help="judge a supporter list (CSV/XLSX) exactly as the server will")
     c.add_argument("file")
     c.add_argument("--election", required=True, help="the election's TOML file")
     c.add_argument("--scans", help="folder of scans named <NIK>_ktp.jpg / <NIK>_pernyataan.pdf")
     c.add_argument("--json", action="store_true", help="machine-readable report on stdout")
     c.add_argument("--export", help="write every row's verdict to this CSV")
-    t = sub.add_parser("template", help="write a blank XLSX template")
+    c.set_defaults(func=check)
+    t = sub.add_parser("template", help="write a blank XLSX supporter-list template")
     t.add_argument("out")
+    t.set_defaults(func=template)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="unggah", description="Periksa daftar dukungan / check a supporter list")
+    add_parsers(ap.add_subparsers(dest="command", required=True))
     return ap
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def template(args: argparse.Namespace) -> int:
+    write_template(args.out)
+    print(f"Templat kosong ditulis / blank template written: {args.out}")
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
     """Exit status: 0 file accepted (rows may still be BMS/TMS), 1 file rejected, 2 usage/config error."""
-    args = build_parser().parse_args(argv)
-    if args.command == "template":
-        write_template(args.out)
-        print(f"Templat kosong ditulis / blank template written: {args.out}")
-        return 0
     if not Path(args.file).exists():
         print(f"Berkas tidak ditemukan / file not found: {args.file}", file=sys.stderr)
         return 2
@@ -60,6 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(format_summary(report))
     return 1 if report.rejected else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import time
 from contextlib import asynccontextmanager
 
 import crc32c
-import redis.asyncio as redis
 
 from buffer import keys
 from buffer.connection import UNAVAILABLE, connect, until_available

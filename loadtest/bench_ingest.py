@@ -23,9 +23,10 @@ import redis as sync_redis
 
 from buffer import keys
 
-from loadtest.benchstack import empty_buffer, gateway_stack, log, machine, start_process, stop
+from loadtest.benchstack import empty_buffer, gateway_stack, log, machine, start_process
 from loadtest.tusload import KiB, LoadConfig, run_load
 from unggah.config import Settings
+from unggah.processes import stop
 
 
 def backlog(r: sync_redis.Redis, partitions: int) -> tuple[int, int]:

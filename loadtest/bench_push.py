@@ -15,17 +15,17 @@ chunk size, concurrency and checksum; print both and their ratio.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from unggah import processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,31 +73,17 @@ def make_scans(folder: Path, niks: list[str], n: int, size: int) -> int:
 
 
 def start_stack(port: int, state_dir: Path, ingesters: int) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UNGGAH_")}
-    env.update(UNGGAH_STATE_DIR=str(state_dir), UNGGAH_AUTH="off", UNGGAH_LOG_LEVEL="WARNING",
-               UNGGAH_VALKEY_MAXMEMORY="4gb")
-    proc = subprocess.Popen([sys.executable, "-m", "commands.cli", "up", "--port", str(port),
-                             "--ingesters", str(ingesters)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=open(state_dir.parent / "stack.log", "ab"), text=True)
-    deadline = time.monotonic() + 60
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"unggah up exited (code {proc.poll()}); see {state_dir.parent / 'stack.log'}")
-        if "tus endpoint" in line:
-            return proc
-    raise RuntimeError("unggah up did not start within 60 s")
+    log = state_dir.parent / "stack.log"
+    env = processes.environment(UNGGAH_STATE_DIR=str(state_dir), UNGGAH_AUTH="off", UNGGAH_LOG_LEVEL="WARNING",
+                                UNGGAH_VALKEY_MAXMEMORY="4gb")
+    proc = processes.start(processes.command("up", "--port", str(port), "--ingesters", str(ingesters)), env=env,
+                           cwd=ROOT, log=log)
+    processes.wait_ready(f"http://127.0.0.1:{port}/readyz", 60, proc, log)
+    return proc
 
 
 def stop_stack(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    processes.stop(proc, timeout=60)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from client.api import push
     from loadtest.tusload import LoadConfig, run_load
-    from unggah.valkey import free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="unggah-bench-"))
     sub = tmp / "kirim"
@@ -130,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     list_bytes = (sub / "daftar-dukungan.csv").stat().st_size
     print(f"generated {a.rows:,} rows ({list_bytes / 1e6:.1f} MB) and {a.scans:,} scans "
           f"({scan_bytes / 1e6:.1f} MB) in {time.monotonic() - t:.1f} s", flush=True)
-    port = a.port or free_port()
+    port = a.port or processes.free_port()
     proc = start_stack(port, tmp / "state", a.ingesters)
     server = f"http://127.0.0.1:{port}"
     try:

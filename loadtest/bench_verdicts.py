@@ -51,9 +51,10 @@ from dukungan.generate import generate, write_csv
 from dukungan.region import parse_code_list, synthetic_code_list_text
 from dukungan.rules import prepare
 from stores.results import SQLiteResults
-from loadtest.benchstack import gateway_stack, log, machine, start_process, stop
+from loadtest.benchstack import gateway_stack, log, machine, start_process
 from loadtest.bench_validate import SHARED, election_text
 from unggah.config import Settings
+from unggah.processes import stop
 
 MiB = 1 << 20
 

@@ -7,12 +7,9 @@ import asyncio
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,7 +17,9 @@ import msgspec
 import redis as sync_redis
 
 from buffer import keys
-from unggah.valkey import EmbeddedValkey, free_port
+from unggah import processes
+from unggah.processes import free_port
+from unggah.valkey import EmbeddedValkey
 
 
 def log(msg: str) -> None:
@@ -65,23 +64,10 @@ def start_process(args: list[str], url: str, state: Path, log_name: str, python:
                   **env_extra: str) -> subprocess.Popen:
     """`unggah <args>` in its own process; `python`: the interpreter to run it under (one with
     the project installed, e.g. another version's venv, or a venv of an older commit's worktree:
-    -P keeps the working directory's code from shadowing what that venv has installed)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UNGGAH_")}
-    env.update({"UNGGAH_REDIS_URL": url, "UNGGAH_STATE_DIR": str(state), "UNGGAH_VALKEY_MAXMEMORY": "8gb",
-                "UNGGAH_LOG_LEVEL": "WARNING", **env_extra})
-    return subprocess.Popen([python, "-P", "-m", "commands.cli", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=open(state / log_name, "ab"))
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-    """Stop a child by its PID: `sig`, then SIGKILL if it is still there after `timeout` seconds."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    isolated (-P) keeps the working directory's code from shadowing what that venv has installed)."""
+    env = processes.environment(on_path=False, UNGGAH_REDIS_URL=url, UNGGAH_STATE_DIR=str(state),
+                                UNGGAH_VALKEY_MAXMEMORY="8gb", UNGGAH_LOG_LEVEL="WARNING", **env_extra)
+    return processes.start(processes.command(*args, python=python, isolated=True), env=env, log=state / log_name)
 
 
 # No ingester drains the buffer here, so it only grows (gigabytes per run). Valkey's automatic
@@ -105,19 +91,12 @@ def gateway_stack(pairs: tuple[str, ...] = ("bench",), fsync: str = "everysec", 
         gw = start_process(["serve"], vk.url, work, "gateway.log", python, UNGGAH_PORT=str(port), **settings)
         if gateway_cpus:
             os.sched_setaffinity(gw.pid, gateway_cpus)
-        for _ in range(200):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError(f"gateway did not start; see {work / 'gateway.log'}")
+        processes.wait_ready(f"http://127.0.0.1:{port}/readyz", 10, gw, work / "gateway.log")
         yield Stack(redis_url=vk.url, files=f"http://127.0.0.1:{port}/files/", tokens=tokens, work=work,
                     gateway_pid=gw.pid)
     finally:
         if gw:
-            stop(gw)
+            processes.stop(gw)
         vk.stop()
         shutil.rmtree(work, ignore_errors=True)
 

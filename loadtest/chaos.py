@@ -46,19 +46,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unggah.valkey import with_pdeathsig
+from unggah import processes
+from unggah.processes import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 VICTIMS = ("valkey", "gateway", "ingest-0")
 RECOVERY_TIMEOUT_S = 60.0
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    import socket
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def say(text: str) -> None:
@@ -131,20 +124,13 @@ class Stack:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "unggah.log"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env.pop("UNGGAH_REDIS_URL", None)  # the embedded Valkey, which we kill
-        env["UNGGAH_STATE_DIR"] = str(self.state_dir)
-        env["UNGGAH_AUTH"] = "off"
-        env["UNGGAH_APPENDFSYNC"] = fsync
+        # Never a Redis URL of the caller's: the stack's embedded Valkey, which we kill.
+        env = processes.environment(UNGGAH_STATE_DIR=str(self.state_dir), UNGGAH_AUTH="off", UNGGAH_APPENDFSYNC=fsync)
         self.seen: dict[int, list[str]] = {}  # every child PID we have seen, with its command line
-        with open(self.log_path, "ab") as log:
-            # If we die without stopping it (kill -9), the kernel sends it SIGTERM: it stops its
-            # children in order rather than outliving us (see unggah.valkey.with_pdeathsig).
-            argv = with_pdeathsig([sys.executable, "-m", "commands.cli", "up", "--port", str(self.port)])
-            self.proc = subprocess.Popen(argv,
-                                         cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+        # If we die without stopping it (kill -9), the kernel sends it SIGTERM: it stops its
+        # children in order rather than outliving us (see unggah.processes.with_pdeathsig).
+        self.proc = processes.start(processes.command("up", "--port", str(self.port)), env=env, cwd=workdir,
+                                    log=self.log_path, session=True, pdeathsig=True)
 
     @property
     def blobs(self) -> Path:

@@ -18,20 +18,15 @@ import http.client
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from unggah import processes
+from unggah.processes import free_port
+
 TUS_NODE_PACKAGES = ["@tus/server@2", "@tus/file-store@2"]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class Peer:
@@ -90,13 +85,9 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def _spawn(args: list[str], workdir: Path, log_name: str, env: dict | None = None) -> subprocess.Popen:
-    log = open(workdir / log_name, "ab")
-    try:
-        # New session: the child leads its own process group, so stop() reaches its children.
-        return subprocess.Popen(args, cwd=workdir, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    finally:
-        log.close()
+    # New session: the child leads its own process group, so stop() reaches its children.
+    return processes.start(args, env=dict(os.environ) if env is None else env, cwd=workdir, log=workdir / log_name,
+                           session=True)
 
 
 def wait_ready(peer: Peer, timeout: float = 30.0, path: str | None = None) -> None:
@@ -324,7 +315,9 @@ def start_gateway(port: int | None = None, extra_args: list[str] | None = None,
     (AOF always, the default), run from a temp folder so its data lands there."""
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="unggah-up-"))
-    env = _env_with_project_on_path()
+    # The child runs from a temp folder, and imports this checkout (processes.environment). The
+    # caller's UNGGAH_* settings are the run's own: kept.
+    env = processes.environment(**{k: v for k, v in os.environ.items() if k.startswith("UNGGAH_")})
     # Its own state (embedded Valkey AOF, blobs) in the temp folder, and never a Redis
     # URL inherited from the caller: the comparison is with the embedded Valkey.
     env.pop("UNGGAH_REDIS_URL", None)
@@ -332,19 +325,11 @@ def start_gateway(port: int | None = None, extra_args: list[str] | None = None,
     # The peers have no access control; compare like with like (tokens cost one GET per request:
     # bench_gateway measures with them on).
     env.setdefault("UNGGAH_AUTH", "off")
-    proc = _spawn([sys.executable, "-m", "commands.cli", "up", "--port", str(port), *(extra_args or [])],
+    proc = _spawn(processes.command("up", "--port", str(port), *(extra_args or [])),
                   workdir, "unggah.log", env=env)
     peer = Peer("gateway", f"http://127.0.0.1:{port}/files/", proc, workdir)
     wait_ready(peer, timeout)
     return peer
-
-
-def _env_with_project_on_path() -> dict:
-    # The child runs from a temp folder: make sure it imports the same checkout we do.
-    root = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
 
 
 def main(argv: list[str] | None = None) -> int:

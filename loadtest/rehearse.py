@@ -34,6 +34,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dukungan.election import example_toml
+from unggah import processes
 from loadtest import report
 from loadtest.scenarios import SCENARIOS
 from loadtest.scenarios.params import Params, pair_name
@@ -120,32 +121,26 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("UNGGAH_", "REHEARSE_"))}
-        env.update({
-            "UNGGAH_REDIS_URL": self.valkey.url, "UNGGAH_STATE_DIR": str(self.state),
-            "UNGGAH_AUTH": "tokens", "UNGGAH_PARTITIONS": str(self.partitions),
-            "UNGGAH_VALKEY_MAXMEMORY": self.maxmemory, "UNGGAH_LOG_LEVEL": self.log_level,
-            "UNGGAH_APPENDFSYNC": self.appendfsync,
-        })
+        env = processes.environment(
+            UNGGAH_REDIS_URL=self.valkey.url, UNGGAH_STATE_DIR=str(self.state), UNGGAH_AUTH="tokens",
+            UNGGAH_PARTITIONS=str(self.partitions), UNGGAH_VALKEY_MAXMEMORY=self.maxmemory,
+            UNGGAH_LOG_LEVEL=self.log_level, UNGGAH_APPENDFSYNC=self.appendfsync)
+        for k in [k for k in env if k.startswith("REHEARSE_")]:
+            del env[k]
         if self.buffer_budget:
             env["UNGGAH_BUFFER_BUDGET_BYTES"] = str(self.buffer_budget)
         if self.election_file:
             env["UNGGAH_ELECTION_FILE"] = self.election_file
-        env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.update(self.extra_env)
         return env
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "ab")
-        try:
-            return subprocess.Popen([sys.executable, "-m", "commands.cli", *args], cwd=ROOT, env=self.env(),
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        finally:
-            log.close()
+        return processes.start(processes.command(*args), env=self.env(), cwd=ROOT, log=self.logs / f"{name}.log")
 
     def start_storage(self, pairs: int) -> None:
         """Valkey, the pairs' tenants and tokens, the ingesters."""
-        from unggah.valkey import EmbeddedValkey, free_port
+        from unggah.processes import free_port
+        from unggah.valkey import EmbeddedValkey
         self.state.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         self.valkey = EmbeddedValkey(self.state / "valkey", port=free_port(), appendfsync=self.appendfsync,
@@ -175,7 +170,7 @@ class Stack:
         self.ingesters[name] = self._spawn(name, ["ingest", "--name", name])
 
     def start_gateway(self) -> None:
-        from unggah.valkey import free_port
+        from unggah.processes import free_port
         self.port = free_port()
         self.gateway = self._spawn("gateway", ["serve", "--port", str(self.port)])
 
@@ -220,13 +215,8 @@ class Stack:
 
     def stop(self) -> None:
         """Gateway first (no new bytes), then ingesters, then Valkey; each by its PID."""
-        if self.gateway is not None and self.gateway.poll() is None:
-            self.gateway.send_signal(signal.SIGTERM)
-            try:
-                self.gateway.wait(20)
-            except subprocess.TimeoutExpired:
-                self.gateway.kill()
-                self.gateway.wait()
+        if self.gateway is not None:
+            processes.stop(self.gateway, timeout=20)
         self.signal_ingesters(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
         self.stop_ingesters()
         if self.valkey is not None:

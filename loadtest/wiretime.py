@@ -24,7 +24,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from loadtest.benchstack import stop
+from unggah.processes import stop
 
 # First four payload bytes, as BPF sees them: "PATC" (a PATCH request), "HTTP" (an answer).
 PATC, HTTP = 0x50415443, 0x48545450

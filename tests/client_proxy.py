@@ -14,7 +14,7 @@ from typing import Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from unggah.valkey import free_port
+from unggah.processes import free_port
 
 HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host", "content-encoding"}
 

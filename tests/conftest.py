@@ -4,12 +4,10 @@ port, real processes we can SIGKILL. No fakes."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from pathlib import Path
 
 import aiohttp
-import msgspec
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -17,8 +15,9 @@ from aiohttp import web
 from buffer.connection import connect
 from gateway import reads
 from gateway.app import build_app
-from unggah import config
-from unggah.valkey import EmbeddedValkey, free_port
+from unggah import config, processes
+from unggah.processes import free_port
+from unggah.valkey import EmbeddedValkey
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -155,30 +154,19 @@ async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
 
 def child_env(settings: config.Settings) -> dict[str, str]:
     """Environment for a child process (gateway, ingester, CLI) with these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UNGGAH_")}
-    default = config.Settings()
-    for f in msgspec.structs.fields(config.Settings):
-        value = getattr(settings, f.name)
-        if value != getattr(default, f.name):
-            env["UNGGAH_" + f.name.upper()] = str(value)
-    return env
+    return processes.environment(settings)
 
 
 class GatewayProcess:
     """`unggah serve` as a real child process: its own event loop, as in production."""
 
     def __init__(self, settings: config.Settings) -> None:
-        import subprocess
-        import sys
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.files = self.url + "/files/"
-        env = child_env(settings)
-        env["UNGGAH_PORT"] = str(self.port)
         Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([sys.executable, "-m", "commands.cli", "serve"], env=env,
-                                     stdout=subprocess.DEVNULL,
-                                     stderr=open(Path(settings.state_dir) / "gateway.log", "ab"))
+        self.proc = processes.start(processes.command("serve"), log=Path(settings.state_dir) / "gateway.log",
+                                    env=processes.environment(settings, UNGGAH_PORT=str(self.port)))
 
     async def wait_ready(self, timeout: float = 20.0) -> "GatewayProcess":
         async with aiohttp.ClientSession() as http:
@@ -192,13 +180,7 @@ class GatewayProcess:
         return self
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except Exception:
-                self.proc.kill()
-                self.proc.wait()
+        processes.stop(self.proc, timeout=20)
 
 
 @pytest.fixture
@@ -242,12 +224,9 @@ class IngesterProcess:
     """`unggah ingest` as a real child process, so tests can SIGKILL it."""
 
     def __init__(self, settings: config.Settings, name: str) -> None:
-        import subprocess
-        import sys
         self.name = name
-        self.proc = subprocess.Popen([sys.executable, "-m", "commands.cli", "ingest", "--name", name],
-                                     env=child_env(settings), stdout=subprocess.DEVNULL,
-                                     stderr=open(Path(settings.state_dir) / f"{name}.log", "ab"))
+        self.proc = processes.start(processes.command("ingest", "--name", name), env=processes.environment(settings),
+                                    log=Path(settings.state_dir) / f"{name}.log")
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -270,13 +249,7 @@ class IngesterProcess:
         self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
-        import signal
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except Exception:
-                self.kill()
+        processes.stop(self.proc)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from ingest.audit import LEASE, Auditor, LeaseLost, audit_dir
 from gateway.auditing import ID_CHARS
 from tests.conftest import OCTET, TUS, Gateway, child_env, make_settings, wait_for, wait_stored
 from tests.redis_cutter import ReplyCutter
-from unggah import auditlog
+from unggah import auditlog, processes
 from unggah.auditlog import Chain, ChainGap, ChainMismatch, chain_path
 from unggah.valkey import EmbeddedValkey
 
@@ -200,8 +200,8 @@ async def test_a_lost_read_reply_loses_no_audit_record(tmp_path, valkey, r):
         later.extend([(await r.xadd(stream, {"event": "test", "n": str(i)})).decode() for i in range(5, 10)])
 
     cutter.arm(lambda cmd: b"XREADGROUP" in cmd and b"\r\n$1\r\n>\r\n" in cmd, more_events)
-    proc = subprocess.Popen([sys.executable, "-m", "commands.cli", "audit", "run"], env=child_env(settings),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = processes.start(processes.command("audit", "run"), env=child_env(settings),
+                           log=Path(settings.state_dir) / "audit.log")
     try:
         async def all_moved() -> bool:
             return len(later) == 5 and await r.xlen(stream) == 0

@@ -30,7 +30,7 @@ from client.transport import Endpoints
 from tests.client_proxy import Proxy
 from tests.conftest import ROOT, TUS, Gateway, make_settings
 from unggah import receipts as rc
-from unggah.valkey import free_port
+from unggah.processes import free_port
 
 KiB = 1024
 SHARED_CODES = ROOT.parent / "shared" / "data" / "wilayah-kepmendagri-2022.csv"
@@ -346,7 +346,7 @@ async def test_status_command_on_a_server_without_progress(tmp_path):
     """Another tus server (here: a bare aiohttp app) has no /progress: a clear message, exit 1."""
     from aiohttp import web
 
-    from unggah.valkey import free_port
+    from unggah.processes import free_port
     runner = web.AppRunner(web.Application())
     await runner.setup()
     port = free_port()

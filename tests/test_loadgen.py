@@ -198,7 +198,7 @@ async def test_open_loop_keeps_the_offered_rate_when_the_server_keeps_up():
 
 async def test_connection_errors_are_counted_not_raised():
     # Nothing listens on a freshly freed port.
-    from loadtest.peers import free_port
+    from unggah.processes import free_port
     r = await run_load(LoadConfig(url=f"http://127.0.0.1:{free_port()}/files/", concurrency=2,
                                   duration=0.5, warmup=0))
     assert r.chunks == 0 and r.errors.get("connection", 0) >= 2

@@ -146,7 +146,7 @@ async def test_pending_and_dead_letters_come_from_redis(gateway, http, r, settin
 
 
 async def test_redis_down_buffer_gauges_absent_and_refusal_logged_once(tmp_path, http, caplog):
-    from unggah.valkey import free_port
+    from unggah.processes import free_port
     settings = make_settings(tmp_path, f"redis://127.0.0.1:{free_port()}/0")
     gw = await Gateway(settings).start()
     try:

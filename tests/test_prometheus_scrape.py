@@ -13,7 +13,6 @@ import asyncio
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +25,8 @@ from metrics.registry import clear_pair_progress
 from metrics.targets import write_targets
 from tests.conftest import TUS, child_env, create, patch, wait_for, wait_stored
 from tests.test_alerts import RULES, alert_rules, dashboard_exprs
-from unggah.valkey import free_port
+from unggah import processes
+from unggah.processes import free_port
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (Debian package "
@@ -81,16 +81,12 @@ async def test_real_prometheus_scrapes_and_every_dashboard_query_has_data(tmp_pa
 
     Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
     ing_port = free_port()
-    ingester = subprocess.Popen(
-        [sys.executable, "-m", "commands.cli", "ingest", "--name", "prom-0", "--metrics-port", str(ing_port)],
-        env=child_env(settings), stdout=subprocess.DEVNULL,
-        stderr=open(Path(settings.state_dir) / "prom-0.log", "ab"))
+    ingester = processes.start(processes.command("ingest", "--name", "prom-0", "--metrics-port", str(ing_port)),
+                               env=child_env(settings), log=Path(settings.state_dir) / "prom-0.log")
     # The auditor, as `unggah up` starts it: its /metrics port from the settings.
     audit_port = free_port()
-    auditor = subprocess.Popen(
-        [sys.executable, "-m", "commands.cli", "audit", "run"],
-        env={**child_env(settings), "UNGGAH_AUDIT_METRICS_PORT": str(audit_port)}, stdout=subprocess.DEVNULL,
-        stderr=open(Path(settings.state_dir) / "audit.log", "ab"))
+    auditor = processes.start(processes.command("audit", "run"), log=Path(settings.state_dir) / "audit.log",
+                              env=processes.environment(settings, UNGGAH_AUDIT_METRICS_PORT=str(audit_port)))
     # `unggah up`'s supervisor, in-process: its metrics server and children whose state it reports.
     for child in ("valkey", "gateway", "ingest-0", "validate", "audit"):
         supervisor.child_started(child)

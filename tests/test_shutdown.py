@@ -14,7 +14,6 @@ import hashlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import pytest
 
 from buffer import keys
 from tests.conftest import OCTET, TUS, Gateway, child_env, create, make_settings, patch, wait_for, wait_stored
-from unggah.valkey import free_port
+from unggah import processes
+from unggah.processes import free_port
 
 ENTRY = 64 * 1024
 
@@ -37,8 +37,7 @@ class GatewayProcess:
         env.update({"UNGGAH_HOST": "127.0.0.1", "UNGGAH_PORT": str(self.port), **env_extra})
         Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
         self.log = Path(settings.state_dir) / f"gateway-{self.port}.log"
-        self.proc = subprocess.Popen([sys.executable, "-m", "commands.cli", "serve"], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
+        self.proc = processes.start(processes.command("serve"), env=env, log=self.log)
 
     async def ready(self, http: aiohttp.ClientSession, timeout: float = 20.0) -> None:
         async def up():
@@ -154,10 +153,8 @@ async def test_patch_slower_than_grace_is_cut_at_the_bound(shutdown_settings, ht
 
 
 def start_ingester(settings, name: str, metrics_port: int) -> subprocess.Popen:
-    log = open(Path(settings.state_dir) / f"{name}.log", "ab")
-    return subprocess.Popen([sys.executable, "-m", "commands.cli", "ingest", "--name", name,
-                             "--metrics-port", str(metrics_port)],
-                            env=child_env(settings), stdout=subprocess.DEVNULL, stderr=log)
+    return processes.start(processes.command("ingest", "--name", name, "--metrics-port", str(metrics_port)),
+                           env=child_env(settings), log=Path(settings.state_dir) / f"{name}.log")
 
 
 async def ingest_bytes(http: aiohttp.ClientSession, port: int) -> float:

