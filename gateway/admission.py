@@ -78,6 +78,22 @@ class Refused(Exception):
 
 
 class FairGate:
+    """The append slots, shared fairly between tenants, completion first within each.
+
+    Its state is seven pieces that must agree; `invariants()` names any that do not, and the
+    tests check it after every step of random schedules (tests/test_admission.py):
+
+    1. 0 <= reading <= inflight <= slots, and reading <= read_slots; aside >= 0.
+    2. Slots in use are the sum over tenants: inflight == sum(per_tenant), none negative.
+    3. n_waiting == the pieces in the tenants' queues, and each waiting future is in exactly
+       one queue, not yet resolved.
+    4. `turns` holds each tenant with a waiting piece exactly once, and no other (a tenant
+       whose queue emptied leaves it when its turn comes round: an empty queue may linger
+       in `turns` until then, never the other way round).
+    5. Every tenant holding a slot or waiting is known: in last_seen, with a `served` count;
+       `served` counts no tenant that last_seen has forgotten.
+    """
+
     def __init__(self, slots: int, queue_limit: int, max_wait: float, clock=time.monotonic,
                  contended_slots: int = 1, read_slots: int | None = None,
                  on_release: Callable[[], None] | None = None) -> None:
@@ -115,6 +131,31 @@ class FairGate:
         # Slots handed back by slow readers (step_aside) are not commits and are not measured.
         self.release_interval = 0.0
         self._last_release = 0.0
+
+    def invariants(self) -> list[str]:
+        """The invariants of the class docstring that do not hold now (none, in a sound gate)."""
+        broken = []
+        if not (0 <= self.reading <= self.inflight <= self.slots and self.reading <= self.read_slots):
+            broken.append(f"1: reading {self.reading}, inflight {self.inflight}, slots {self.slots}/{self.read_slots}")
+        if self.aside < 0:
+            broken.append(f"1: aside {self.aside}")
+        if self.inflight != sum(self.per_tenant.values()) or any(n < 0 for n in self.per_tenant.values()):
+            broken.append(f"2: inflight {self.inflight} but per tenant {dict(self.per_tenant)}")
+        futures = [item[2] for queue in self.waiting.values() for item in queue]
+        if self.n_waiting != len(futures):
+            broken.append(f"3: n_waiting {self.n_waiting} but {len(futures)} in the queues")
+        if len({id(f) for f in futures}) != len(futures) or any(f.done() for f in futures):
+            broken.append("3: a waiting future is in two places, or already resolved")
+        if len(set(self.turns)) != len(self.turns):
+            broken.append(f"4: a tenant twice in turns {list(self.turns)}")
+        if missing := {t for t, q in self.waiting.items() if q} - set(self.turns):
+            broken.append(f"4: tenants waiting without a turn: {sorted(missing)}")
+        busy = {t for t, n in self.per_tenant.items() if n} | {t for t, q in self.waiting.items() if q}
+        if unknown := busy - set(self.last_seen):
+            broken.append(f"5: tenants at work but not in last_seen: {sorted(unknown)}")
+        if stale := {t for t, n in self.served.items()} - set(self.last_seen):
+            broken.append(f"5: served counts forgotten tenants: {sorted(stale)}")
+        return broken
 
     def predicted_wait(self) -> float:
         """How long a piece queued now would wait: the pieces ahead of it times the measured

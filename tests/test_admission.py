@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import time
 from urllib.parse import urlsplit
 
@@ -736,3 +737,92 @@ async def test_a_refused_request_leaves_no_garbage_for_the_collector(tmp_path, v
             assert cyclic == []
     finally:
         await gw.stop()
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_the_gates_invariants_hold_after_every_step_of_a_random_schedule(seed):
+    """Pieces of several tenants arrive, are granted, read, committed, fail before their
+    commit, step aside while a body trickles in and come back, give up waiting or time out,
+    in a random order; after every step FairGate.invariants() finds nothing broken, and at
+    the end every slot is free and nothing waits."""
+    rnd = random.Random(seed)
+    gate = FairGate(slots=4, queue_limit=50, max_wait=0.05 if seed % 3 == 0 else 30, contended_slots=2,
+                    read_slots=3)
+    tenants = [f"t{i}" for i in range(rnd.randint(1, 5))]
+    waiting: list[tuple[asyncio.Task, str]] = []
+    granted: list[tuple[str, bool]] = []  # (tenant, has read its body)
+    aside: list[str] = []
+
+    async def piece(tenant: str) -> str:
+        await gate.acquire(tenant, rnd.random())
+        return tenant
+
+    def check(step: str) -> None:
+        assert gate.invariants() == [], f"after {step}"
+
+    for n in range(250):
+        op = rnd.random()
+        if op < 0.35 or not (waiting or granted or aside):
+            tenant = rnd.choice(tenants)
+            waiting.append((asyncio.create_task(piece(tenant)), tenant))
+            step = f"{n}: {tenant} asks"
+        elif op < 0.5 and granted:
+            i = rnd.randrange(len(granted))
+            tenant, read = granted[i]
+            if not read and gate.reading:
+                gate.read_done()
+                granted[i] = (tenant, True)
+                step = f"{n}: {tenant} read its body"
+            else:
+                granted.pop(i)
+                gate.release(tenant, reading=not read)
+                step = f"{n}: {tenant} committed" if read else f"{n}: {tenant} failed before its commit"
+        elif op < 0.6 and granted:
+            tenant, read = granted.pop(rnd.randrange(len(granted)))
+            if read:
+                gate.release(tenant, reading=False)
+                step = f"{n}: {tenant} committed"
+            else:
+                gate.step_aside(tenant)
+                aside.append(tenant)
+                step = f"{n}: {tenant} stepped aside"
+        elif op < 0.7 and aside:
+            tenant = aside.pop(rnd.randrange(len(aside)))
+            gate.come_back()
+            waiting.append((asyncio.create_task(piece(tenant)), tenant))
+            step = f"{n}: {tenant} came back"
+        elif op < 0.78 and waiting:
+            task, tenant = waiting.pop(rnd.randrange(len(waiting)))
+            task.cancel()
+            step = f"{n}: a piece of {tenant} gave up"
+            try:
+                await task
+                granted.append((tenant, False))  # granted before the cancel arrived: it holds a slot
+            except (asyncio.CancelledError, Refused):
+                pass
+        else:
+            step = f"{n}: time passes"
+        await asyncio.sleep(rnd.choice((0, 0, 0.001, 0.01)))
+        for task, tenant in [w for w in waiting if w[0].done()]:
+            waiting.remove((task, tenant))
+            if task.cancelled() or isinstance(task.exception(), Refused):
+                continue
+            granted.append((tenant, False))
+        check(step)
+
+    while waiting or granted or aside:  # drain: every piece ends one way or another
+        for tenant in aside:
+            gate.come_back()
+        aside.clear()
+        for tenant, read in granted:
+            if not read:
+                gate.read_done()
+            gate.release(tenant, reading=False)
+        granted.clear()
+        await asyncio.sleep(0.01)
+        for task, tenant in [w for w in waiting if w[0].done()]:
+            waiting.remove((task, tenant))
+            if not task.cancelled() and task.exception() is None:
+                granted.append((tenant, False))
+        check("draining")
+    assert (gate.inflight, gate.reading, gate.n_waiting, gate.aside) == (0, 0, 0, 0)
