@@ -1,7 +1,7 @@
 """Every message the gateway and the ingesters exchange through Redis, as msgspec Structs.
 
 Hashes and stream entries are flat string maps; `from_fields` turns one into its
-Struct (msgspec converts the numeric strings), `to_fields` goes the other way.
+Struct (msgspec converts the numeric strings).
 Field names are short on stream entries because they are repeated per entry.
 """
 
@@ -69,10 +69,6 @@ def decode_hash(raw: dict[bytes, bytes]) -> dict[str, str]:
 def from_fields(raw: dict[bytes, bytes] | dict[str, str], cls: type[msgspec.Struct]):
     fields = decode_hash(raw) if raw and isinstance(next(iter(raw)), bytes) else raw
     return msgspec.convert(fields, cls, strict=False)
-
-
-def to_fields(obj: msgspec.Struct) -> dict[str, str | int]:
-    return {k: v for k, v in msgspec.structs.asdict(obj).items()}
 
 
 # Stream entry kinds.

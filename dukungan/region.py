@@ -17,9 +17,6 @@ import msgspec
 
 Level = Literal["gubernur", "bupati", "walikota"]
 
-# Length of the dotted prefix that names a spread unit: kab/kota for a
-# governor race, kecamatan for a regent/mayor race.
-UNIT_PREFIX_LEN = {"gubernur": 5, "bupati": 8, "walikota": 8}
 UNIT_NAME = {"gubernur": "kab/kota", "bupati": "kecamatan", "walikota": "kecamatan"}
 
 
@@ -103,10 +100,6 @@ def spread_units(codes: CodeList, level: str, region: str) -> tuple[str, ...]:
     prefix = region + "."
     pool = codes.kabkota if level == "gubernur" else codes.kecamatan
     return tuple(sorted(u for u in pool if u.startswith(prefix)))
-
-
-def unit_of(village: str, level: str) -> str:
-    return village[: UNIT_PREFIX_LEN[level]]
 
 
 def synthetic_code_list_text(provinces: Iterable[str] = ("19", "73"), kab_per_prov: int = 7,

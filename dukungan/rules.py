@@ -30,7 +30,7 @@ from .occupation import is_prohibited
 from .reasons import MS, ROW_CODES, verdict_of
 from .region import CodeList, load_code_list, region_villages, spread_units
 from .scans import ScanSets
-from .template import HEADER, Table
+from .template import Table
 from .thresholds import Thresholds, thresholds
 
 _DATE_DMY = re.compile(r"^(\d{1,2})[-/.](\d{1,2})[-/.](\d{4})$")
@@ -360,9 +360,3 @@ def _assemble(t: Table, n: int, hits: dict) -> Verdicts:
         reasons[i] = tuple(codes)
         status[i] = verdict_of(codes)
     return Verdicts(table=t, status=status, reasons=reasons)
-
-
-def unit_column(t: Table, level: str) -> list[str]:
-    """The spread unit (kab/kota or kecamatan code) of each row, from KODE_DESA (never from the NIK)."""
-    return list(map(itemgetter(slice(0, 5 if level == "gubernur" else 8)), t.kode_desa))
-

@@ -152,16 +152,6 @@ class ScanRecord(msgspec.Struct, kw_only=True):
     problems: list[str] = []
 
 
-class RowChange(NamedTuple):
-    row_id: int
-    tenant: str
-    nik: str
-    old_status: str
-    old_reasons: tuple[str, ...]
-    new_status: str
-    new_reasons: tuple[str, ...]
-
-
 class ResultsWriter(Protocol):
     """What the validator needs, inside one transaction (`ResultsStore.write()`)."""
 
