@@ -1,10 +1,13 @@
-"""Observability and lifecycle for unggah's processes.
+"""The metrics of unggah's processes: a registry that imports nothing of ours but `buffer/`.
 
     registry.py   every metric, defined once, and the per-role registries
     buffer.py     buffer-level gauges read from Redis (cached snapshot, gateway only)
-    http.py       the gateway's request middleware, /metrics, refusal logging, store timing
-    ingest.py     the ingester's hooks and its own /metrics server
-    lifecycle.py  graceful shutdown of the gateway (readiness first, then drain)
+    server.py     a /metrics server on a process's event loop (the ingesters')
+    supervisor.py a /metrics server on a thread (`unggah up`'s supervisor, the auditor)
+    targets.py    the file_sd targets file `unggah up` writes
+
+What each process counts is counted where it happens: the gateway's instrumentation is
+gateway/observe.py, the ingester's observer ingest/observe.py.
 
 Each process serves its own registry on its own port; nothing is shared
 between processes, so no multiprocess mode is needed. Buffer-level gauges
