@@ -28,8 +28,11 @@ def unauthorized(detail: str) -> web.Response:
     return ErrUnauthorized(detail, headers=dict(CHALLENGE))
 
 
+REVOKED = "this token is unknown or was revoked; ask your administrator for a new one"
+
+
 def unknown_or_revoked() -> web.Response:
-    return unauthorized("this token is unknown or was revoked; ask your administrator for a new one")
+    return unauthorized(REVOKED)
 
 
 # Principals this process confirmed recently, by token hash; bounded (tokens are few, but

@@ -39,7 +39,7 @@ from aiohttp import web
 from buffer.messages import RECEIVING, STORED, TERMINATED, UploadState, decode_metadata
 from buffer.store import Appended, AppendOutcome, UploadStore
 from gateway import checksum, headers
-from gateway.auth import CHALLENGE, may_read_uploads, may_write
+from gateway.auth import CHALLENGE, REVOKED, may_read_uploads, may_write
 from gateway.admission import Admission, BodyStalled, Creation, Refused
 from gateway.witness import AckWitness
 from gateway.context import PRINCIPAL, READ_ALL, TENANT
@@ -68,7 +68,7 @@ def _http_date(ms: int) -> str:
 # answered with: {offset} and {state} are the outcome's values, {upload} the upload's id.
 # tests/test_problems.py checks that every outcome the script can return is here.
 APPEND_REFUSALS: dict[AppendOutcome, tuple[ProblemType, str]] = {
-    "revoked": (ErrUnauthorized, "this token is unknown or was revoked; ask your administrator for a new one"),
+    "revoked": (ErrUnauthorized, REVOKED),
     "notfound": (ErrUploadNotFound, "no upload {upload} here; create a new one with POST"),
     "conflict": (ErrOffsetMismatch, "Upload-Offset does not match the upload's offset {offset}; "
                                     "send HEAD and resume from there"),

@@ -26,9 +26,9 @@ from buffer.messages import CONCAT, DATA, DROP, FIN, FAILED, RECEIVING, STORED, 
 from buffer.messages import declared_sha256 as parse_declared_sha256
 from buffer.queue import HELD, Queue, parse_entry
 from buffer.store import UploadStore
-from stores.blobs import BlobStore, LocalBlobStore
 from ingest.observe import EntryErrorKind, FailureKind, IngestMetrics
 from metrics.server import MetricsServer
+from stores.blobs import BlobStore, blob_store
 from unggah.config import Settings
 
 log = logging.getLogger("unggah.ingest")
@@ -330,7 +330,7 @@ class Ingester:
 async def run(settings: Settings, name: str, metrics_port: int | None = None) -> int:
     client = connect(settings.redis_url, retry=False)  # a group's consumer: see connect
     server = None if metrics_port is None else await MetricsServer(settings.host, metrics_port).start()
-    blobs = LocalBlobStore(settings.blob_path)
+    blobs = blob_store(settings)
     consumer = name if "." in name else f"{socket.gethostname()}.{name}"
     ing = Ingester(settings, consumer, client, blobs)
     loop = asyncio.get_running_loop()
