@@ -7,15 +7,17 @@ import logging
 from typing import Awaitable, Callable, Iterable
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import ClusterDownError, ConnectionError, TimeoutError
 
 # Blocking reads (ingest) stay well below this; see Settings.ingest_block_ms.
 SOCKET_TIMEOUT = 30.0
 
 
-def connect(url: str, *, max_connections: int = 64, retry: bool = True) -> redis.Redis:
+def connect(url: str, *, max_connections: int = 64, retry: bool = True,
+            cluster: bool = False) -> redis.Redis | RedisCluster:
     """`retry`: replay a command on a fresh connection when its connection fails. After a
     Valkey restart every pooled connection is dead, and the gateway's requests should not
     fail for it: a replayed APPEND meets its own offset check and is recognised as a
@@ -23,7 +25,25 @@ def connect(url: str, *, max_connections: int = 64, retry: bool = True) -> redis
     delivered its entries (pending under the consumer's name), and a replay would read past
     them (the ingester would leave them for the claim idle time, the auditor would chain
     later records first and then drop them); their loops see the error instead and take up
-    their own pending entries first."""
+    their own pending entries first.
+
+    `cluster`: `url` is one seed node of a Valkey Cluster; the client reads the topology from
+    it and follows MOVED and failovers itself. Every key of a partition carries its hash tag,
+    so each script and each per-partition command lands on one node (buffer/keys.py)."""
+    backoff = ExponentialBackoff(cap=0.5, base=0.05)
+    if cluster:
+        # The cluster client has no blocking pool: past `max_connections` per node it raises
+        # instead of waiting. The gateway bounds its own concurrency (admission), so the
+        # ceiling is set well above what it lets through rather than used as a queue.
+        return RedisCluster.from_url(
+            url,
+            max_connections=max(max_connections, 512),
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=5.0,
+            health_check_interval=30,
+            retry=Retry(backoff, retries=6 if retry else 0),
+            retry_on_error=[ConnectionError, TimeoutError] if retry else [],
+        )
     # A blocking pool makes a burst of requests wait for a connection instead of
     # failing (the plain pool raises once it is exhausted).
     pool = redis.BlockingConnectionPool.from_url(
@@ -33,14 +53,20 @@ def connect(url: str, *, max_connections: int = 64, retry: bool = True) -> redis
         socket_timeout=SOCKET_TIMEOUT,
         socket_connect_timeout=5.0,
         health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3 if retry else 0),
+        retry=Retry(backoff, retries=3 if retry else 0),
         retry_on_error=[ConnectionError, TimeoutError] if retry else [],
     )
     return redis.Redis(connection_pool=pool)
 
 
+def is_cluster(client: object) -> bool:
+    return isinstance(client, RedisCluster)
+
+
 log = logging.getLogger("unggah.buffer")
-UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+# A cluster mid-failover answers CLUSTERDOWN (or MASTERDOWN) for the slots of the lost primary
+# until its replica takes over: wait it out as a restart.
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, ClusterDownError)
 
 
 async def ensure_groups(client: redis.Redis, streams: Iterable[str], group: str) -> None:

@@ -13,6 +13,7 @@ Python side maps outcomes to HTTP answers without parsing errors.
 from __future__ import annotations
 
 import redis.asyncio as redis
+from redis.commands.core import AsyncScript
 
 # Queue a finalisation entry once every byte is both accepted and stored.
 # Shared by CREATE (zero-length uploads), APPEND (deferred length declared
@@ -400,9 +401,12 @@ def append_argv(pieces: list[tuple[int, bytes]], **named: object) -> list[object
 
 class Scripts:
     """The scripts registered on one client. redis-py's Script reloads after NOSCRIPT
-    (a restarted Valkey forgets its script cache)."""
+    (a restarted Valkey forgets its script cache) when it is called on its own; queued on a
+    cluster pipeline it cannot (the pipeline answers NOSCRIPT only when executed), so the
+    caller loads them all (`load`) and runs the pipeline again (UploadStore._pipelined)."""
 
     def __init__(self, client: redis.Redis) -> None:
+        self.client = client
         self.create = client.register_script(CREATE)
         self.append = client.register_script(APPEND)
         self.terminate = client.register_script(TERMINATE)
@@ -416,3 +420,10 @@ class Scripts:
         self.replay = client.register_script(REPLAY)
         self.mark_lost = client.register_script(MARK_LOST)
         self.lease = client.register_script(LEASE)
+
+    async def load(self) -> None:
+        """SCRIPT LOAD every script (on a cluster, on every primary: a replica promoted in a
+        failover starts with an empty script cache)."""
+        for script in vars(self).values():
+            if isinstance(script, AsyncScript):
+                script.sha = await self.client.script_load(script.script)

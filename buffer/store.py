@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Callable, Literal
+from typing import Awaitable, Callable, Literal
 
 import msgspec
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from buffer import keys
+from buffer.connection import is_cluster
 from buffer.messages import FAILED, STORED, TERMINATED, UploadState, from_fields, held
 from buffer.scripts import Scripts, append_argv
 
@@ -47,7 +50,7 @@ class Appended(msgspec.Struct):
 
 class UploadStore:
     def __init__(self, client: redis.Redis, *, partitions: int,
-                 waitaof: tuple[int, int, int] = (0, 0, 0), clock=time.time,
+                 waitaof: tuple[int, int, int] = (0, 0, 0), wait_replicas: int = 0, clock=time.time,
                  owner: str = "", lease_ms: int = 5000,
                  on_append: Callable[[float, "Appended | None", int], None] | None = None) -> None:
         self.r = client
@@ -55,6 +58,7 @@ class UploadStore:
         self.partitions = partitions
         self.scripts = Scripts(client)
         self.waitaof = waitaof  # (numlocal, numreplicas, timeout_ms)
+        self.wait_replicas = wait_replicas  # WAIT numreplicas, within waitaof's timeout
         # This gateway process's boot id: it owns the creations it marks in flight, and keeps
         # them alive (renew_creations) only while it lives. '' (the ingesters): owns none.
         self.owner = owner
@@ -118,11 +122,10 @@ class UploadStore:
         partitions = [p for p, n in self.owned.items() if n > 0]
         if not partitions:
             return
-        async with self.r.pipeline(transaction=False) as pipe:
+        async def queue(pipe) -> None:
             for p in partitions:
-                # Queued on the pipeline (the asyncio Script's call must be awaited for that).
-                await self.scripts.lease(keys=[keys.owners(p)], args=[self.owner, self.lease_ms], client=pipe)
-            await pipe.execute()
+                await self._queue(pipe, self.scripts.lease, [keys.owners(p)], [self.owner, self.lease_ms])
+        await self._pipelined(queue)
 
     async def release_creations(self) -> None:
         """An orderly stop: the creations this process still holds in flight will not be
@@ -256,26 +259,77 @@ class UploadStore:
         return int(v) if v is not None else None
 
     async def server_id(self) -> str:
-        """The buffer server's run id: it changes when the server restarts."""
+        """The buffer's run id: it changes when the server restarts. On a cluster, the run ids of
+        all its primaries: a failover (a replica promoted) changes it too, and that is exactly
+        when writes not yet on the replica may be gone (the witness then checks, gateway/witness)."""
+        if is_cluster(self.r):
+            infos = await self.r.info("server", target_nodes=RedisCluster.PRIMARIES)
+            return ",".join(sorted(str(i.get("run_id", "")) for i in infos.values()))
         info = await self.r.info("server")
         return str(info.get("run_id", ""))
 
     async def buffered(self) -> int:
-        vals = await self.r.mget([keys.buffered_bytes(p) for p in range(self.partitions)])
+        # One GET per partition on a pipeline, not MGET: on a cluster the partitions live in
+        # different slots, and a multi-key command must not cross them.
+        async with self.r.pipeline(transaction=False) as pipe:
+            for p in range(self.partitions):
+                pipe.get(keys.buffered_bytes(p))
+            vals = await pipe.execute()
         return sum(int(v or 0) for v in vals)
 
+    async def _pipelined(self, queue: Callable[[object], Awaitable[None]]) -> list:
+        """Execute a pipeline that `queue` fills. A cluster pipeline cannot reload a script the
+        node does not know (NOSCRIPT comes back only from execute, and a promoted replica knows
+        none): then load them all and run it once more. NOSCRIPT means the script did not run,
+        so running the pipeline again changes nothing twice."""
+        for attempt in (0, 1):
+            async with self.r.pipeline(transaction=False) as pipe:
+                await queue(pipe)
+                try:
+                    return await pipe.execute()
+                except NoScriptError:
+                    if attempt:
+                        raise
+            await self.scripts.load()
+        raise AssertionError("unreachable")
+
+    async def _queue(self, pipe, script, ks: list[str], args: list[object]) -> None:
+        """Queue one script call on `pipe`. redis-py refuses `evalsha` on a cluster pipeline
+        (its issue 2914; still so in 8.1.0) but sends the same command given raw, routed by its
+        keys; on a plain pipeline the Script's own call queues it (a coroutine, hence async)."""
+        if is_cluster(self.r):
+            pipe.execute_command("EVALSHA", script.sha, len(ks), *ks, *args)
+        else:
+            await script(keys=ks, args=args, client=pipe)
+
     async def _durable(self, script, ks: list[str], args: list[object]):
-        """Run a write script; with WAITAOF configured, wait for the AOF fsync on the
-        same connection (WAITAOF only covers writes made on its own connection)."""
+        """Run a write script; with WAITAOF or WAIT configured, wait for the AOF fsyncs or the
+        replicas on the same connection (both cover only writes made on their own connection).
+        On a cluster they name no key: they are sent to the node that owns the script's keys,
+        and a cluster pipeline sends each node's commands in order on one connection."""
         numlocal, numreplicas, timeout = self.waitaof
-        if not (numlocal or numreplicas):
+        if not (numlocal or numreplicas or self.wait_replicas):
             return await script(keys=ks, args=args)
-        async with self.r.pipeline(transaction=False) as pipe:
-            await script(keys=ks, args=args, client=pipe)  # queues it: the asyncio Script's call is a coroutine
-            pipe.execute_command("WAITAOF", numlocal, numreplicas, timeout)
-            res, (local, replicas) = await pipe.execute()
-        if local < numlocal or replicas < numreplicas:
-            raise DurabilityError(f"WAITAOF confirmed {local} local / {replicas} replica fsyncs, wanted {numlocal}/{numreplicas}")
+        if is_cluster(self.r):
+            await self.r.initialize()  # the slot table, before asking it for a node (a no-op once read)
+            target = {"target_nodes": self.r.get_node_from_key(ks[0])}
+        else:
+            target = {}
+
+        async def queue(pipe) -> None:
+            await self._queue(pipe, script, ks, args)
+            if numlocal or numreplicas:
+                pipe.execute_command("WAITAOF", numlocal, numreplicas, timeout, **target)
+            if self.wait_replicas:
+                pipe.execute_command("WAIT", self.wait_replicas, timeout, **target)
+        res, *confirmed = await self._pipelined(queue)
+        if numlocal or numreplicas:
+            local, replicas = confirmed.pop(0)
+            if local < numlocal or replicas < numreplicas:
+                raise DurabilityError(f"WAITAOF confirmed {local} local / {replicas} replica fsyncs, "
+                                      f"wanted {numlocal}/{numreplicas}")
+        if self.wait_replicas and confirmed[0] < self.wait_replicas:
+            raise DurabilityError(f"WAIT confirmed {confirmed[0]} replicas, wanted {self.wait_replicas}")
         return res
 
 

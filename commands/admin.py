@@ -20,7 +20,7 @@ async def tenants(settings: Settings, args: argparse.Namespace) -> int:
     if settings.embedded:
         print("set UNGGAH_REDIS_URL to the running stack's Redis (printed by 'unggah up')", file=sys.stderr)
         return 2
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, cluster=settings.redis_cluster)
     store = TenantStore(client)
     try:
         if args.action == "add":

@@ -102,6 +102,7 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
     lease = settings.idempotency_owner_lease_seconds
     store = UploadStore(client, partitions=settings.partitions, clock=clock,
                         waitaof=(settings.waitaof_local, settings.waitaof_replicas, settings.waitaof_timeout_ms),
+                        wait_replicas=settings.wait_replicas,
                         owner=boot_id, lease_ms=int(lease * 1000), on_append=append_committed)
     # Renewed four times per lease: a renewal or two lost to a slow moment does not let it lapse.
     creations = Every(lease / 4, store.renew_creations, "creation-leases")
@@ -217,4 +218,4 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
 
 
 async def make_app(settings: Settings) -> web.Application:
-    return build_app(settings, connect(settings.redis_url))
+    return build_app(settings, connect(settings.redis_url, cluster=settings.redis_cluster))

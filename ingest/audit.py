@@ -273,7 +273,7 @@ class Auditor:
 async def run(settings: Settings) -> int:
     # No replayed commands: a replayed XREADGROUP ">" would chain the next batch before the one
     # whose reply was lost, and the chain then skips that one as already written.
-    client = connect(settings.redis_url, retry=False)
+    client = connect(settings.redis_url, retry=False, cluster=settings.redis_cluster)
     try:
         auditor = Auditor(settings, client)
     except ChainMismatch as e:

@@ -14,7 +14,7 @@ async def main(settings: Settings, args: argparse.Namespace) -> int:
     if settings.embedded:
         print("set UNGGAH_REDIS_URL to the running stack's Redis (printed by 'unggah up')")
         return 2
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, cluster=settings.redis_cluster)
     q = Queue(client, settings.partitions)
     try:
         letters = [(p, i, d) for p in range(settings.partitions) for i, d in await q.dead_letters(p)]

@@ -328,7 +328,7 @@ class Ingester:
 
 
 async def run(settings: Settings, name: str, metrics_port: int | None = None) -> int:
-    client = connect(settings.redis_url, retry=False)  # a group's consumer: see connect
+    client = connect(settings.redis_url, retry=False, cluster=settings.redis_cluster)  # a group's consumer: see connect
     server = None if metrics_port is None else await MetricsServer(settings.host, metrics_port).start()
     blobs = blob_store(settings)
     consumer = name if "." in name else f"{socket.gethostname()}.{name}"

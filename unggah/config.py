@@ -23,6 +23,9 @@ GiB = 1024 * MiB
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Where to reach Redis/Valkey. Empty: start the embedded Valkey under state_dir.
     redis_url: str = ""
+    # redis_url names one seed node of a Valkey/Redis Cluster: the client reads the rest of the
+    # topology from it (redis-py's RedisCluster.from_url). `unggah up --cluster` sets both.
+    redis_cluster: bool = False
     # Local state: embedded Valkey data, blob store, results database.
     state_dir: str = ".unggah"
 
@@ -41,6 +44,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     waitaof_local: int = 0
     waitaof_replicas: int = 0
     waitaof_timeout_ms: int = 1000
+    # WAIT numreplicas (within waitaof_timeout_ms) after each write before answering: the write
+    # is then in a replica's memory, so a primary killed the next moment loses nothing once its
+    # replica is promoted. Cheaper than waitaof_replicas by three orders of magnitude (a replica
+    # reports its AOF fsyncs once a second; docs/architecture.md). `unggah up --cluster` sets 1.
+    wait_replicas: int = 0
 
     # tus limits.
     max_upload_bytes: int = 2 * GiB
@@ -253,6 +261,9 @@ def _check(s: Settings) -> None:
     if not 0.1 <= s.idempotency_owner_lease_seconds <= max(s.idempotency_inflight_seconds, 0.1):
         raise ConfigError("idempotency_owner_lease_seconds must be at least 0.1 and at most "
                           "idempotency_inflight_seconds (beyond it a creation no longer counts as in flight)")
+    if s.redis_cluster and not s.redis_url:
+        raise ConfigError("redis_cluster needs redis_url: one seed node of the cluster, such as "
+                          "redis://10.0.0.5:6379 (`unggah up --cluster` starts a local one and sets both)")
     try:
         parse_bytes(s.valkey_maxmemory)
     except ValueError:

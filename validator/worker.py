@@ -396,7 +396,7 @@ class Validator:
 
 
 async def run(settings: Settings, name: str) -> int:
-    client = connect(settings.redis_url, retry=False)  # a group's consumer: see connect
+    client = connect(settings.redis_url, retry=False, cluster=settings.redis_cluster)  # a group's consumer: see connect
     consumer = name if "." in name else f"{socket.gethostname()}.{name}"
     v = Validator.for_settings(settings, consumer, client)
     loop = asyncio.get_running_loop()
