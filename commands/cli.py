@@ -55,7 +55,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         except (ElectionError, OSError) as e:
             print(f"unggah up: the election file cannot be used: {e}", file=sys.stderr)
             return 2
-    return up(s, port=args.port, ingesters=args.ingesters)
+    return up(s, port=args.port, ingesters=args.ingesters, cluster=args.cluster)
 
 
 def cmd_election_example(args: argparse.Namespace) -> int:
@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--metrics-port", dest="stack_metrics_port", type=int, metavar="PORT",
                     help="port of the supervisor's own /metrics (child restarts; default: stack_metrics_port, "
                          "0: a free one)")
+    up.add_argument("--cluster", action="store_true",
+                    help="a local Valkey Cluster (3 primaries with a replica each, AOF on, in "
+                         "<state_dir>/valkey-cluster) in place of the single embedded Valkey; every "
+                         "process talks to it with the cluster client")
     up.add_argument("--election", dest="election_file", metavar="TOML",
                     help="the election's file: its windows are enforced and lists judged by it "
                          "(default: $UNGGAH_ELECTION_FILE; none: lists are stored, not validated)")

@@ -1,7 +1,9 @@
 """`unggah up`: the whole local stack in the foreground, and the supervisor of its children.
 
-Embedded Valkey (unless a Redis URL is configured), one gateway process, the ingester
-processes, the validator and the auditor, each a child we hold by PID. The stack owns them:
+Embedded Valkey (unless a Redis URL is configured; with --cluster a local Valkey Cluster of
+three primaries with a replica each, unggah.valkey.EmbeddedCluster), one gateway process, the
+ingester processes, the validator and the auditor, each a child we hold by PID. The stack owns
+them:
 
 - SIGINT (Ctrl-C), SIGTERM or SIGHUP (the terminal closed) stops them in order: the gateway
   first (no new bytes), then the workers (they finish or release their entries), then Valkey
@@ -12,9 +14,10 @@ processes, the validator and the auditor, each a child we hold by PID. The stack
   kernel sends each child SIGTERM (PR_SET_PDEATHSIG, see unggah.processes.with_pdeathsig).
 - A child that exits is started again, Valkey included (same data directory and port, so
   every other child's UNGGAH_REDIS_URL stays right), after a back-off that doubles while it
-  keeps dying; each restart is logged with the exit code and counted on the supervisor's own
-  /metrics (unggah_stack_child_restarts_total{child}, beside unggah_stack_child_up and
-  unggah_stack_child_last_exit_code; metrics/supervisor.py), on stack_metrics_host:port
+  keeps dying (a cluster node rejoins from its nodes.conf); each restart is logged with the
+  exit code and counted on the supervisor's own /metrics (unggah_stack_child_restarts_total
+  {child}, beside unggah_stack_child_up and unggah_stack_child_last_exit_code;
+  metrics/supervisor.py), on stack_metrics_host:port
   (127.0.0.1 and a free port by default), announced to Prometheus as job unggah-stack.
 - The auditor serves its own /metrics (what its chain witness finds lost) on audit_metrics_host
   and audit_metrics_port (0: a free port picked here, kept across its restarts), announced as
@@ -40,7 +43,7 @@ from metrics.targets import local_host, write_targets
 from unggah.config import Settings
 from unggah import processes
 from unggah.processes import free_port
-from unggah.valkey import DataDirLocked, EmbeddedValkey, lock_file, lock_holder
+from unggah.valkey import DataDirLocked, EmbeddedCluster, EmbeddedValkey, lock_file, lock_holder
 
 log = logging.getLogger("commands.stack")
 
@@ -57,6 +60,22 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 def running_url_file(settings: Settings) -> Path:
     """Where a running `unggah up` leaves its embedded Valkey's URL."""
     return Path(settings.state_dir) / "redis-url"
+
+
+def running_cluster_file(settings: Settings) -> Path:
+    """Left beside running_url_file by `unggah up --cluster`: that URL is one seed node of a
+    cluster, so a command run beside the stack needs the cluster client (redis_cluster)."""
+    return Path(settings.state_dir) / "redis-cluster"
+
+
+def cluster_dir(settings: Settings) -> Path:
+    """Where `unggah up --cluster` keeps its nodes (node-<port>/ each, and cluster.json)."""
+    return Path(settings.state_dir) / "valkey-cluster"
+
+
+def is_valkey(name: str) -> bool:
+    """The supervisor's name for the embedded Valkey ("valkey") or a cluster node ("valkey-<port>")."""
+    return name == "valkey" or name.startswith("valkey-")
 
 
 def lock_path(settings: Settings) -> Path:
@@ -151,7 +170,11 @@ class Supervisor:
                     c.delay = BACKOFF_FIRST_S
                 c.due = now + c.delay
                 supervision.child_exited(c.name, c.proc.returncode)
-                hint = f"; see {self.settings.state_dir}/valkey/valkey.log" if c.name == "valkey" else ""
+                hint = ""
+                if c.name == "valkey":
+                    hint = f"; see {self.settings.state_dir}/valkey/valkey.log"
+                elif is_valkey(c.name):
+                    hint = f"; see {cluster_dir(self.settings)}/node-{c.name.removeprefix('valkey-')}/valkey.log"
                 log.warning(f"{c.name} exited with code {_describe(c.proc.returncode)} after "
                             f"{now - c.started_at:.1f}s; restart {c.restarts + 1} in {c.delay:.1f}s{hint}",
                             extra={"child": c.name, "pid": c.proc.pid, "exit_code": c.proc.returncode,
@@ -175,10 +198,11 @@ class Supervisor:
                     extra={"child": c.name, "pid": proc.pid, "restarts": c.restarts})
         supervision.child_restarted(c.name)
 
-    def stop(self, valkey: EmbeddedValkey | None) -> None:
-        """Gateway first (no new bytes), then the workers, Valkey last (it fsyncs its AOF)."""
+    def stop(self, valkey: EmbeddedValkey | EmbeddedCluster | None) -> None:
+        """Gateway first (no new bytes), then the workers, Valkey last (it fsyncs its AOF; a
+        cluster's nodes all at once)."""
         gateway = [c for n, c in self.children.items() if n == "gateway"]
-        workers = [c for n, c in self.children.items() if n not in ("gateway", "valkey")]
+        workers = [c for n, c in self.children.items() if n != "gateway" and not is_valkey(n)]
         for group in (gateway, workers):
             for c in group:
                 if c.running:
@@ -196,11 +220,18 @@ class Supervisor:
             valkey.stop()
 
 
-def up(settings: Settings, port: int | None = None, ingesters: int | None = None) -> int:
+def up(settings: Settings, port: int | None = None, ingesters: int | None = None, cluster: bool = False) -> int:
+    """`cluster`: a local Valkey Cluster (EmbeddedCluster, in <state_dir>/valkey-cluster) in place
+    of the single embedded Valkey; every child gets UNGGAH_REDIS_CLUSTER=1 and a seed node's URL."""
+    if cluster and not settings.embedded:
+        _say(f"unggah up: --cluster starts a local Valkey Cluster, but a Redis URL is configured "
+             f"({settings.redis_url}); drop one or the other (a configured cluster: set redis_url "
+             f"and redis_cluster, and run `unggah up` without --cluster)", err=True)
+        return 2
     port = port or settings.port
     n_ingest = settings.ingest_processes if ingesters is None else ingesters
     env = dict(os.environ)
-    valkey = None
+    valkey: EmbeddedValkey | EmbeddedCluster | None = None
     stopped_by: list[str] = []
 
     def on_signal(signum, frame):  # noqa: ARG001
@@ -228,7 +259,26 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
                  f"{settings.stack_metrics_port}: {e}; choose another stack_metrics_port "
                  f"(UNGGAH_STACK_METRICS_PORT, or --metrics-port; 0 picks a free one)", err=True)
             return 1
-        if settings.embedded:
+        if cluster:
+            # From this (the main) thread, as the single Valkey below: the death signal follows
+            # the thread that forked each node.
+            valkey = EmbeddedCluster(cluster_dir(settings), appendfsync=settings.appendfsync,
+                                     maxmemory=settings.valkey_maxmemory, die_with_parent=True)
+            try:
+                valkey.start()
+            except (DataDirLocked, RuntimeError) as e:
+                valkey = None
+                _say(f"unggah up: the local Valkey Cluster did not start: {e}", err=True)
+                return 1
+            for node in valkey.nodes:
+                # A node that exits is started again on its port and directory: it replays its
+                # AOF and rejoins (a former primary as the replica of the one that replaced it).
+                sup.add(f"valkey-{node.port}", lambda node=node: valkey.spawn_node(node), proc=node.server.proc)
+            env["UNGGAH_REDIS_URL"] = valkey.url
+            env["UNGGAH_REDIS_CLUSTER"] = "1"
+            running_url_file(settings).write_text(valkey.url)
+            running_cluster_file(settings).write_text("1\n")
+        elif settings.embedded:
             # Started from this (the main) thread, which lives as long as the stack: the
             # death signal follows the thread that forked the child.
             valkey = EmbeddedValkey(Path(settings.state_dir) / "valkey", appendfsync=settings.appendfsync,
@@ -275,13 +325,20 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
         targets = write_targets(settings.state_dir, settings.host, port, metrics_ports,
                                 stack_port=metrics_server.port, stack_host=settings.stack_metrics_host,
                                 audit_port=audit_port, audit_host=settings.audit_metrics_host)
+        if isinstance(valkey, EmbeddedCluster):
+            kind = (f" (embedded Valkey Cluster: {valkey.primaries} primaries with {valkey.replicas} replica(s) "
+                    f"each, ports {' '.join(str(n.port) for n in valkey.nodes)}, AOF {settings.appendfsync})")
+        elif valkey:
+            kind = f" (embedded Valkey, AOF {settings.appendfsync})"
+        else:
+            kind = ""
         _say(f"unggah is up (pid {os.getpid()}; Ctrl-C stops it)\n"
              f"  tus endpoint  {base}/files/\n"
              f"  status        {base}/files/<id>/status\n"
              f"  metrics       {base}/metrics\n"
              f"  health        {base}/healthz  {base}/readyz\n"
              f"  redis         {env.get('UNGGAH_REDIS_URL', settings.redis_url)}"
-             f"{' (embedded Valkey, AOF ' + settings.appendfsync + ')' if valkey else ''}\n"
+             f"{kind}\n"
              f"  ingesters     {n_ingest}, metrics at "
              f"{' '.join(f'http://{settings.host}:{p}/metrics' for p in metrics_ports.values()) or '-'}\n"
              f"  prometheus    file_sd targets in {targets}\n"
@@ -300,6 +357,7 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
         metrics_server.stop()
         if valkey:
             running_url_file(settings).unlink(missing_ok=True)
+            running_cluster_file(settings).unlink(missing_ok=True)
         os.ftruncate(lock_fd, 0)  # stopped: nothing to name any more
         os.close(lock_fd)
         _say("unggah stopped")
