@@ -24,10 +24,11 @@ def _settings(args: argparse.Namespace) -> config.Settings:
     s = config.load(getattr(args, "config", None), **overrides)
     if s.embedded and args.command != "up":
         # Beside a running `unggah up` (same state_dir), use its embedded Valkey.
-        from commands.stack import running_url_file
+        from commands.stack import running_cluster_file, running_url_file
         url_file = running_url_file(s)
         if url_file.exists():
-            s = msgspec.structs.replace(s, redis_url=url_file.read_text().strip())
+            s = msgspec.structs.replace(s, redis_url=url_file.read_text().strip(),
+                                        redis_cluster=running_cluster_file(s).exists())
     return s
 
 

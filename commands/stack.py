@@ -276,6 +276,9 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
                 sup.add(f"valkey-{node.port}", lambda node=node: valkey.spawn_node(node), proc=node.server.proc)
             env["UNGGAH_REDIS_URL"] = valkey.url
             env["UNGGAH_REDIS_CLUSTER"] = "1"
+            # Each primary has a replica: a write is answered once the replica has it (WAIT),
+            # so a primary killed the next moment loses nothing acknowledged.
+            env["UNGGAH_WAIT_REPLICAS"] = str(max(settings.wait_replicas, 1))
             running_url_file(settings).write_text(valkey.url)
             running_cluster_file(settings).write_text("1\n")
         elif settings.embedded:

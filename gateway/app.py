@@ -14,7 +14,7 @@ import orjson
 import redis.asyncio as redis
 from aiohttp import web
 
-from buffer.connection import connect
+from buffer.connection import connect, connection_lost
 from buffer.messages import RECEIVING, STORED
 from buffer.store import DurabilityError, UploadStore
 from buffer.tenants import TenantStore
@@ -68,25 +68,20 @@ async def errors(request: web.Request, handler):
         reason = {404: "not-found", 405: "method-not-allowed"}.get(e.status, "http-error")
         detail = {404: "no such route; the tus endpoint is /files/"}.get(e.status, e.reason)
         response = problem(e.status, reason, detail)
-    except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, DurabilityError) as e:
+    except Exception as e:
         error = e
-        response = problem(503, "buffer-unavailable",
-                           "the upload buffer is briefly unavailable; your accepted bytes are safe, retry shortly",
-                           headers={"Retry-After": retry_after(2)})
-    except redis.ResponseError as e:
-        error = e
-        if "OOM" in str(e):
+        if isinstance(e, DurabilityError) or connection_lost(e):
+            response = problem(503, "buffer-unavailable",
+                               "the upload buffer is briefly unavailable; your accepted bytes are safe, retry shortly",
+                               headers={"Retry-After": retry_after(2)})
+        elif isinstance(e, redis.ResponseError) and "OOM" in str(e):
             response = problem(503, "buffer-full", "the upload buffer is full; retry after the pause",
                                headers={"Retry-After": retry_after(5)})
-        else:
+        elif isinstance(e, redis.ResponseError) or not request.get(STREAMING):
             response = problem(500, "internal", "internal error; retry, and report the request id if it persists",
                                request_id=request[REQUEST_ID])
-    except Exception as e:
-        if request.get(STREAMING):
+        else:
             raise  # aiohttp logs it and closes the connection: the only honest end of a cut stream
-        error = e
-        response = problem(500, "internal", "internal error; retry, and report the request id if it persists",
-                           request_id=request[REQUEST_ID])
     response.headers["X-Request-Id"] = request[REQUEST_ID]
     log_problem(request, response, error)
     return response
