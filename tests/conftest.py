@@ -4,12 +4,12 @@ port, real processes we can SIGKILL. No fakes."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from buffer.connection import connect
@@ -17,7 +17,13 @@ from gateway import reads
 from gateway.app import build_app
 from unggah import config, processes
 from unggah.processes import free_port
-from unggah.valkey import EmbeddedValkey
+from unggah.valkey import EmbeddedCluster, EmbeddedValkey
+
+# UNGGAH_TEST_CLUSTER=1: the session's Valkey is a local cluster (3 primaries x 1 replica), and
+# every settings made for it name it a cluster. The suites that run so are listed in
+# tests/cluster_suites.txt (`./dev test-cluster`); the rest start single servers of their own.
+CLUSTER = os.environ.get("UNGGAH_TEST_CLUSTER") == "1"
+_session_url = ""
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -36,7 +42,12 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def valkey(tmp_path_factory):
     """One Valkey for the session (AOF everysec); tests that kill it start their own."""
-    server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"), appendfsync="everysec", maxmemory="1gb").start()
+    global _session_url
+    if CLUSTER:
+        server = EmbeddedCluster(tmp_path_factory.mktemp("cluster"), appendfsync="everysec", maxmemory="512mb").start()
+    else:
+        server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"), appendfsync="everysec", maxmemory="1gb").start()
+    _session_url = server.url
     yield server
     server.stop()
 
@@ -44,8 +55,8 @@ def valkey(tmp_path_factory):
 @pytest.fixture
 async def r(valkey):
     """A client on the session Valkey, emptied before the test."""
-    client = aioredis.Redis.from_url(valkey.url)
-    await client.flushall()
+    client = connect(valkey.url, cluster=CLUSTER)
+    await client.flushall()  # on a cluster: on every primary
     yield client
     await client.aclose()
 
@@ -53,6 +64,8 @@ async def r(valkey):
 def make_settings(tmp_path: Path, redis_url: str, **overrides) -> config.Settings:
     base = dict(redis_url=redis_url, state_dir=str(tmp_path / "state"), partitions=4, auth="off",
                 ingest_claim_idle_ms=1000, ingest_block_ms=200, ingest_max_deliveries=3)
+    if CLUSTER and redis_url == _session_url:
+        base.update(redis_cluster=True, wait_replicas=1)
     base.update(overrides)
     return config.load(env={}, **base)
 
@@ -80,7 +93,7 @@ class Gateway:
         kw = {"clock": self.clock} if self.clock else {}
         if self.results is not None:
             kw["results"] = self.results
-        self.app = build_app(self.settings, connect(self.settings.redis_url), **kw)
+        self.app = build_app(self.settings, connect(self.settings.redis_url, cluster=self.settings.redis_cluster), **kw)
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
         # The listener `unggah serve` uses (bounded reads), not web.TCPSite.
@@ -189,7 +202,7 @@ async def ingester(settings):
     from stores.blobs import LocalBlobStore
     from ingest.worker import Ingester
 
-    client = connect(settings.redis_url, retry=False)  # as `unggah ingest` connects
+    client = connect(settings.redis_url, retry=False, cluster=settings.redis_cluster)  # as `unggah ingest` connects
     ing = Ingester(settings, "test.ingest-0", client, LocalBlobStore(settings.blob_path))
     task = asyncio.create_task(ing.run())
     yield ing
@@ -209,12 +222,20 @@ async def wait_stored(http, url: str, timeout: float = 30.0) -> dict:
     return await wait_for(done, timeout)
 
 
+async def all_keys(r, pattern: str = "*") -> list[bytes]:
+    """KEYS on every primary: a cluster client sends KEYS to one node only, which would make
+    a test of "nothing changed" pass on the keys it never saw."""
+    if CLUSTER:
+        return await r.keys(pattern, target_nodes=r.PRIMARIES)
+    return await r.keys(pattern)
+
+
 async def buffer_empty(r) -> bool:
     """No entry left in any partition stream and every byte counter at zero."""
-    for key in await r.keys("unggah:*:stream"):
+    for key in await all_keys(r, "unggah:*:stream"):
         if await r.xlen(key):
             return False
-    for key in await r.keys("unggah:*:bytes"):
+    for key in await all_keys(r, "unggah:*:bytes"):
         if int(await r.get(key) or 0):
             return False
     return True

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from buffer import keys
-from tests.conftest import OCTET, head, patch
+from tests.conftest import OCTET, all_keys, head, patch
 from tests.tus.request import entries_bytes
 
 # ---------------------------------------------------------------- the owner of an in-flight creation
@@ -25,7 +25,7 @@ async def _send_part_of_a_creation(port: int, key: str, length: int, first: byte
 
 
 async def _the_upload(r) -> tuple[str, dict]:
-    [k] = await r.keys("unggah:*:up:*")
+    [k] = await all_keys(r, "unggah:*:up:*")
     state = {a.decode(): b.decode() for a, b in (await r.hgetall(k)).items()}
     return state["id"], state
 
@@ -59,7 +59,7 @@ async def test_a_retry_takes_over_at_once_a_creation_whose_gateway_was_killed(tm
         reader, writer = await _send_part_of_a_creation(doomed.port, "killed-1", len(data), data[:5000])
 
         async def first_piece_committed():
-            ups = await r.keys("unggah:*:up:*")
+            ups = await all_keys(r, "unggah:*:up:*")
             return ups and (await _the_upload(r))[1]["offset"] == "4096"
         await wait_for(first_piece_committed, 20)
         upload_id, _ = await _the_upload(r)
@@ -83,7 +83,7 @@ async def test_a_retry_takes_over_at_once_a_creation_whose_gateway_was_killed(tm
         # Taken over once: later retries replay it.
         async with http.post(survivor.files, data=data, headers=h) as again:
             assert again.status == 201 and again.headers["Upload-Offset"] == str(len(data))
-        assert len(await r.keys("unggah:*:up:*")) == 1
+        assert len(await all_keys(r, "unggah:*:up:*")) == 1
     finally:
         doomed.proc.kill()
         doomed.proc.wait()
@@ -101,7 +101,7 @@ async def test_a_live_gateways_creation_stays_in_flight_longer_than_its_lease(tm
     try:
         reader, writer = await _send_part_of_a_creation(gw.port, "alive-1", 100, b"x" * 10)
         await asyncio.sleep(1.6)  # four leases
-        [idem] = await r.keys("unggah:*:idem:*")
+        [idem] = await all_keys(r, "unggah:*:idem:*")
         assert (await r.hget(idem, "owner")).decode() == gw.app[BOOT_ID]
         h = dict(OCTET, **{"Upload-Length": "100", "Idempotency-Key": "alive-1"})
         async with http.post(gw.files, data=b"x" * 100, headers=h) as resp:
@@ -112,7 +112,7 @@ async def test_a_live_gateways_creation_stays_in_flight_longer_than_its_lease(tm
         writer.close()
         async with http.post(gw.files, data=b"x" * 100, headers=h) as resp:
             assert resp.status == 201 and resp.headers["Upload-Offset"] == "100"
-        assert len(await r.keys("unggah:*:up:*")) == 1
+        assert len(await all_keys(r, "unggah:*:up:*")) == 1
     finally:
         await gw.stop()
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import base64
 
+from tests.conftest import all_keys
+
 
 async def snapshot(r) -> dict:
     """Every key with its full contents: the buffer as a value we can compare."""
     out = {}
-    for key in sorted(await r.keys("*")):
+    for key in sorted(await all_keys(r)):
         if key.endswith(b":audit"):
             continue  # the audit trail records refusals; it is not the buffer
         t = (await r.type(key)).decode()

@@ -9,7 +9,7 @@ import hashlib
 
 import pytest
 
-from tests.conftest import OCTET, TUS, Gateway, create, head, make_settings, patch
+from tests.conftest import OCTET, TUS, Gateway, all_keys, create, head, make_settings, patch
 from tests.tus.request import b64, expect_problem, headers_of, refused, snapshot
 
 
@@ -125,7 +125,7 @@ async def test_idempotency_key_replays_creation(gateway, http, r):
         assert again.status == 201
         assert again.headers["Location"] == url
         assert again.headers["Upload-Offset"] == "2"  # where to resume
-    uploads = [k for k in await r.keys("unggah:*:up:*")]
+    uploads = [k for k in await all_keys(r, "unggah:*:up:*")]
     assert len(uploads) == 1
 
 
@@ -137,7 +137,7 @@ async def test_idempotency_key_with_a_different_request_is_422(gateway, http, r)
     async with http.post(gateway.files, headers=h) as resp:
         assert resp.status == 422
         assert (await resp.json())["reason"] == "idempotency-key-reused"
-    assert len(await r.keys("unggah:*:up:*")) == 1
+    assert len(await all_keys(r, "unggah:*:up:*")) == 1
 
 
 async def test_idempotency_key_in_flight_is_409(gateway, http, r):
@@ -160,4 +160,4 @@ async def test_idempotency_key_in_flight_is_409(gateway, http, r):
     writer.close()
     async with http.post(gateway.files, data=b"x" * 100, headers=h) as resp:
         assert resp.status == 201 and resp.headers["Upload-Offset"] == "100"
-    assert len(await r.keys("unggah:*:up:*")) == 1
+    assert len(await all_keys(r, "unggah:*:up:*")) == 1
