@@ -323,6 +323,11 @@ class UploadStore:
             if self.wait_replicas:
                 pipe.execute_command("WAIT", self.wait_replicas, timeout, **target)
         res, *confirmed = await self._pipelined(queue)
+        if target and self.r.get_node_from_key(ks[0]).name != target["target_nodes"].name:
+            # The slot moved while the pipeline ran (MOVED): redis-py ran the script again alone,
+            # on the new owner, and the waits above confirmed nothing of that. Unconfirmed, so not
+            # acknowledged: the client's retry meets the APPEND offset check.
+            raise DurabilityError("the partition's slot moved during the write; its durability is unconfirmed")
         if numlocal or numreplicas:
             local, replicas = confirmed.pop(0)
             if local < numlocal or replicas < numreplicas:
