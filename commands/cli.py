@@ -19,6 +19,10 @@ def _settings(args: argparse.Namespace) -> config.Settings:
         overrides["port"] = args.port
     if getattr(args, "election_file", None):
         overrides["election_file"] = str(Path(args.election_file).resolve())
+    if getattr(args, "workers", None) is not None:  # `unggah serve --workers`
+        overrides["workers"] = args.workers
+    if getattr(args, "process_port", None) is not None:  # `unggah serve --process-port`
+        overrides["process_port"] = args.process_port
     if getattr(args, "stack_metrics_port", None) is not None:  # `unggah up --metrics-port`
         overrides["stack_metrics_port"] = args.stack_metrics_port
     s = config.load(getattr(args, "config", None), **overrides)
@@ -56,7 +60,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         except (ElectionError, OSError) as e:
             print(f"unggah up: the election file cannot be used: {e}", file=sys.stderr)
             return 2
-    return up(s, port=args.port, ingesters=args.ingesters, cluster=args.cluster)
+    return up(s, port=args.port, ingesters=args.ingesters, cluster=args.cluster, gateways=args.gateways)
 
 
 def cmd_election_example(args: argparse.Namespace) -> int:
@@ -82,6 +86,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     s = _process_settings(args, "serve")
     if s is None:
         return 2
+    if s.workers > 1:
+        from commands.workers import serve_workers
+        return serve_workers(s)  # N processes of the line below on one port
     return uvloop.run(serve(make_app, s))  # SIGTERM: unready, refuse new uploads, drain, exit 0
 
 
@@ -148,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="start the whole local stack (embedded Valkey, gateway, ingesters)")
     up.add_argument("--port", type=int, help="gateway port (default 8080)")
     up.add_argument("--ingesters", type=int, help="ingester processes (default: ingest_processes)")
+    up.add_argument("--gateways", type=int, help="gateway processes on the one port (SO_REUSEPORT; default: workers)")
     up.add_argument("--metrics-port", dest="stack_metrics_port", type=int, metavar="PORT",
                     help="port of the supervisor's own /metrics (child restarts; default: stack_metrics_port, "
                          "0: a free one)")
@@ -169,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run only the gateway against UNGGAH_REDIS_URL")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, help="gateway processes on the one port (SO_REUSEPORT), each "
+                                                   "started again if it exits (default: workers, 1)")
+    serve.add_argument("--process-port", dest="process_port", type=int, metavar="PORT",
+                       help="each process also listens alone on PORT + i, for its /metrics and /readyz "
+                            "(default: process_port; 0: a free one each with --workers > 1)")
     serve.set_defaults(func=cmd_serve)
 
     ing = sub.add_parser("ingest", help="run one ingester process against UNGGAH_REDIS_URL")

@@ -78,6 +78,19 @@ def is_valkey(name: str) -> bool:
     return name == "valkey" or name.startswith("valkey-")
 
 
+def is_gateway(name: str) -> bool:
+    """The supervisor's name for the gateway ("gateway") or one of several ("gateway-<i>")."""
+    return name == "gateway" or name.startswith("gateway-")
+
+
+def gateway_env(env: dict[str, str], port: int, process_port: int) -> dict[str, str]:
+    """`env` for one of several gateway processes on `port` (`unggah up --gateways`, `unggah serve
+    --workers`): one worker (it starts no processes of its own), SO_REUSEPORT, and its own
+    process_port, where it alone is scraped and asked for readiness."""
+    return {**env, "UNGGAH_WORKERS": "1", "UNGGAH_REUSE_PORT": "true",
+            "UNGGAH_PROCESS_PORT": str(process_port), "UNGGAH_PORT": str(port)}
+
+
 def lock_path(settings: Settings) -> Path:
     """The stack's lock: held (flock) by the running `unggah up`, with its PID and port."""
     return Path(settings.state_dir) / "lock"
@@ -201,8 +214,8 @@ class Supervisor:
     def stop(self, valkey: EmbeddedValkey | EmbeddedCluster | None) -> None:
         """Gateway first (no new bytes), then the workers, Valkey last (it fsyncs its AOF; a
         cluster's nodes all at once)."""
-        gateway = [c for n, c in self.children.items() if n == "gateway"]
-        workers = [c for n, c in self.children.items() if n != "gateway" and not is_valkey(n)]
+        gateway = [c for n, c in self.children.items() if is_gateway(n)]
+        workers = [c for n, c in self.children.items() if not is_gateway(n) and not is_valkey(n)]
         for group in (gateway, workers):
             for c in group:
                 if c.running:
@@ -220,9 +233,13 @@ class Supervisor:
             valkey.stop()
 
 
-def up(settings: Settings, port: int | None = None, ingesters: int | None = None, cluster: bool = False) -> int:
+def up(settings: Settings, port: int | None = None, ingesters: int | None = None, cluster: bool = False,
+       gateways: int | None = None) -> int:
     """`cluster`: a local Valkey Cluster (EmbeddedCluster, in <state_dir>/valkey-cluster) in place
-    of the single embedded Valkey; every child gets UNGGAH_REDIS_CLUSTER=1 and a seed node's URL."""
+    of the single embedded Valkey; every child gets UNGGAH_REDIS_CLUSTER=1 and a seed node's URL.
+    `gateways` (default: settings.workers): gateway processes on the one port (SO_REUSEPORT),
+    supervised one by one as gateway-0 ..., each also alone on a free port of its own
+    (gateway_env)."""
     if cluster and not settings.embedded:
         _say(f"unggah up: --cluster starts a local Valkey Cluster, but a Redis URL is configured "
              f"({settings.redis_url}); drop one or the other (a configured cluster: set redis_url "
@@ -230,6 +247,10 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
         return 2
     port = port or settings.port
     n_ingest = settings.ingest_processes if ingesters is None else ingesters
+    n_gateways = settings.workers if gateways is None else gateways
+    if n_gateways < 1:
+        _say("unggah up: --gateways must be at least 1", err=True)
+        return 2
     env = dict(os.environ)
     valkey: EmbeddedValkey | EmbeddedCluster | None = None
     stopped_by: list[str] = []
@@ -300,7 +321,17 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
         env["UNGGAH_STATE_DIR"] = settings.state_dir
         if settings.election_file:  # from --election: every child judges by the same file
             env["UNGGAH_ELECTION_FILE"] = settings.election_file
-        specs = {"gateway": ["serve", "--port", str(port)]}
+        specs: dict[str, list[str]] = {}
+        envs: dict[str, dict[str, str]] = {}
+        if n_gateways == 1:
+            specs["gateway"] = ["serve", "--port", str(port)]
+            envs["gateway"] = {**env, "UNGGAH_WORKERS": "1"}  # it must not start processes of its own
+            gateway_ports: dict[str, int] = {"gateway": port}
+        else:
+            gateway_ports = {f"gateway-{i}": free_port(settings.host) for i in range(n_gateways)}
+            for name, own in gateway_ports.items():
+                specs[name] = ["serve"]
+                envs[name] = gateway_env(env, port, own)
         # Each ingester serves its own /metrics on a free port, kept across its restarts.
         metrics_ports = {f"ingest-{i}": free_port(settings.host) for i in range(n_ingest)}
         for i in range(n_ingest):
@@ -311,21 +342,23 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
         specs["audit"] = ["audit", "run"]
         # The auditor's /metrics: the configured port, or a free one kept across its restarts.
         audit_port = settings.audit_metrics_port or free_port(settings.audit_metrics_host)
-        envs = {"audit": {**env, "UNGGAH_AUDIT_METRICS_HOST": settings.audit_metrics_host,
-                          "UNGGAH_AUDIT_METRICS_PORT": str(audit_port)}}
+        envs["audit"] = {**env, "UNGGAH_AUDIT_METRICS_HOST": settings.audit_metrics_host,
+                         "UNGGAH_AUDIT_METRICS_PORT": str(audit_port)}
         for name, args in specs.items():
             # A crashed child is started again under the same name and arguments: an
             # ingester's pending entries are picked up again under its stable name.
             sup.add(name, lambda args=args, child_env=envs.get(name, env): _child(args, child_env))
         base = f"http://{settings.host}:{port}"
-        try:
-            ready = processes.wait_ready(base + "/readyz", 30, sup.children["gateway"].proc,
-                                         stopping=lambda: bool(stopped_by))
-        except RuntimeError as e:
-            raise RuntimeError(f"the gateway did not start: {e}") from None
-        if not ready:
-            return 0
-        targets = write_targets(settings.state_dir, settings.host, port, metrics_ports,
+        for name, own in gateway_ports.items():
+            try:
+                ready = processes.wait_ready(f"http://{local_host(settings.host)}:{own}/readyz", 30,
+                                             sup.children[name].proc, stopping=lambda: bool(stopped_by))
+            except RuntimeError as e:
+                raise RuntimeError(f"the gateway did not start: {e}") from None
+            if not ready:
+                return 0
+        targets = write_targets(settings.state_dir, settings.host,
+                                port if n_gateways == 1 else gateway_ports, metrics_ports,
                                 stack_port=metrics_server.port, stack_host=settings.stack_metrics_host,
                                 audit_port=audit_port, audit_host=settings.audit_metrics_host)
         if isinstance(valkey, EmbeddedCluster):
@@ -336,9 +369,11 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
         else:
             kind = ""
         _say(f"unggah is up (pid {os.getpid()}; Ctrl-C stops it)\n"
-             f"  tus endpoint  {base}/files/\n"
+             f"  tus endpoint  {base}/files/"
+             f"{f'  ({n_gateways} gateway processes on the port)' if n_gateways > 1 else ''}\n"
              f"  status        {base}/files/<id>/status\n"
-             f"  metrics       {base}/metrics\n"
+             f"  metrics       "
+             f"{' '.join(f'http://{local_host(settings.host)}:{p}/metrics' for p in gateway_ports.values()) if n_gateways > 1 else base + '/metrics'}\n"
              f"  health        {base}/healthz  {base}/readyz\n"
              f"  redis         {env.get('UNGGAH_REDIS_URL', settings.redis_url)}"
              f"{kind}\n"

@@ -105,13 +105,20 @@ async def serve(make_app: Callable[[Settings], Awaitable[web.Application]], sett
     app = await make_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=LAST_CALL_SECONDS)
     await runner.setup()
-    listener = await reads.listen(runner, settings.host, settings.port, settings.read_chunk_bytes,
-                                  reads.doors_for(settings))
+    doors = reads.doors_for(settings)
+    listeners = [await reads.listen(runner, settings.host, settings.port, settings.read_chunk_bytes, doors,
+                                    reuse_port=settings.reuse_port)]
+    if settings.process_port:
+        # This process alone, beside the port it may share: Prometheus scrapes each process here,
+        # and a supervisor asks each for /readyz. The same app and gates: no second door.
+        listeners.append(await reads.listen(runner, settings.host, settings.process_port,
+                                            settings.read_chunk_bytes, doors))
     # Everything built so far (modules, the app, settings) lives as long as the process: out of
     # the collector's sight, a full collection costs a fraction of the time, which is a pause
     # every request in flight would otherwise wait out.
     gc.freeze()
-    log.info("gateway listening", extra={"host": settings.host, "port": settings.port})
+    log.info("gateway listening", extra={"host": settings.host, "port": settings.port,
+                                         "reuse_port": settings.reuse_port, "process_port": settings.process_port})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -124,7 +131,8 @@ async def serve(make_app: Callable[[Settings], Awaitable[web.Application]], sett
     clean = await lc.drained(settings.shutdown_drain_seconds, settings.shutdown_grace_seconds)
     if not clean:
         log.warning("grace period over; cancelling what is still running", extra={"inflight": lc.inflight})
-    listener.close()
+    for listener in listeners:
+        listener.close()
     await runner.cleanup()
     log.info("gateway stopped")
     return 0

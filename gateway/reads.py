@@ -287,9 +287,10 @@ async def track_heads(request: web.Request, handler):
 
 
 async def listen(runner: web.AppRunner, host: str, port: int, read_chunk_bytes: int,
-                 doors: Doors | None = None) -> asyncio.AbstractServer:
+                 doors: Doors | None = None, reuse_port: bool = False) -> asyncio.AbstractServer:
     """Serve `runner`'s app on host:port through BoundedReads (reads of at most
     `read_chunk_bytes`, 0: the loop's own size) and `doors` (default: none bounded).
+    `reuse_port`: SO_REUSEPORT, so other processes that set it too listen on the same port.
 
     Stands in for web.TCPSite (same backlog), so the caller closes the listener itself
     before runner.cleanup()."""
@@ -308,4 +309,4 @@ async def listen(runner: web.AppRunner, host: str, port: int, read_chunk_bytes: 
         protocol = BoundedReads(handler, view, drains, doors)
         handler.after_parse_error = protocol.linger
         return protocol
-    return await loop.create_server(factory, host, port, backlog=128)
+    return await loop.create_server(factory, host, port, backlog=128, reuse_port=reuse_port or None)

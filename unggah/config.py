@@ -31,6 +31,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     host: str = "127.0.0.1"
     port: int = 8080
+    # `unggah serve` runs this many gateway processes, all listening on `port` (SO_REUSEPORT: the
+    # kernel spreads new connections over them), and starts any that exits again. Every process
+    # keeps its own admission gate; buffer, tokens and windows live in Redis (docs/architecture.md).
+    workers: int = 1
+    # Listen on `port` with SO_REUSEPORT, beside other processes that do: set by `serve --workers`
+    # for its processes; set it alone to run several `unggah serve` under another supervisor.
+    reuse_port: bool = False
+    # This process alone also listens here (0: not at all). With several processes on one port, a
+    # request to `port` reaches any of them, so Prometheus scrapes each at its own port (one target
+    # per process) and readiness is asked of each. `serve --workers N` gives process i
+    # process_port + i (0: a free port each), and writes them to <state_dir>/prometheus-gateways.json.
+    process_port: int = 0
     # Public base URL used in Location headers when behind a proxy; empty: derived from the request.
     public_url: str = ""
 
@@ -268,6 +280,11 @@ def _check(s: Settings) -> None:
         parse_bytes(s.valkey_maxmemory)
     except ValueError:
         raise ConfigError("valkey_maxmemory must be a size such as 2gb or 512mb") from None
+    if not 1 <= s.workers <= 256:
+        raise ConfigError("workers must be between 1 and 256 (gateway processes on one port)")
+    if not 0 <= s.process_port <= 65535 - (s.workers - 1):
+        raise ConfigError("process_port must be 0 (none; a free one each with workers > 1) or a port with "
+                          "room for one per worker above it")
     if not 0 <= s.stack_metrics_port <= 65535:
         raise ConfigError("stack_metrics_port must be between 0 (a free port) and 65535")
     if not 0 <= s.audit_metrics_port <= 65535:
