@@ -65,6 +65,7 @@ const result = {
   responses: {},              // "POST 201", "PATCH 503 buffer-full" -> count (every attempt)
   retry_after_on_refused_creation: {},  // Retry-After value -> count, POST answers >= 400
   urls: [],
+  seconds: [],                // each successful upload's time from its start to onSuccess
   wall_s: 0, mb_s: 0, bytes_sent: 0,
 };
 
@@ -105,8 +106,10 @@ function startOne(i) {
   if (spec.headers) options.headers = spec.headers;
   if (spec.lazy) options.fileReader = lazyReader;
   let upload;
+  const began = process.hrtime.bigint();
   const p = new Promise((resolve) => {
     options.onSuccess = () => {
+      result.seconds.push(Number(process.hrtime.bigint() - began) / 1e9);
       result.succeeded += 1;
       result.bytes_sent += size;
       if (upload.url) result.urls.push(upload.url);
