@@ -81,6 +81,8 @@ if KEYS[4] then
       redis.call('HSET', KEYS[4], 'pending', '0')
       return {'takeover', rec[1]}
     end
+    -- As APPEND's duplicate: a write of our own, so the wait covers the creation replayed.
+    redis.call('HSET', KEYS[4], 'pending', rec[3] or '0')
     return {'replay', rec[1]}
   end
   redis.call('HSET', KEYS[4], 'id', id, 'fp', ARGV[3], 'pending', ARGV[6], 'at', now, 'owner', ARGV[9])
@@ -129,7 +131,13 @@ if st[5] == 'final' then return {'final'} end
 if st[1] ~= 'receiving' and st[1] ~= 'stored' then return {'closed', st[1]} end
 local offset, length = tonumber(st[2]), tonumber(st[3])
 if tonumber(ARGV[2]) ~= offset then
-  return {'conflict', offset, redis.call('HGET', KEYS[4], ARGV[4]) or ''}
+  local rec = redis.call('HGET', KEYS[4], ARGV[4]) or ''
+  -- A retry the gateway may answer as a duplicate: its WAIT/WAITAOF must cover the earlier
+  -- write it repeats, which another connection may have made, and they count only this
+  -- connection's own writes. So write once here (the offset, unchanged: HSET propagates even
+  -- so), and the wait covers everything the primary had when this ran.
+  if rec ~= '' then redis.call('HSET', KEYS[1], 'offset', st[2]) end
+  return {'conflict', offset, rec}
 end
 -- After the offset check: a retried PATCH that was taken before expiry is still recognised.
 local now = tonumber(ARGV[3])
