@@ -19,7 +19,7 @@ from buffer.connection import connect
 from buffer.tenants import TenantStore
 from ingest.audit import LEASE, Auditor, LeaseLost, audit_dir
 from gateway.auditing import ID_CHARS
-from tests.conftest import OCTET, TUS, Gateway, child_env, make_settings, wait_for, wait_stored
+from tests.conftest import CLUSTER, OCTET, TUS, Gateway, child_env, make_settings, wait_for, wait_stored
 from tests.redis_cutter import ReplyCutter
 from unggah import auditlog, processes
 from unggah.auditlog import Chain, ChainGap, ChainMismatch, chain_path
@@ -56,7 +56,7 @@ async def trail(tmp_path, valkey, r, ingester):
             assert resp.status == 204
     await gw.stop()
     await store.revoke(principal.token_hash[:12])
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, cluster=settings.redis_cluster)
     auditor = Auditor(settings, client)
     await auditor.ensure_groups()
     assert await auditor.take_lease()
@@ -159,7 +159,7 @@ async def test_an_auditor_that_lost_its_lease_writes_nothing(tmp_path, valkey, r
     """The lease is checked before every write: an auditor whose lease another took over (its
     drain outlived it) stops instead of writing beside the new one and forking the chain."""
     settings = make_settings(tmp_path, valkey.url, partitions=1)
-    client = connect(settings.redis_url, retry=False)
+    client = connect(settings.redis_url, retry=False, cluster=settings.redis_cluster)
     auditor = Auditor(settings, client)
     try:
         await auditor.ensure_groups()
@@ -178,7 +178,7 @@ async def test_auditor_restart_does_not_duplicate(trail, r):
     settings, _, _ = trail
     before = len(events(settings))
     # A second drain (as after a restart that re-reads its pending entries) adds nothing.
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, cluster=settings.redis_cluster)
     auditor = Auditor(settings, client)
     await auditor.drain_once()
     await client.aclose()
@@ -186,6 +186,8 @@ async def test_auditor_restart_does_not_duplicate(trail, r):
     assert cli(settings, "verify").returncode == 0
 
 
+@pytest.mark.skipif(CLUSTER, reason="ReplyCutter proxies one node: a single-node client behind it gets MOVED for the "
+                    "slots of the other primaries, and a cluster client learns their addresses and bypasses it")
 async def test_a_lost_read_reply_loses_no_audit_record(tmp_path, valkey, r):
     """Valkey delivers a batch to the auditor but the reply never arrives (the connection breaks
     with it in flight), and more events come in meanwhile. The auditor (the real `unggah audit

@@ -58,7 +58,7 @@ async def test_duplicate_delivery_changes_nothing(gateway, http, r, settings, in
     [url] = await upload_all(http, gateway, [data])
     upload_id = url.rsplit("/", 1)[1]
     p = int(upload_id.split("-")[0])
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, cluster=settings.redis_cluster)
     q = Queue(client, settings.partitions)
     await q.ensure_groups()
     raw = await q.read(p, "t.ghost", 100, 100)
@@ -77,7 +77,7 @@ async def test_restart_with_pending_entries_under_the_same_name(gateway, http, r
     data = os.urandom(1_000_000)
     [url] = await upload_all(http, gateway, [data])
     p = int(url.rsplit("/", 1)[1].split("-")[0])
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, cluster=settings.redis_cluster)
     q = Queue(client, settings.partitions)
     await q.ensure_groups()
     # The ingester read these and was killed before doing anything with them.
