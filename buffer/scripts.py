@@ -372,6 +372,17 @@ return 1
 # KEYS: state, tombstone, audit
 # ARGV: id, acknowledged offset, now_ms, tombstone ttl_s, tenant, witness, run
 # Returns the offset the upload has now, -1 if the upload is gone, -2 if nothing new was lost.
+# KEYS: upload state. Writes nothing new (the offset, unchanged; a write all the same, which
+# replicates), so a WAIT or WAITAOF after it on the same connection covers every write the
+# primary had made to the upload before it. HEAD runs it before it reports an offset while
+# replicas are required: a client takes that offset as the bytes the server holds.
+CONFIRM = r"""
+local offset = redis.call('HGET', KEYS[1], 'offset')
+if not offset then return 0 end
+redis.call('HSET', KEYS[1], 'offset', offset)
+return 1
+"""
+
 MARK_LOST = r"""
 local off = redis.call('HGET', KEYS[1], 'offset')
 local acked = tonumber(ARGV[2])
@@ -427,6 +438,7 @@ class Scripts:
         self.release_part = client.register_script(RELEASE_PART)
         self.replay = client.register_script(REPLAY)
         self.mark_lost = client.register_script(MARK_LOST)
+        self.confirm = client.register_script(CONFIRM)
         self.lease = client.register_script(LEASE)
 
     async def load(self) -> None:

@@ -144,6 +144,17 @@ class UploadStore:
         raw = await self.r.hgetall(keys.upload(p, upload_id))
         return from_fields(raw, UploadState) if raw else None
 
+    async def confirm(self, upload_id: str) -> None:
+        """With WAITAOF or WAIT configured: return once they confirm every write the primary had
+        made to this upload, or raise DurabilityError. A refused append (its wait ran out) still
+        left its bytes on the primary; HEAD calls this before it reports an offset that counts
+        them, since a client resumes from that offset, and stops if it says the file is whole."""
+        numlocal, numreplicas, _ = self.waitaof
+        p = self.partition(upload_id)
+        if p is None or not (numlocal or numreplicas or self.wait_replicas):
+            return
+        await self._durable(self.scripts.confirm, [keys.upload(p, upload_id)], [])
+
     async def append(self, upload_id: str, offset: int, pieces: list[tuple[int, bytes]], *,
                      tenant: str, patch_start: int, record: str = "", new_length: int | None = None,
                      buffer_limit: int = 0, actor: str = "", token_hash: str = "",

@@ -271,6 +271,9 @@ class TusHandler:
             return self.not_found(upload_id)
         if self._expired(state):
             return problem(410, "upload-expired", "this upload expired before it was complete; create a new one")
+        # The offset read above may count bytes whose append was refused (no replica confirmed
+        # it in time): answered only once the replicas have them (503 buffer-unavailable if not).
+        await self.store.confirm(upload_id)
         return web.Response(status=200, headers=self.upload_headers(state))
 
     def _expired(self, state: UploadState) -> bool:

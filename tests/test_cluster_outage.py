@@ -37,6 +37,7 @@ from redis.crc import key_slot
 
 from buffer import keys
 from tests.conftest import GatewayProcess, IngesterProcess, make_settings, wait_for
+from tests.test_cluster_failover import stored_sha256
 
 try:
     from unggah.valkey import EmbeddedCluster, EmbeddedNode, cli_binary, parse_info, server_binary
@@ -169,20 +170,6 @@ async def send(http: aiohttp.ClientSession, files: str, up: Upload, log: list[An
         else:
             await backoff(answer)
     raise AssertionError(f"{up.name} ({up.url}) did not finish: offset {offset} of {len(up.data)}")
-
-
-async def stored_sha256(http: aiohttp.ClientSession, url: str) -> str:
-    async def done():
-        try:
-            async with http.get(url + "/status") as resp:
-                if resp.status != 200:
-                    return None
-                st = await resp.json()
-        except aiohttp.ClientError:
-            return None
-        assert st["state"] != "failed", st
-        return st.get("sha256") if st["state"] == "stored" else None
-    return await wait_for(done, timeout=60, interval=0.2)
 
 
 def unclear(log: list[Answer]) -> list[Answer]:
@@ -510,4 +497,46 @@ async def test_a_retry_is_not_acknowledged_while_the_replica_has_not_confirmed_t
         await asyncio.gather(send(http, gw.files, up, log), send(http, gw.files, again, log))
         shas = await asyncio.gather(stored_sha256(http, up.url), stored_sha256(http, again.url))
     assert shas == [hashlib.sha256(up.data).hexdigest(), hashlib.sha256(again.data).hexdigest()]
+    assert unclear(log) == []
+
+
+async def test_head_reports_no_bytes_the_replica_has_not_confirmed(stack):
+    """A PATCH refused because the replica confirmed nothing in time still left its bytes on the
+    primary. HEAD is what a client resumes from, and a tus client told that the offset is the
+    length stops: so HEAD answers 503 too while the replica lacks them, and reports them once it
+    has them."""
+    cluster, gw, settings = stack
+    await gw.wait_ready(timeout=30)
+    primary = cluster.primary_for(keys.stream(3))
+    replica = cluster.replicas_of(primary)[0]
+    up = Upload("last-piece", 3, random.Random(7).randbytes(2 * CHUNK), key_for(3, "last-piece"))
+    log: list[Answer] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        up.pause = 1e9
+        first = asyncio.create_task(send(http, gw.files, up, log))
+        await wait_for(holds(lambda: up.acked > 0), timeout=20)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        last = up.data[CHUNK:]
+        replica.server.proc.send_signal(signal.SIGSTOP)
+        try:
+            await wait_for(holds(lambda: frozen(replica)), timeout=5, interval=0.01)
+            refused, _ = await ask(http, log, up, "PATCH", up.url, data=last,
+                                   headers={**TUS, "Upload-Offset": str(CHUNK),
+                                            "Content-Type": "application/offset+octet-stream"})
+            assert (refused.status, refused.reason) == (503, "buffer-unavailable")
+            answer, headers = await ask(http, log, up, "HEAD", up.url, headers=TUS)
+            # A HEAD answer has no body: the problem's reason comes as the Unggah-Reason header.
+            assert (answer.status, headers.get("Unggah-Reason")) == (503, "buffer-unavailable"), \
+                f"HEAD answered {answer.status} with Upload-Offset {headers.get('Upload-Offset')} unconfirmed"
+        finally:
+            replica.server.proc.send_signal(signal.SIGCONT)
+        await asyncio.to_thread(cluster.wait_ok, 30)
+
+        async def confirmed():
+            answer, headers = await ask(http, [], up, "HEAD", up.url, headers=TUS)
+            return answer.status == 200 and headers.get("Upload-Offset")
+        assert int(await wait_for(confirmed, timeout=20)) == len(up.data)
+        [sha] = await asyncio.gather(stored_sha256(http, up.url))
+    assert sha == hashlib.sha256(up.data).hexdigest()
     assert unclear(log) == []
