@@ -24,7 +24,7 @@ from typing import Callable
 import msgspec
 import redis.asyncio as redis
 from buffer import keys, loss
-from buffer.connection import connect, ensure_groups
+from buffer.connection import connect, connection_lost, ensure_groups
 from buffer.store import UploadStore
 from metrics.registry import count_acknowledged_loss, make_registry
 from metrics.supervisor import ThreadMetricsServer
@@ -262,7 +262,11 @@ class Auditor:
             except ChainGap as e:
                 log.error("audit chain gap; stopping with the entry still in its stream", extra={"error": str(e)})
                 return 1
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as e:
+            except Exception as e:
+                # A cluster mid-failover (CLUSTERDOWN, a connection redis-py's transport has just
+                # lost) is a wait too, as for the ingesters; anything else is a fault to stop on.
+                if not connection_lost(e):
+                    raise
                 log.warning("redis unavailable; retrying", extra={"error": str(e)})
                 await asyncio.sleep(0.5)
         await self.r.eval("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
