@@ -368,12 +368,13 @@ def up(settings: Settings, port: int | None = None, ingesters: int | None = None
             kind = f" (embedded Valkey, AOF {settings.appendfsync})"
         else:
             kind = ""
+        gateway_metrics = (" ".join(f"http://{local_host(settings.host)}:{p}/metrics" for p in gateway_ports.values())
+                           if n_gateways > 1 else base + "/metrics")  # several: each process at its own port
         _say(f"unggah is up (pid {os.getpid()}; Ctrl-C stops it)\n"
              f"  tus endpoint  {base}/files/"
              f"{f'  ({n_gateways} gateway processes on the port)' if n_gateways > 1 else ''}\n"
              f"  status        {base}/files/<id>/status\n"
-             f"  metrics       "
-             f"{' '.join(f'http://{local_host(settings.host)}:{p}/metrics' for p in gateway_ports.values()) if n_gateways > 1 else base + '/metrics'}\n"
+             f"  metrics       {gateway_metrics}\n"
              f"  health        {base}/healthz  {base}/readyz\n"
              f"  redis         {env.get('UNGGAH_REDIS_URL', settings.redis_url)}"
              f"{kind}\n"

@@ -46,20 +46,28 @@ CASES = {
 }
 
 
-def stored(urls: list[str], timeout: float = 120.0) -> int:
-    """How many of `urls` reach status `stored` within `timeout` (the ingester runs behind)."""
+def stored_by(urls: list[str], timeout: float = 120.0) -> tuple[int, float]:
+    """How many of `urls` reach status `stored` within `timeout` (the ingester runs behind), and
+    when (time.monotonic()) the last of those was seen stored."""
     left, deadline = set(urls), time.monotonic() + timeout
+    last = time.monotonic()
     while left and time.monotonic() < deadline:
         for u in list(left):
             try:
                 with urllib.request.urlopen(u + "/status", timeout=10) as resp:
                     if json.loads(resp.read()).get("state") == "stored":
                         left.discard(u)
+                        last = time.monotonic()
             except OSError:
                 pass
         if left:
-            time.sleep(0.5)
-    return len(urls) - len(left)
+            time.sleep(0.2)
+    return len(urls) - len(left), last
+
+
+def stored(urls: list[str], timeout: float = 120.0) -> int:
+    """How many of `urls` reach status `stored` within `timeout`."""
+    return stored_by(urls, timeout)[0]
 
 
 def ratio(med: dict[str, float]) -> str:

@@ -24,7 +24,7 @@ import time
 import urllib.request
 
 from loadtest import peers, realclients
-from loadtest.bench_clients import CASES
+from loadtest.bench_clients import CASES, stored_by
 from loadtest.benchstack import machine
 
 MiB = 1 << 20
@@ -36,22 +36,6 @@ VARIANTS = {
     "valkey-1gw-3ing": ["--ingesters", "3"],
     "cluster-2gw-3ing": ["--cluster", "--gateways", "2", "--ingesters", "3"],
 }
-
-
-def all_stored(urls: list[str], timeout: float = 300.0) -> float | None:
-    """When (time.monotonic()) the last of `urls` was seen `stored`; None if not within `timeout`."""
-    left, deadline = set(urls), time.monotonic() + timeout
-    while left and time.monotonic() < deadline:
-        for u in list(left):
-            try:
-                with urllib.request.urlopen(u + "/status", timeout=10) as resp:
-                    if json.loads(resp.read()).get("state") == "stored":
-                        left.discard(u)
-            except OSError:
-                pass
-        if left:
-            time.sleep(0.2)
-    return None if left else time.monotonic()
 
 
 def quantile(xs: list[float], q: float) -> float:
@@ -68,9 +52,9 @@ def one(name: str, spec: dict, install) -> dict:
         t0 = time.monotonic()
         r = realclients.run_tusjs(peer.url, timeout=300, **spec)
         if args is not None:
-            done = all_stored(r["urls"])
-            r["stored_mb_s"] = r["bytes_sent"] / MiB / (done - t0) if done and r["urls"] else 0.0
-            r["stored"] = len(r["urls"]) if done else "not all"
+            count, last = stored_by(r["urls"], timeout=300)
+            r["stored"] = count
+            r["stored_mb_s"] = r["bytes_sent"] / MiB / (last - t0) if count == len(r["urls"]) and count else 0.0
     finally:
         peer.stop()
     r["p50"], r["p99"] = quantile(r["seconds"], 0.5), quantile(r["seconds"], 0.99)
