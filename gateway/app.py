@@ -166,8 +166,18 @@ def build_app(settings: Settings, client: redis.Redis, *, clock: Callable[[], fl
         if not app[READY]["ready"]:
             return web.json_response({"ready": False, "why": "shutting down"}, status=503)
         try:
-            await client.ping()
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as e:
+            if settings.redis_cluster:
+                # A ping reaches one node, which answers even while the cluster has lost a shard
+                # and refuses every key (CLUSTERDOWN); a node's own view of the cluster does not.
+                info = await client.cluster_info()
+                if info.get("cluster_state") != "ok":
+                    return web.json_response({"ready": False, "why": f"redis cluster_state "
+                                              f"{info.get('cluster_state')}"}, status=503)
+            else:
+                await client.ping()
+        except Exception as e:
+            if not connection_lost(e):
+                raise
             return web.json_response({"ready": False, "why": f"redis: {e}"}, status=503)
         return web.json_response({"ready": True})
 

@@ -398,6 +398,8 @@ async def test_a_primary_killed_with_its_replica_refuses_every_request_clearly_a
         await wait_for(down, timeout=15, interval=0.1)
         went_down = now()
         await asyncio.sleep(6)  # the whole cluster down for a while
+        async with http.get(gw.url + "/readyz") as resp:
+            assert resp.status == 503, "ready while the cluster refuses every key"
         acked_before_restart = {up.name: up.acked for up in uploads}
 
         # The replica first, alone for a while: it does not take over, the slots stay down.
