@@ -78,8 +78,9 @@ def test_a_killed_primary_is_replaced_by_its_replica_and_the_cluster_serves_its_
     primary = cluster.primary_for(key)
     [replica] = cluster.replicas_of(primary)
     with cluster.client() as rc:
-        rc.set(key, "before")
         with primary.client() as c:
+            # WAIT counts the writes of its own connection only: the SET goes on the same one.
+            c.set(key, "before")
             assert c.wait(1, 5000) == 1  # the replica has it: a failover keeps it
         started = time.monotonic()
         cluster.kill(primary)
