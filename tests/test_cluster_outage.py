@@ -123,6 +123,16 @@ async def ask(http: aiohttp.ClientSession, log: list[Answer], up: Upload, method
     return answer, headers
 
 
+async def first_chunk_acknowledged(http: aiohttp.ClientSession, files: str, up: Upload, log: list[Answer]) -> None:
+    """Create `up` and send it until its first chunk is acknowledged, then stop: an upload under
+    way, for a test to send the rest of by hand."""
+    up.pause = 1e9
+    first = asyncio.create_task(send(http, files, up, log))
+    await wait_for(holds(lambda: up.acked > 0), timeout=20)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+
+
 async def backoff(answer: Answer) -> None:
     await asyncio.sleep(min(answer.retry_after if answer.retry_after is not None else 0.2, 5.0))
 
@@ -467,11 +477,7 @@ async def test_a_retry_is_not_acknowledged_while_the_replica_has_not_confirmed_t
     again = Upload("recreated", 3, rng.randbytes(CHUNK), key_for(3, "recreated"))
     log: list[Answer] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        up.pause = 1e9
-        first = asyncio.create_task(send(http, gw.files, up, log))
-        await wait_for(holds(lambda: up.acked > 0), timeout=20)
-        first.cancel()
-        await asyncio.gather(first, return_exceptions=True)
+        await first_chunk_acknowledged(http, gw.files, up, log)
         # A few idle connections in the gateway's pool for that node, as any busy gateway has.
         await asyncio.gather(*(ask(http, [], up, "HEAD", up.url, headers=TUS) for _ in range(20)))
 
@@ -514,11 +520,7 @@ async def test_head_reports_no_bytes_the_replica_has_not_confirmed(stack):
     up = Upload("last-piece", 3, random.Random(7).randbytes(2 * CHUNK), key_for(3, "last-piece"))
     log: list[Answer] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        up.pause = 1e9
-        first = asyncio.create_task(send(http, gw.files, up, log))
-        await wait_for(holds(lambda: up.acked > 0), timeout=20)
-        first.cancel()
-        await asyncio.gather(first, return_exceptions=True)
+        await first_chunk_acknowledged(http, gw.files, up, log)
         last = up.data[CHUNK:]
         replica.server.proc.send_signal(signal.SIGSTOP)
         try:
